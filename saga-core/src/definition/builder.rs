@@ -1,0 +1,583 @@
+//! The typed builder for saga definitions.
+//!
+//! Type states stop the mistakes that would otherwise only show at run time:
+//! a saga with no steps has no `build()`, a step without an action has no
+//! `compensate()` or `step()`, and a step's reply handler must take the reply
+//! type of the command it sends.
+//!
+//! ```compile_fail
+//! # use saga_core::Saga;
+//! // A saga with no steps cannot be built.
+//! let saga = Saga::<()>::builder("empty").build();
+//! ```
+//!
+//! ```compile_fail
+//! # use saga_core::Saga;
+//! // A compensation needs an action first.
+//! let saga = Saga::<()>::builder("s").step("a").compensate_local(|_| async { Ok(()) });
+//! ```
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::step::{Action, FoldFn, OnUnknown, StepDefinition, StepKind};
+use super::{Command, Saga, SagaData, SagaDefinition};
+use crate::error::{Error, StepError};
+use crate::retry::RetryPolicy;
+
+/// Default time a step waits for its reply before the attempt counts as timed out.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a [`Saga`]; returned by [`Saga::builder`]. Add steps with [`step`](Self::step).
+#[must_use = "a builder does nothing until a step is added and `build` is called"]
+pub struct SagaBuilder<D> {
+    name: String,
+    version: u32,
+    deadline: Option<Duration>,
+    default_timeout: Duration,
+    steps: Vec<StepDefinition>,
+    _data: PhantomData<fn() -> D>,
+}
+
+impl<D: SagaData> SagaBuilder<D> {
+    pub(super) fn new(name: String) -> Self {
+        Self {
+            name,
+            version: 1,
+            deadline: None,
+            default_timeout: DEFAULT_STEP_TIMEOUT,
+            steps: Vec::new(),
+            _data: PhantomData,
+        }
+    }
+
+    /// The definition version (default 1). Running instances keep the version
+    /// they started with, so register old versions while instances of them run.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// An overall deadline: a saga still running this long after it started,
+    /// and not yet past its pivot, stops and compensates.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// How long a step waits for a reply when it sets no [`timeout`](StepBuilder::timeout)
+    /// of its own (default 30 s). A timed-out attempt is retried, which also
+    /// re-sends a command lost in a crash or a broker failure.
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Adds a step named `name`; give it an action with
+    /// [`invoke`](StepBuilder::invoke) or [`local`](StepBuilder::local).
+    pub fn step(self, name: impl Into<String>) -> StepBuilder<D, NoAction> {
+        StepBuilder {
+            saga: self,
+            name: name.into(),
+            kind: StepKind::Compensatable,
+            action: NoAction,
+            on_output: None,
+            compensation: None,
+            retry: RetryPolicy::default(),
+            compensation_retry: default_compensation_retry(),
+            timeout: None,
+            on_unknown: OnUnknown::default(),
+        }
+    }
+}
+
+fn default_compensation_retry() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(30)).max_attempts(10)
+}
+
+/// Type state: the step has no action yet.
+#[derive(Debug)]
+pub struct NoAction;
+
+/// Type state: the step sends command `C` to a participant.
+pub struct Remote<C> {
+    action: Action,
+    _command: PhantomData<fn() -> C>,
+}
+
+/// Type state: the step runs a local function returning `R`.
+pub struct Local<R> {
+    action: Action,
+    _output: PhantomData<fn() -> R>,
+}
+
+/// A step action state that has an action and a typed output.
+pub trait HasAction: sealed::Sealed {
+    /// What the step's action produces on success.
+    type Output: DeserializeOwned;
+    /// The erased action.
+    #[doc(hidden)]
+    fn into_action(self) -> Action;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<C> Sealed for super::Remote<C> {}
+    impl<R> Sealed for super::Local<R> {}
+}
+
+impl<C: Command> HasAction for Remote<C> {
+    type Output = C::Reply;
+    fn into_action(self) -> Action {
+        self.action
+    }
+}
+
+impl<R: DeserializeOwned> HasAction for Local<R> {
+    type Output = R;
+    fn into_action(self) -> Action {
+        self.action
+    }
+}
+
+/// Builds one step; returned by [`SagaBuilder::step`].
+#[must_use = "finish the step with `step` (next step) or `build`"]
+pub struct StepBuilder<D, A> {
+    saga: SagaBuilder<D>,
+    name: String,
+    kind: StepKind,
+    action: A,
+    on_output: Option<FoldFn>,
+    compensation: Option<Action>,
+    retry: RetryPolicy,
+    compensation_retry: RetryPolicy,
+    timeout: Option<Duration>,
+    on_unknown: OnUnknown,
+}
+
+impl<D, A> StepBuilder<D, A> {
+    fn with_action<B>(self, action: B) -> StepBuilder<D, B> {
+        StepBuilder {
+            saga: self.saga,
+            name: self.name,
+            kind: self.kind,
+            action,
+            on_output: self.on_output,
+            compensation: self.compensation,
+            retry: self.retry,
+            compensation_retry: self.compensation_retry,
+            timeout: self.timeout,
+            on_unknown: self.on_unknown,
+        }
+    }
+}
+
+fn payload_fn<D: SagaData, C: Serialize>(
+    build: impl Fn(&D) -> C + Send + Sync + 'static,
+) -> super::step::PayloadFn {
+    Arc::new(move |data: &Value| {
+        let data = D::deserialize(data)?;
+        serde_json::to_value(build(&data))
+    })
+}
+
+fn local_fn<D, R, F, Fut>(run: F) -> super::step::LocalFn
+where
+    D: SagaData,
+    R: Serialize,
+    F: Fn(D) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+{
+    let run = Arc::new(run);
+    Arc::new(move |data: Value| {
+        let run = Arc::clone(&run);
+        Box::pin(async move {
+            let data = serde_json::from_value::<D>(data)
+                .map_err(|e| StepError::unknown(format!("saga data does not decode: {e}")))?;
+            let output = run(data).await?;
+            serde_json::to_value(output)
+                .map_err(|e| StepError::unknown(format!("step output does not encode: {e}")))
+        })
+    })
+}
+
+impl<D: SagaData> StepBuilder<D, NoAction> {
+    /// The step sends command `C`, built from the saga data, to participant `endpoint`.
+    pub fn invoke<C: Command>(
+        self,
+        endpoint: impl Into<String>,
+        build: impl Fn(&D) -> C + Send + Sync + 'static,
+    ) -> StepBuilder<D, Remote<C>> {
+        let action = Action::Remote {
+            endpoint: endpoint.into(),
+            command: C::NAME.to_owned(),
+            payload: payload_fn(build),
+        };
+        self.with_action(Remote {
+            action,
+            _command: PhantomData,
+        })
+    }
+
+    /// The step runs `run` in the orchestrator on a copy of the saga data.
+    /// Its output goes to [`on_reply`](StepBuilder::on_reply).
+    pub fn local<R, F, Fut>(self, run: F) -> StepBuilder<D, Local<R>>
+    where
+        R: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(D) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+    {
+        self.with_action(Local {
+            action: Action::Local { run: local_fn(run) },
+            _output: PhantomData,
+        })
+    }
+}
+
+impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
+    /// Folds the step's reply (remote) or output (local) into the saga data.
+    pub fn on_reply(mut self, fold: impl Fn(&mut D, A::Output) + Send + Sync + 'static) -> Self {
+        self.on_output = Some(Arc::new(move |data: &mut Value, output: Value| {
+            let mut typed = D::deserialize(&*data)?;
+            let output: A::Output = serde_json::from_value(output)?;
+            fold(&mut typed, output);
+            *data = serde_json::to_value(typed)?;
+            Ok(())
+        }));
+        self
+    }
+
+    /// Undoes the step by sending command `C` to `endpoint`. The reply's content
+    /// is not used; a success means the step is compensated.
+    pub fn compensate<C: Command>(
+        mut self,
+        endpoint: impl Into<String>,
+        build: impl Fn(&D) -> C + Send + Sync + 'static,
+    ) -> Self {
+        self.compensation = Some(Action::Remote {
+            endpoint: endpoint.into(),
+            command: C::NAME.to_owned(),
+            payload: payload_fn(build),
+        });
+        self
+    }
+
+    /// Undoes the step with a local function.
+    pub fn compensate_local<F, Fut>(mut self, run: F) -> Self
+    where
+        F: Fn(D) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        self.compensation = Some(Action::Local { run: local_fn(run) });
+        self
+    }
+
+    /// How failed or timed-out attempts are retried (default: 100 ms doubling to
+    /// 10 s, 5 attempts). When attempts run out, the saga compensates.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How a failing compensation is retried (default: 200 ms doubling to 30 s,
+    /// 10 attempts). Past the limit the saga ends `Failed` for an operator.
+    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.compensation_retry = policy;
+        self
+    }
+
+    /// How long one attempt waits for its reply.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the step as the pivot: once it succeeds, the saga only goes forward.
+    pub fn pivot(mut self) -> Self {
+        self.kind = StepKind::Pivot;
+        self
+    }
+
+    /// Marks the step as retriable: retried until it succeeds, whatever the
+    /// retry policy's attempt limit. Steps after a pivot must be retriable.
+    pub fn retriable(mut self) -> Self {
+        self.kind = StepKind::Retriable;
+        self
+    }
+
+    /// What an unknown outcome does (default [`OnUnknown::Retry`]).
+    pub fn on_unknown(mut self, on_unknown: OnUnknown) -> Self {
+        self.on_unknown = on_unknown;
+        self
+    }
+
+    fn finish(self) -> SagaBuilder<D> {
+        let mut saga = self.saga;
+        saga.steps.push(StepDefinition {
+            name: self.name,
+            kind: self.kind,
+            action: self.action.into_action(),
+            on_output: self.on_output,
+            compensation: self.compensation,
+            retry: self.retry,
+            compensation_retry: self.compensation_retry,
+            timeout: self.timeout,
+            on_unknown: self.on_unknown,
+        });
+        saga
+    }
+
+    /// Finishes this step and starts the next.
+    pub fn step(self, name: impl Into<String>) -> StepBuilder<D, NoAction> {
+        self.finish().step(name)
+    }
+
+    /// Finishes the definition and validates it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDefinition`] naming the problem: an empty or malformed
+    /// name, duplicate step names, an empty endpoint, a zero timeout, more than
+    /// one pivot, a pivot with a compensation, or a step after the pivot that is
+    /// not retriable or has a compensation.
+    pub fn build(self) -> Result<Saga<D>, Error> {
+        let saga = self.finish();
+        let definition = SagaDefinition {
+            pivot: saga.steps.iter().position(|s| s.kind == StepKind::Pivot),
+            name: saga.name,
+            version: saga.version,
+            steps: saga.steps,
+            deadline: saga.deadline,
+            default_timeout: saga.default_timeout,
+        };
+        validate(&definition).map_err(|reason| Error::InvalidDefinition {
+            saga: definition.name.clone(),
+            reason,
+        })?;
+        Ok(Saga::from_definition(definition))
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn validate(def: &SagaDefinition) -> Result<(), String> {
+    if !is_identifier(&def.name) {
+        return Err("the saga name must be 1-128 characters of letters, digits, `_`, `-` or `.`".into());
+    }
+    if def.version == 0 {
+        return Err("the version must be at least 1".into());
+    }
+    if def.default_timeout.is_zero() {
+        return Err("the default timeout must be greater than zero".into());
+    }
+    if def.deadline.is_some_and(|d| d.is_zero()) {
+        return Err("the deadline must be greater than zero".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for step in &def.steps {
+        if !is_identifier(&step.name) {
+            return Err(format!(
+                "step name `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`",
+                step.name
+            ));
+        }
+        if !seen.insert(step.name.as_str()) {
+            return Err(format!("step name `{}` is used twice", step.name));
+        }
+        for action in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+            if action.endpoint().is_some_and(|e| !is_identifier(e)) {
+                return Err(format!(
+                    "step `{}` names an invalid endpoint `{}`",
+                    step.name,
+                    action.endpoint().unwrap_or_default()
+                ));
+            }
+        }
+        if step.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(format!("step `{}` has a zero timeout", step.name));
+        }
+    }
+    let pivots: Vec<&str> = def
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Pivot)
+        .map(|s| s.name.as_str())
+        .collect();
+    if pivots.len() > 1 {
+        return Err(format!("only one pivot step is allowed, found {}", pivots.join(", ")));
+    }
+    if let Some(pivot) = def.pivot {
+        let pivot_step = &def.steps[pivot];
+        if pivot_step.compensation.is_some() {
+            return Err(format!(
+                "pivot step `{}` cannot have a compensation: after it succeeds the saga only goes forward",
+                pivot_step.name
+            ));
+        }
+        for step in &def.steps[pivot + 1..] {
+            if step.kind != StepKind::Retriable {
+                return Err(format!(
+                    "step `{}` follows the pivot `{}` and must be marked `.retriable()`",
+                    step.name, pivot_step.name
+                ));
+            }
+            if step.compensation.is_some() {
+                return Err(format!(
+                    "retriable step `{}` after the pivot `{}` cannot have a compensation",
+                    step.name, pivot_step.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Default)]
+    struct Data {
+        n: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Ping;
+    impl Command for Ping {
+        const NAME: &'static str = "ping";
+        type Reply = u32;
+    }
+
+    fn reason(result: Result<Saga<Data>, Error>) -> String {
+        match result {
+            Err(Error::InvalidDefinition { reason, .. }) => reason,
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("definition unexpectedly valid"),
+        }
+    }
+
+    #[test]
+    fn builds_a_valid_definition() {
+        let saga = Saga::<Data>::builder("s")
+            .version(3)
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .on_reply(|d, n| d.n = n)
+            .compensate("svc", |_| Ping)
+            .step("b")
+            .local(|d: Data| async move { Ok(d.n + 1) })
+            .build()
+            .expect("valid");
+        assert_eq!(saga.name(), "s");
+        assert_eq!(saga.version(), 3);
+        assert_eq!(saga.definition().steps().len(), 2);
+        assert_eq!(saga.definition().steps()[0].action().label(), "svc.ping");
+    }
+
+    #[test]
+    fn rejects_duplicate_step_names() {
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("used twice"));
+    }
+
+    #[test]
+    fn rejects_bad_names_and_endpoints() {
+        let r = Saga::<Data>::builder("")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("saga name"));
+        let r = Saga::<Data>::builder("s")
+            .step("has space")
+            .invoke("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("step name"));
+        let r = Saga::<Data>::builder("s").step("a").invoke("", |_| Ping).build();
+        assert!(reason(r).contains("invalid endpoint"));
+    }
+
+    #[test]
+    fn rejects_zero_timeouts_and_version() {
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .timeout(Duration::ZERO)
+            .build();
+        assert!(reason(r).contains("zero timeout"));
+        let r = Saga::<Data>::builder("s")
+            .version(0)
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("version"));
+    }
+
+    #[test]
+    fn rejects_two_pivots_and_compensated_pivot() {
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .build();
+        assert!(reason(r).contains("only one pivot"));
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .compensate("svc", |_| Ping)
+            .pivot()
+            .build();
+        assert!(reason(r).contains("cannot have a compensation"));
+    }
+
+    #[test]
+    fn steps_after_the_pivot_must_be_retriable_without_compensation() {
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("must be marked `.retriable()`"));
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .retriable()
+            .compensate("svc", |_| Ping)
+            .build();
+        assert!(reason(r).contains("cannot have a compensation"));
+        let ok = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .retriable()
+            .build();
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,571 @@
+//! The runtime: runs saga definitions against a store and a transport.
+//!
+//! Each operation loads the instance, applies an event through the pure
+//! [`machine`](crate::machine), saves the new state and its log entries with a
+//! version check, and only then performs the effects (send commands, run
+//! local steps, wake waiters). A version conflict reloads and re-applies, so
+//! two engines working on the same saga never both dispatch.
+
+mod run;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use crate::clock::{Clock, SystemClock};
+use crate::definition::{Action, Saga, SagaData, SagaDefinition};
+use crate::error::{Error, Result};
+use crate::id::SagaId;
+use crate::machine::{self, Effect, Event};
+use crate::message::ReplyMessage;
+use crate::state::{LogEntry, SagaInstance, SagaStatus};
+use crate::store::{Created, SagaQuery, SagaStore};
+use crate::transport::Transport;
+
+/// Tuning for an [`Engine`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// The queue replies come back on (shared by all orchestrators of one app).
+    pub reply_queue: String,
+    /// How often the due-saga poller looks for timeouts and retries.
+    pub poll_interval: Duration,
+    /// How many due sagas one poll claims at most.
+    pub claim_batch: usize,
+    /// How long a claimed saga is reserved for this engine.
+    pub lease: Duration,
+    /// This engine's name in leases and logs.
+    pub instance_name: String,
+    /// Replies processed concurrently.
+    pub max_in_flight: usize,
+    /// How often a version conflict is retried before giving up.
+    pub conflict_retries: u32,
+    /// How often [`Engine::wait`] re-reads the store when no notification comes.
+    pub wait_poll: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            reply_queue: "saga_replies".to_owned(),
+            poll_interval: Duration::from_millis(100),
+            claim_batch: 64,
+            lease: Duration::from_secs(30),
+            instance_name: format!("engine-{}", uuid::Uuid::new_v4().simple()),
+            max_in_flight: 64,
+            conflict_retries: 16,
+            wait_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Options for [`Engine::start_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// Use this id instead of a fresh one.
+    pub id: Option<SagaId>,
+    /// Starting twice with the same key returns the first saga's id.
+    pub idempotency_key: Option<String>,
+}
+
+impl StartOptions {
+    /// Options with an idempotency key.
+    #[must_use]
+    pub fn idempotency_key(key: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            idempotency_key: Some(key.into()),
+        }
+    }
+
+    /// Sets the saga id.
+    #[must_use]
+    pub fn with_id(mut self, id: SagaId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// Builds an [`Engine`]; see [`Engine::builder`].
+#[must_use]
+pub struct EngineBuilder {
+    store: Arc<dyn SagaStore>,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    config: EngineConfig,
+}
+
+impl EngineBuilder {
+    /// Registers a saga definition. Register every version that still has running instances.
+    pub fn register<D: SagaData>(mut self, saga: &Saga<D>) -> Self {
+        let def = Arc::clone(saga.definition());
+        self.definitions
+            .insert((def.name().to_owned(), def.version()), def);
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the reply queue.
+    pub fn reply_queue(mut self, queue: impl Into<String>) -> Self {
+        self.config.reply_queue = queue.into();
+        self
+    }
+
+    /// Sets the poll interval of the due-saga poller.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// Uses another clock (a [`ManualClock`](crate::clock::ManualClock) in simulations).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Finishes the engine.
+    pub fn build(self) -> Engine {
+        let (finished, _) = broadcast::channel(1024);
+        Engine {
+            inner: Arc::new(Inner {
+                store: self.store,
+                transport: self.transport,
+                clock: self.clock,
+                definitions: self.definitions,
+                config: self.config,
+                finished,
+            }),
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn SagaStore>,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    config: EngineConfig,
+    finished: broadcast::Sender<SagaId>,
+}
+
+/// Runs sagas. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("instance", &self.inner.config.instance_name)
+            .field("definitions", &self.inner.definitions.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine over `store` and `transport`.
+    pub fn builder(store: impl SagaStore, transport: impl Transport) -> EngineBuilder {
+        Self::builder_arc(Arc::new(store), Arc::new(transport))
+    }
+
+    /// An engine over shared store and transport objects.
+    pub fn builder_arc(store: Arc<dyn SagaStore>, transport: Arc<dyn Transport>) -> EngineBuilder {
+        EngineBuilder {
+            store,
+            transport,
+            clock: Arc::new(SystemClock),
+            definitions: HashMap::new(),
+            config: EngineConfig::default(),
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.inner.store
+    }
+
+    fn definition(&self, name: &str, version: u32) -> Result<&Arc<SagaDefinition>> {
+        self.inner
+            .definitions
+            .get(&(name.to_owned(), version))
+            .ok_or_else(|| Error::UnknownDefinition {
+                name: name.to_owned(),
+                version,
+            })
+    }
+
+    /// Starts a saga with `data` and dispatches its first step.
+    ///
+    /// # Errors
+    /// The definition is not registered; the data does not serialize; the store fails.
+    pub async fn start<D: SagaData>(&self, saga: &Saga<D>, data: D) -> Result<SagaId> {
+        self.start_with(saga, data, StartOptions::default()).await
+    }
+
+    /// Starts a saga with options. With an idempotency key that was used
+    /// before, returns the first saga's id and starts nothing.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with<D: SagaData>(
+        &self,
+        saga: &Saga<D>,
+        data: D,
+        options: StartOptions,
+    ) -> Result<SagaId> {
+        let def = Arc::clone(self.definition(saga.name(), saga.version())?);
+        let data = serde_json::to_value(data)?;
+        let id = options.id.unwrap_or_default();
+        let span = tracing::info_span!("saga.start", saga_id = %id, saga_type = %def.name(), step = tracing::field::Empty);
+        async {
+            let t = machine::start(&def, id, data, options.idempotency_key, self.inner.clock.now());
+            match self.inner.store.create(&t.instance, &t.logs).await? {
+                Created::New => {
+                    tracing::info!("saga started");
+                    self.perform(&def, &t.instance, t.effects).await;
+                    Ok(id)
+                }
+                Created::Existing(existing) => {
+                    tracing::info!(existing = %existing.id, "idempotency key already used; returning the first saga");
+                    Ok(existing.id)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies a participant's reply.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown saga; `MalformedMessage` when the step index
+    /// and name disagree with the definition; store errors.
+    pub async fn handle_reply(&self, reply: ReplyMessage) -> Result<()> {
+        let id = reply.saga_id;
+        let event = Event::Reply {
+            step: reply.step as usize,
+            direction: reply.direction,
+            attempt: reply.attempt,
+            outcome: reply.outcome.into_result(),
+        };
+        let step_name = reply.step_name;
+        self.apply_checked(id, event, move |def, _| {
+            match def.steps().get(reply.step as usize) {
+                Some(step) if step.name() == step_name => Ok(()),
+                _ => Err(Error::MalformedMessage(format!(
+                    "reply names step {} `{step_name}`, which saga `{}` v{} does not have",
+                    reply.step,
+                    def.name(),
+                    def.version()
+                ))),
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Claims due sagas (timeouts, retries, deadlines) and wakes them.
+    /// Returns how many were claimed. [`run`](Self::run) calls this on every poll.
+    ///
+    /// # Errors
+    /// When the store cannot be queried.
+    pub async fn tick(&self) -> Result<usize> {
+        let config = &self.inner.config;
+        let due = self
+            .inner
+            .store
+            .claim_due(
+                self.inner.clock.now(),
+                config.claim_batch,
+                &config.instance_name,
+                config.lease,
+            )
+            .await?;
+        let count = due.len();
+        for instance in due {
+            let id = instance.id;
+            if let Err(e) = self.apply_to(Some(instance), id, &Event::WakeUp, |_, _| Ok(())).await {
+                tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
+            }
+        }
+        Ok(count)
+    }
+
+    /// Re-sends the in-flight command of a running saga now.
+    ///
+    /// # Errors
+    /// `NotFound`; `InvalidOperation` when the saga has finished.
+    pub async fn resume(&self, id: SagaId) -> Result<SagaInstance> {
+        self.operator(id, "resume", Event::Resume, |_, s| {
+            (!s.is_terminal()).then_some(()).ok_or("the saga has finished")
+        })
+        .await
+    }
+
+    /// Retries a `Failed` saga from the step (or compensation) where it stopped.
+    ///
+    /// # Errors
+    /// `NotFound`; `InvalidOperation` unless the saga is `Failed`.
+    pub async fn retry(&self, id: SagaId) -> Result<SagaInstance> {
+        self.operator(id, "retry", Event::Retry, |_, s| {
+            (s.status == SagaStatus::Failed)
+                .then_some(())
+                .ok_or("only a failed saga can be retried")
+        })
+        .await
+    }
+
+    /// Cancels a running saga that has not reached its pivot: it compensates.
+    ///
+    /// # Errors
+    /// `NotFound`; `InvalidOperation` when the saga is not running or is past its pivot.
+    pub async fn cancel(&self, id: SagaId, reason: impl Into<String>) -> Result<SagaInstance> {
+        let event = Event::Cancel {
+            reason: reason.into(),
+        };
+        self.operator(id, "cancel", event, |def, s| {
+            machine::can_cancel(def, s)
+                .then_some(())
+                .ok_or("only a running saga before its pivot can be cancelled")
+        })
+        .await
+    }
+
+    async fn operator(
+        &self,
+        id: SagaId,
+        action: &'static str,
+        event: Event,
+        allowed: impl Fn(&SagaDefinition, &SagaInstance) -> Result<(), &'static str>,
+    ) -> Result<SagaInstance> {
+        self.apply_checked(id, event, |def, instance| {
+            allowed(def, instance).map_err(|reason| Error::InvalidOperation {
+                id,
+                action,
+                reason: reason.to_owned(),
+            })
+        })
+        .await
+        .map(|(_, after)| after)
+    }
+
+    /// Loads a saga.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
+        self.inner.store.load(id).await
+    }
+
+    /// A saga's log, in order.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn logs(&self, id: SagaId) -> Result<Vec<LogEntry>> {
+        self.inner.store.logs(id).await
+    }
+
+    /// Sagas matching `query`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>> {
+        self.inner.store.list(query).await
+    }
+
+    /// A Mermaid diagram of the instance's progress, if its definition is registered.
+    #[must_use]
+    pub fn mermaid(&self, instance: &SagaInstance) -> Option<String> {
+        let def = self
+            .definition(&instance.saga_type, instance.definition_version)
+            .ok()?;
+        Some(crate::mermaid::instance(def, instance))
+    }
+
+    /// Waits until the saga reaches a terminal status, even when another
+    /// engine process finishes it, for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::WaitTimeout`] when time runs out; `NotFound`; store errors.
+    pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<SagaInstance> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut local = self.inner.finished.subscribe();
+        let mut remote = self.inner.store.finished_events();
+        loop {
+            let instance = self.get(id).await?.ok_or(Error::NotFound(id))?;
+            if instance.is_terminal() {
+                return Ok(instance);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::WaitTimeout(id));
+            }
+            let until = deadline.min(now + self.inner.config.wait_poll);
+            loop {
+                let notified = tokio::select! {
+                    r = local.recv() => matches!(r, Ok(done) if done == id) || r.is_err(),
+                    r = recv_remote(&mut remote) => matches!(r, Some(Ok(done)) if done == id) || !matches!(r, Some(Ok(_))),
+                    () = tokio::time::sleep_until(until) => true,
+                };
+                if notified {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Runs the engine until `shutdown` resolves: consumes replies and polls
+    /// for due sagas. On shutdown it stops taking replies, finishes the ones in
+    /// hand, and returns.
+    ///
+    /// # Errors
+    /// When the reply queue cannot be consumed.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        run::run(self, shutdown).await
+    }
+
+    // ---- core loop --------------------------------------------------------
+
+    async fn apply_checked(
+        &self,
+        id: SagaId,
+        event: Event,
+        check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
+    ) -> Result<(SagaInstance, SagaInstance)> {
+        self.apply_to(None, id, &event, check).await
+    }
+
+    /// Load (unless given), transition, save with version check, perform effects.
+    /// Returns the instance before and after.
+    async fn apply_to(
+        &self,
+        mut loaded: Option<SagaInstance>,
+        id: SagaId,
+        event: &Event,
+        check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
+    ) -> Result<(SagaInstance, SagaInstance)> {
+        for _ in 0..=self.inner.config.conflict_retries {
+            let instance = match loaded.take() {
+                Some(instance) => instance,
+                None => self.inner.store.load(id).await?.ok_or(Error::NotFound(id))?,
+            };
+            let def = Arc::clone(self.definition(&instance.saga_type, instance.definition_version)?);
+            check(&def, &instance)?;
+            let step = instance
+                .cursor
+                .and_then(|c| def.steps().get(c.step))
+                .map(|s| s.name().to_owned())
+                .unwrap_or_default();
+            let span = tracing::debug_span!("saga.transition", saga_id = %id, saga_type = %def.name(), step = %step);
+            let t = machine::transition(&def, &instance, event.clone(), self.inner.clock.now());
+            if t.is_noop() {
+                return Ok((instance, t.instance));
+            }
+            match self
+                .inner
+                .store
+                .save(&t.instance, instance.version, &t.logs)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.perform(&def, &t.instance, t.effects).instrument(span).await;
+                    return Ok((instance, t.instance));
+                }
+                Err(Error::Conflict { .. }) => {
+                    tracing::debug!(saga_id = %id, "version conflict; reloading");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict {
+            id,
+            expected: 0,
+        })
+    }
+
+    async fn perform(&self, def: &Arc<SagaDefinition>, instance: &SagaInstance, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::SendCommand(mut command) => {
+                    command.reply_to = Some(self.inner.config.reply_queue.clone());
+                    if let Err(e) = self.inner.transport.send_command(&command).await {
+                        tracing::warn!(
+                            saga_id = %command.saga_id, step = %command.step_name, error = %e,
+                            "command not sent; the step's timeout will send it again"
+                        );
+                    }
+                }
+                Effect::RunLocal {
+                    step,
+                    direction,
+                    attempt,
+                    data,
+                } => self.spawn_local(def, instance.id, step, direction, attempt, data),
+                Effect::Finished(status) => {
+                    tracing::info!(saga_id = %instance.id, saga_type = %instance.saga_type, %status, "saga finished");
+                    let _ = self.inner.finished.send(instance.id);
+                }
+            }
+        }
+    }
+
+    fn spawn_local(
+        &self,
+        def: &Arc<SagaDefinition>,
+        id: SagaId,
+        step: usize,
+        direction: crate::Direction,
+        attempt: u32,
+        data: serde_json::Value,
+    ) {
+        let action = def.steps().get(step).and_then(|s| match direction {
+            crate::Direction::Invoke => Some(s.action()),
+            crate::Direction::Compensate => s.compensation(),
+        });
+        let Some(Action::Local { run }) = action.cloned() else {
+            return;
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let outcome = run(data).await;
+            let event = Event::Reply {
+                step,
+                direction,
+                attempt,
+                outcome,
+            };
+            if let Err(e) = engine.apply_to(None, id, &event, |_, _| Ok(())).await {
+                tracing::warn!(saga_id = %id, error = %e, "local step result not saved; its timeout will run it again");
+            }
+        });
+    }
+}
+
+async fn recv_remote(
+    remote: &mut Option<broadcast::Receiver<SagaId>>,
+) -> Option<Result<SagaId, broadcast::error::RecvError>> {
+    match remote {
+        Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
+}

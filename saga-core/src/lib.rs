@@ -1,0 +1,172 @@
+//! # saga-core: durable sagas for Rust
+//!
+//! A saga is a sequence of steps across services where every step has a
+//! compensation: if a later step fails, the earlier ones are undone in reverse
+//! order. `saga-core` runs *orchestrated* sagas durably: every transition is
+//! persisted before anything is sent, so a crash at any point resumes the saga
+//! instead of losing or repeating work.
+//!
+//! - **Define** a saga with the typed [`Saga::builder`]: steps that send a
+//!   [`Command`] to a participant or run a local function, each with a
+//!   compensation, a [`RetryPolicy`], a timeout and a kind (compensatable,
+//!   pivot, retriable).
+//! - **Run** it with an [`Engine`] over a [`SagaStore`] and a [`Transport`].
+//!   This crate ships in-memory ones ([`memory`]); `saga-postgres` and
+//!   `saga-rabbitmq` are the production adapters.
+//! - **Serve** commands in participant services with a [`Participant`].
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
+//! use saga_core::{Command, Engine, Participant, Saga, SagaStatus, StepError};
+//!
+//! // Messages, shared by the orchestrator and the participant.
+//! #[derive(Serialize, Deserialize)]
+//! struct Reserve { sku: String, quantity: u32 }
+//! #[derive(Serialize, Deserialize)]
+//! struct Reserved { reservation: String }
+//! impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Release { reservation: String }
+//! impl Command for Release { const NAME: &'static str = "release"; type Reply = (); }
+//!
+//! // The saga's data.
+//! #[derive(Serialize, Deserialize)]
+//! struct Order { sku: String, quantity: u32, reservation: Option<String>, charged: bool }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), saga_core::Error> {
+//! let checkout = Saga::<Order>::builder("checkout")
+//!     .step("reserve")
+//!         .invoke("inventory", |o| Reserve { sku: o.sku.clone(), quantity: o.quantity })
+//!         .on_reply(|o, r| o.reservation = Some(r.reservation))
+//!         .compensate("inventory", |o| Release { reservation: o.reservation.clone().unwrap_or_default() })
+//!     .step("charge")
+//!         .local(|o: Order| async move {
+//!             if o.quantity > 10 { Err(StepError::business("card limit exceeded")) } else { Ok(true) }
+//!         })
+//!         .on_reply(|o, charged| o.charged = charged)
+//!     .build()?;
+//!
+//! let store = InMemoryStore::new();
+//! let transport = InMemoryTransport::new();
+//! let engine = Engine::builder(store, transport.clone()).register(&checkout).build();
+//!
+//! // A participant: idempotent through an inbox.
+//! let inventory = Participant::builder("inventory")
+//!     .inbox(InMemoryInbox::new())
+//!     .on(|cmd: Reserve, _ctx| async move { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) })
+//!     .on(|_cmd: Release, _ctx| async move { Ok(()) })
+//!     .build();
+//!
+//! let (stop, stopped) = tokio::sync::watch::channel(());
+//! let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move { let _ = rx.changed().await; };
+//! let runner = { let e = engine.clone(); let s = shutdown(stopped.clone()); tokio::spawn(async move { e.run(s).await }) };
+//! let serving = { let t = std::sync::Arc::new(transport); let s = shutdown(stopped); tokio::spawn(async move { inventory.run(t, s).await }) };
+//!
+//! let ok = engine.start(&checkout, Order { sku: "book".into(), quantity: 2, reservation: None, charged: false }).await?;
+//! assert_eq!(engine.wait(ok, Duration::from_secs(5)).await?.status, SagaStatus::Completed);
+//!
+//! let too_many = engine.start(&checkout, Order { sku: "book".into(), quantity: 50, reservation: None, charged: false }).await?;
+//! let finished = engine.wait(too_many, Duration::from_secs(5)).await?;
+//! assert_eq!(finished.status, SagaStatus::Compensated); // the reservation was released
+//!
+//! drop(stop);
+//! runner.await.expect("engine task")?;
+//! serving.await.expect("participant task")?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Concepts
+//!
+//! - **Definition vs instance.** A [`Saga<D>`] is immutable and holds no
+//!   connection. A [`SagaInstance`] is one run: status, per-step state, the
+//!   data `D` as JSON, the attempt in progress and when to wake next.
+//! - **Functional core.** [`machine::transition`] is a pure function from
+//!   (definition, instance, event, now) to (new instance, log entries,
+//!   effects). The [`Engine`] persists, then performs the effects.
+//! - **Error classes.** A participant or local step reports a [`StepError`]:
+//!   *retryable* (retried per policy), *business* (compensate now) or
+//!   *unknown* (the step's [`OnUnknown`] decides; the step is compensated too).
+//! - **Statuses.** [`SagaStatus::Running`], `Compensating`, then one of
+//!   `Completed`, `Compensated`, or `Failed` (needs an operator: see
+//!   [`Engine::retry`]).
+//! - **Idempotency.** Every command carries an [`IdempotencyKey`] stable across
+//!   attempts and redeliveries; participants deduplicate on it (see
+//!   [`participant`]). Starting with [`StartOptions::idempotency_key`] makes
+//!   `start` itself idempotent.
+//!
+//! ## Guarantees
+//!
+//! - Steps run in order; compensation runs for every step that succeeded (or
+//!   whose outcome is uncertain), in reverse order.
+//! - No step action is dispatched after compensation began; after the pivot
+//!   nothing is compensated.
+//! - Retries, timeouts and deadlines are persisted (`next_wake_at`): a restart
+//!   neither forgets a retry nor repeats a finished step. A command lost
+//!   between commit and send is sent again when its timeout fires.
+//! - Several engines may share a store: saves are version-checked, due sagas
+//!   are claimed with a lease, and any engine can process any reply.
+//!
+//! ## Adapters
+//!
+//! | crate | store | transport |
+//! |---|---|---|
+//! | `saga-core` ([`memory`]) | [`memory::InMemoryStore`] | [`memory::InMemoryTransport`] |
+//! | `saga-postgres` | `PgSagaStore` (sea-orm) | |
+//! | `saga-rabbitmq` | | `RabbitTransport` (lapin) |
+//!
+//! ## Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `testing` | [`testing`]: conformance suites for store and transport adapters, and a deterministic simulation harness |
+
+pub mod clock;
+pub mod definition;
+mod engine;
+mod error;
+mod id;
+pub mod machine;
+pub mod memory;
+mod mermaid;
+mod message;
+pub mod participant;
+mod retry;
+mod state;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod transport;
+
+#[doc(inline)]
+pub use definition::{Command, OnUnknown, Saga, SagaData, StepKind};
+#[doc(inline)]
+pub use engine::{Engine, EngineBuilder, EngineConfig, StartOptions};
+pub use error::{BoxError, Error, ErrorKind, Result, StepError, StepErrorKind};
+pub use id::{Direction, IdempotencyKey, SagaId};
+pub use message::{CommandMessage, ReplyMessage, ReplyOutcome};
+#[doc(inline)]
+pub use participant::{CommandContext, Inbox, Participant};
+pub use retry::RetryPolicy;
+pub use state::{Cursor, LogEntry, LogEvent, SagaInstance, SagaStatus, StepStatus, Waiting};
+#[doc(inline)]
+pub use store::SagaStore;
+#[doc(inline)]
+pub use transport::Transport;
+
+/// Mermaid diagram text for a definition (also [`Saga::to_mermaid`]).
+#[must_use]
+pub fn mermaid_definition(definition: &definition::SagaDefinition) -> String {
+    mermaid::definition(definition)
+}
+
+/// Mermaid diagram text for an instance's progress (also [`Engine::mermaid`]).
+#[must_use]
+pub fn mermaid_instance(definition: &definition::SagaDefinition, instance: &SagaInstance) -> String {
+    mermaid::instance(definition, instance)
+}

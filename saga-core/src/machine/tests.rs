@@ -1,0 +1,520 @@
+//! One test per transition rule.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::definition::Saga;
+use crate::retry::RetryPolicy;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Trip {
+    flight: Option<String>,
+    hotel: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Book(String);
+impl crate::Command for Book {
+    const NAME: &'static str = "book";
+    type Reply = String;
+}
+#[derive(Serialize, Deserialize)]
+struct Cancel(String);
+impl crate::Command for Cancel {
+    const NAME: &'static str = "cancel";
+    type Reply = ();
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000)
+}
+
+fn at(ms: u64) -> DateTime<Utc> {
+    clock::add(t0(), Duration::from_millis(ms))
+}
+
+/// flight (compensatable) -> hotel (compensatable) -> pay (pivot) -> notify (retriable)
+fn trip() -> Saga<Trip> {
+    Saga::<Trip>::builder("trip")
+        .step("flight")
+        .invoke("airline", |_| Book("flight".into()))
+        .on_reply(|d, r| d.flight = Some(r))
+        .compensate("airline", |_| Cancel("flight".into()))
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
+        .timeout(Duration::from_secs(1))
+        .step("hotel")
+        .invoke("hotels", |_| Book("hotel".into()))
+        .on_reply(|d, r| d.hotel = Some(r))
+        .compensate("hotels", |_| Cancel("hotel".into()))
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(2))
+        .timeout(Duration::from_secs(1))
+        .step("pay")
+        .invoke("bank", |_| Book("pay".into()))
+        .pivot()
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+        .step("notify")
+        .invoke("mail", |_| Book("mail".into()))
+        .retriable()
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(1))
+        .build()
+        .expect("valid definition")
+}
+
+struct Run {
+    saga: Saga<Trip>,
+    inst: SagaInstance,
+    effects: Vec<Effect>,
+    logs: Vec<LogEntry>,
+}
+
+impl Run {
+    fn new() -> Self {
+        let saga = trip();
+        let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+        Self {
+            saga,
+            inst: t.instance,
+            effects: t.effects,
+            logs: t.logs,
+        }
+    }
+
+    fn apply(&mut self, event: Event, now: DateTime<Utc>) -> &mut Self {
+        let t = transition(self.saga.definition(), &self.inst, event, now);
+        self.inst = t.instance;
+        self.effects = t.effects;
+        self.logs = t.logs;
+        self
+    }
+
+    fn reply(&mut self, step: usize, dir: Direction, attempt: u32, outcome: Result<Value, StepError>) -> &mut Self {
+        self.apply(
+            Event::Reply {
+                step,
+                direction: dir,
+                attempt,
+                outcome,
+            },
+            t0(),
+        )
+    }
+
+    fn ok(&mut self, step: usize) -> &mut Self {
+        let attempt = self.inst.cursor.map_or(1, |c| c.attempt);
+        self.reply(step, Direction::Invoke, attempt, Ok(json!(format!("ref-{step}"))))
+    }
+
+    fn comp_ok(&mut self, step: usize) -> &mut Self {
+        let attempt = self.inst.cursor.map_or(1, |c| c.attempt);
+        self.reply(step, Direction::Compensate, attempt, Ok(Value::Null))
+    }
+
+    fn sent(&self) -> Vec<(String, Direction, u32)> {
+        self.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::SendCommand(c) => Some((c.step_name.clone(), c.direction, c.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<LogEvent> {
+        self.logs.iter().map(|l| l.event).collect()
+    }
+}
+
+#[test]
+fn start_dispatches_the_first_step_and_arms_its_timeout() {
+    let r = Run::new();
+    assert_eq!(r.inst.status, SagaStatus::Running);
+    assert_eq!(r.inst.version, 1);
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 1)]);
+    assert_eq!(r.inst.next_wake_at, Some(at(1000)));
+    assert_eq!(r.events(), vec![LogEvent::SagaStarted, LogEvent::StepDispatched]);
+    assert_eq!(r.inst.steps[0], StepStatus::Running);
+    let Effect::SendCommand(cmd) = &r.effects[0] else { panic!() };
+    assert_eq!(cmd.idempotency_key.as_str(), format!("{}:flight:invoke", r.inst.id));
+    assert_eq!(cmd.endpoint, "airline");
+    assert_eq!(cmd.command, "book");
+    assert_eq!(cmd.payload, json!("flight"));
+}
+
+#[test]
+fn success_folds_the_reply_and_dispatches_the_next_step() {
+    let mut r = Run::new();
+    r.ok(0);
+    assert_eq!(r.inst.steps[0], StepStatus::Succeeded);
+    assert_eq!(r.inst.data["flight"], json!("ref-0"));
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Invoke, 1)]);
+    assert_eq!(r.inst.version, 2);
+}
+
+#[test]
+fn last_success_completes_the_saga() {
+    let mut r = Run::new();
+    r.ok(0).ok(1).ok(2).ok(3);
+    assert_eq!(r.inst.status, SagaStatus::Completed);
+    assert_eq!(r.inst.cursor, None);
+    assert_eq!(r.inst.next_wake_at, None);
+    assert!(r.effects.contains(&Effect::Finished(SagaStatus::Completed)));
+}
+
+#[test]
+fn business_failure_compensates_succeeded_steps_in_reverse_order() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    assert_eq!(r.inst.steps[2], StepStatus::Failed);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+    assert!(r.inst.error.as_deref().unwrap_or_default().contains("declined"));
+    r.comp_ok(1);
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
+    r.comp_ok(0);
+    assert_eq!(r.inst.status, SagaStatus::Compensated);
+    assert_eq!(r.inst.steps[..3], [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed]);
+    assert!(r.effects.contains(&Effect::Finished(SagaStatus::Compensated)));
+}
+
+#[test]
+fn business_failure_of_the_first_step_compensates_nothing() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::business("no seats")));
+    assert_eq!(r.inst.status, SagaStatus::Compensated);
+    assert!(r.sent().is_empty());
+}
+
+#[test]
+fn retryable_failure_schedules_a_retry_with_backoff() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::retryable("busy")));
+    assert_eq!(r.inst.status, SagaStatus::Running);
+    let c = r.inst.cursor.expect("cursor");
+    assert_eq!(c.waiting, Waiting::Retry);
+    assert_eq!(r.inst.next_wake_at, Some(at(100)));
+    assert!(r.sent().is_empty());
+    assert_eq!(r.events(), vec![LogEvent::StepFailed, LogEvent::RetryScheduled]);
+    r.apply(Event::WakeUp, at(100));
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 2)]);
+    assert_eq!(r.inst.next_wake_at, Some(at(1100)));
+}
+
+#[test]
+fn wake_before_due_is_a_noop() {
+    let mut r = Run::new();
+    let before = r.inst.clone();
+    r.apply(Event::WakeUp, at(999));
+    assert!(r.logs.is_empty() && r.effects.is_empty());
+    assert_eq!(r.inst, before);
+}
+
+#[test]
+fn timeout_retries_and_marks_the_step_uncertain() {
+    let mut r = Run::new();
+    r.apply(Event::WakeUp, at(1000));
+    assert_eq!(r.events(), vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]);
+    assert!(r.inst.cursor.expect("cursor").uncertain);
+}
+
+#[test]
+fn exhausted_retries_after_timeouts_compensate_the_uncertain_step_too() {
+    let mut r = Run::new();
+    r.ok(0);
+    // hotel: 2 attempts, both time out.
+    r.apply(Event::WakeUp, at(1000));
+    r.apply(Event::WakeUp, at(1100));
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Invoke, 2)]);
+    r.apply(Event::WakeUp, at(2100));
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    assert_eq!(r.inst.steps[1], StepStatus::Compensating);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+}
+
+#[test]
+fn exhausted_retryable_failures_compensate_only_earlier_steps() {
+    let mut r = Run::new();
+    r.ok(0);
+    r.reply(1, Direction::Invoke, 1, Err(StepError::retryable("busy")));
+    r.apply(Event::WakeUp, at(100));
+    r.reply(1, Direction::Invoke, 2, Err(StepError::retryable("busy")));
+    assert_eq!(r.inst.steps[1], StepStatus::Failed);
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
+}
+
+#[test]
+fn unknown_outcome_with_compensate_policy_compensates_the_step() {
+    let saga = Saga::<Trip>::builder("u")
+        .step("a")
+        .invoke("svc", |_| Book("a".into()))
+        .compensate("svc", |_| Cancel("a".into()))
+        .on_unknown(OnUnknown::Compensate)
+        .build()
+        .expect("valid");
+    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+    let t = transition(
+        saga.definition(),
+        &t.instance,
+        Event::Reply {
+            step: 0,
+            direction: Direction::Invoke,
+            attempt: 1,
+            outcome: Err(StepError::unknown("lost connection mid-commit")),
+        },
+        t0(),
+    );
+    assert_eq!(t.instance.status, SagaStatus::Compensating);
+    assert_eq!(t.instance.steps[0], StepStatus::Compensating);
+}
+
+#[test]
+fn unknown_outcome_with_retry_policy_retries() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::unknown("?")));
+    let c = r.inst.cursor.expect("cursor");
+    assert_eq!(c.waiting, Waiting::Retry);
+    assert!(c.uncertain);
+}
+
+#[test]
+fn compensation_failure_is_retried_then_the_saga_fails() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    r.reply(1, Direction::Compensate, 1, Err(StepError::retryable("down")));
+    assert_eq!(r.inst.cursor.expect("cursor").waiting, Waiting::Retry);
+    r.apply(Event::WakeUp, at(50));
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 2)]);
+    r.reply(1, Direction::Compensate, 2, Err(StepError::business("still down")));
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    assert!(r.inst.error.as_deref().unwrap_or_default().contains("compensation of step `hotel`"));
+    assert_eq!(r.inst.next_wake_at, None);
+    assert!(r.effects.contains(&Effect::Finished(SagaStatus::Failed)));
+}
+
+#[test]
+fn compensation_timeout_counts_as_a_failed_attempt() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    r.apply(Event::WakeUp, at(1000));
+    assert_eq!(r.events(), vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]);
+}
+
+#[test]
+fn operator_retry_resumes_a_failed_compensation() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    r.reply(1, Direction::Compensate, 1, Err(StepError::retryable("down")));
+    r.apply(Event::WakeUp, at(50));
+    r.reply(1, Direction::Compensate, 2, Err(StepError::retryable("down")));
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    r.apply(Event::Retry, at(60_000));
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+    r.comp_ok(1).comp_ok(0);
+    assert_eq!(r.inst.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn operator_retry_of_a_running_saga_is_a_noop() {
+    let mut r = Run::new();
+    r.apply(Event::Retry, t0());
+    assert!(r.logs.is_empty());
+}
+
+#[test]
+fn failure_after_the_pivot_fails_without_compensating() {
+    let mut r = Run::new();
+    r.ok(0).ok(1).ok(2);
+    r.reply(3, Direction::Invoke, 1, Err(StepError::business("bad address")));
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    assert!(r.sent().is_empty());
+    assert_eq!(r.inst.steps[0], StepStatus::Succeeded);
+}
+
+#[test]
+fn retriable_step_ignores_the_attempt_limit() {
+    let mut r = Run::new();
+    r.ok(0).ok(1).ok(2);
+    for attempt in 1..=10 {
+        r.reply(3, Direction::Invoke, attempt, Err(StepError::retryable("smtp down")));
+        assert_eq!(r.inst.status, SagaStatus::Running);
+        let due = r.inst.next_wake_at.expect("wake");
+        r.apply(Event::WakeUp, due);
+        assert_eq!(r.sent(), vec![("notify".into(), Direction::Invoke, attempt + 1)]);
+    }
+}
+
+#[test]
+fn uncertain_pivot_past_its_retries_needs_an_operator() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    let due = r.inst.next_wake_at.expect("wake");
+    r.apply(Event::WakeUp, due);
+    let due = r.inst.next_wake_at.expect("wake");
+    r.apply(Event::WakeUp, due);
+    let due = r.inst.next_wake_at.expect("wake");
+    r.apply(Event::WakeUp, due);
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    assert_eq!(r.inst.steps[2], StepStatus::Uncertain);
+    assert!(r.sent().is_empty());
+}
+
+#[test]
+fn stale_and_duplicate_replies_are_logged_and_ignored() {
+    let mut r = Run::new();
+    r.ok(0);
+    let before = r.inst.clone();
+    // duplicate success for step 0
+    r.reply(0, Direction::Invoke, 1, Ok(json!("again")));
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    assert!(r.effects.is_empty());
+    assert_eq!(r.inst.steps, before.steps);
+    assert_eq!(r.inst.data, before.data);
+    // a reply for an attempt never sent
+    r.reply(1, Direction::Invoke, 7, Ok(json!("x")));
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    // a compensation reply while running forward
+    r.reply(0, Direction::Compensate, 1, Ok(Value::Null));
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    assert_eq!(r.inst.status, SagaStatus::Running);
+}
+
+#[test]
+fn failure_of_a_superseded_attempt_is_ignored() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::retryable("busy")));
+    r.apply(Event::WakeUp, at(100));
+    r.reply(0, Direction::Invoke, 1, Err(StepError::retryable("busy")));
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    assert_eq!(r.inst.cursor.expect("cursor").attempt, 2);
+}
+
+#[test]
+fn success_of_an_earlier_attempt_is_accepted() {
+    let mut r = Run::new();
+    r.apply(Event::WakeUp, at(1000));
+    r.apply(Event::WakeUp, at(1100));
+    r.reply(0, Direction::Invoke, 1, Ok(json!("late")));
+    assert_eq!(r.inst.steps[0], StepStatus::Succeeded);
+    assert_eq!(r.inst.data["flight"], json!("late"));
+}
+
+#[test]
+fn replies_after_the_end_are_ignored() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::business("no")));
+    assert_eq!(r.inst.status, SagaStatus::Compensated);
+    r.reply(0, Direction::Invoke, 1, Ok(json!("late")));
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    assert_eq!(r.inst.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn resume_redispatches_the_in_flight_attempt() {
+    let mut r = Run::new();
+    r.apply(Event::Resume, at(10));
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 1)]);
+    assert_eq!(r.inst.next_wake_at, Some(at(1010)));
+}
+
+#[test]
+fn resume_of_a_finished_saga_is_a_noop() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Err(StepError::business("no")));
+    r.apply(Event::Resume, t0());
+    assert!(r.logs.is_empty() && r.effects.is_empty());
+}
+
+#[test]
+fn cancel_before_the_pivot_compensates_including_the_in_flight_step() {
+    let mut r = Run::new();
+    r.ok(0);
+    r.apply(Event::Cancel { reason: "customer asked".into() }, t0());
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+    assert!(r.inst.error.as_deref().unwrap_or_default().contains("customer asked"));
+}
+
+#[test]
+fn cancel_after_the_pivot_is_refused() {
+    let mut r = Run::new();
+    r.ok(0).ok(1).ok(2);
+    assert!(!can_cancel(r.saga.definition(), &r.inst));
+    r.apply(Event::Cancel { reason: "late".into() }, t0());
+    assert!(r.logs.is_empty());
+    assert_eq!(r.inst.status, SagaStatus::Running);
+}
+
+#[test]
+fn deadline_compensates_a_saga_that_has_not_reached_its_pivot() {
+    let saga = Saga::<Trip>::builder("d")
+        .deadline(Duration::from_millis(500))
+        .step("a")
+        .invoke("svc", |_| Book("a".into()))
+        .compensate("svc", |_| Cancel("a".into()))
+        .step("b")
+        .invoke("svc", |_| Book("b".into()))
+        .compensate("svc", |_| Cancel("b".into()))
+        .build()
+        .expect("valid");
+    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+    assert_eq!(t.instance.next_wake_at, Some(at(500)));
+    let t = transition(
+        saga.definition(),
+        &t.instance,
+        Event::Reply {
+            step: 0,
+            direction: Direction::Invoke,
+            attempt: 1,
+            outcome: Ok(Value::Null),
+        },
+        at(100),
+    );
+    let t = transition(saga.definition(), &t.instance, Event::WakeUp, at(500));
+    assert_eq!(t.instance.status, SagaStatus::Compensating);
+    assert_eq!(t.logs[0].event, LogEvent::DeadlineExceeded);
+    // b was in flight: it is compensated first, then a.
+    assert_eq!(t.instance.steps[1], StepStatus::Compensating);
+}
+
+#[test]
+fn a_reply_that_does_not_decode_counts_as_unknown() {
+    let mut r = Run::new();
+    r.reply(0, Direction::Invoke, 1, Ok(json!({ "not": "a string" })));
+    assert_eq!(r.events(), vec![LogEvent::StepFailed, LogEvent::RetryScheduled]);
+    assert!(r.inst.cursor.expect("cursor").uncertain);
+}
+
+#[test]
+fn local_steps_emit_run_local() {
+    let saga = Saga::<Trip>::builder("l")
+        .step("calc")
+        .local(|_d: Trip| async { Ok(5u32) })
+        .build()
+        .expect("valid");
+    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+    assert!(matches!(t.effects[0], Effect::RunLocal { step: 0, attempt: 1, .. }));
+}
+
+#[test]
+fn log_sequence_numbers_are_contiguous() {
+    let mut r = Run::new();
+    let mut all = r.logs.clone();
+    r.ok(0);
+    all.extend(r.logs.clone());
+    r.reply(1, Direction::Invoke, 1, Err(StepError::business("x")));
+    all.extend(r.logs.clone());
+    r.comp_ok(0);
+    all.extend(r.logs.clone());
+    let seqs: Vec<u32> = all.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, (0..all.len() as u32).collect::<Vec<_>>());
+    assert_eq!(r.inst.log_seq as usize, all.len());
+}

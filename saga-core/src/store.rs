@@ -1,0 +1,114 @@
+//! The storage contract: where saga state and logs live.
+//!
+//! The store is the source of truth. Every transition is saved with a version
+//! check together with its log entries, in one transaction; effects run only
+//! after that commit. Due sagas (timeouts, retries, lost messages) are found
+//! from the persisted `next_wake_at` and claimed with a lease, so several
+//! engine processes can share one store.
+//!
+//! The trait uses `async-trait` because the engine keeps its store as a trait
+//! object: `Engine` stays one concrete type that services pass around, and the
+//! boxed future per call costs nothing next to a database round trip.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::error::Result;
+use crate::id::SagaId;
+use crate::state::{LogEntry, SagaInstance, SagaStatus};
+
+/// The result of [`SagaStore::create`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    /// The saga was inserted.
+    New,
+    /// A saga with the same idempotency key already exists; nothing was written.
+    Existing(SagaInstance),
+}
+
+/// A filter for operator listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaQuery {
+    /// Only sagas in this status.
+    pub status: Option<SagaStatus>,
+    /// Only sagas of this type.
+    pub saga_type: Option<String>,
+    /// Only sagas last changed before this time (with a non-terminal status: stuck sagas).
+    pub updated_before: Option<DateTime<Utc>>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl Default for SagaQuery {
+    fn default() -> Self {
+        Self {
+            status: None,
+            saga_type: None,
+            updated_before: None,
+            limit: 100,
+        }
+    }
+}
+
+impl SagaQuery {
+    /// Whether `instance` matches the filter (for stores that filter in memory).
+    #[must_use]
+    pub fn matches(&self, instance: &SagaInstance) -> bool {
+        self.status.is_none_or(|s| s == instance.status)
+            && self
+                .saga_type
+                .as_deref()
+                .is_none_or(|t| t == instance.saga_type)
+            && self
+                .updated_before
+                .is_none_or(|before| instance.updated_at < before)
+    }
+}
+
+/// Persistent storage for saga instances and their logs.
+#[async_trait]
+pub trait SagaStore: Send + Sync + 'static {
+    /// Inserts a new saga and its first log entries in one transaction.
+    ///
+    /// If the instance has an idempotency key that another saga already holds,
+    /// nothing is written and that saga is returned as [`Created::Existing`].
+    async fn create(&self, instance: &SagaInstance, logs: &[LogEntry]) -> Result<Created>;
+
+    /// Loads a saga, `None` if it does not exist.
+    async fn load(&self, id: SagaId) -> Result<Option<SagaInstance>>;
+
+    /// Replaces the saga if its stored version is `expected_version`, appends
+    /// `logs`, and releases any lease, all in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`](crate::Error::Conflict) when the stored version differs
+    /// (another writer won: reload and re-apply); `NotFound` if the saga is gone.
+    async fn save(&self, instance: &SagaInstance, expected_version: u64, logs: &[LogEntry]) -> Result<()>;
+
+    /// Claims up to `limit` sagas whose `next_wake_at` is at or before `now` and
+    /// whose lease is free or expired, leasing them to `owner` for `lease`.
+    /// Concurrent claimers get disjoint sets.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<SagaInstance>>;
+
+    /// The saga's log, ordered by sequence number.
+    async fn logs(&self, id: SagaId) -> Result<Vec<LogEntry>>;
+
+    /// Sagas matching `query`, most recently updated first.
+    async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>>;
+
+    /// A stream of ids of sagas that reached a terminal status, including those
+    /// finished by other processes, if the store can notify (Postgres
+    /// LISTEN/NOTIFY). `None` means waiters fall back to polling.
+    fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {
+        None
+    }
+}
