@@ -17,7 +17,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A saga definition failed validation in [`build`](crate::StepBuilder::build).
+    /// A saga definition failed validation in [`build`](crate::definition::StepBuilder::build).
     #[error("invalid saga definition `{saga}`: {reason}")]
     InvalidDefinition {
         /// The saga's name.

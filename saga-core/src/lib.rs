@@ -167,6 +167,9 @@ pub fn mermaid_definition(definition: &definition::SagaDefinition) -> String {
 
 /// Mermaid diagram text for an instance's progress (also [`Engine::mermaid`]).
 #[must_use]
-pub fn mermaid_instance(definition: &definition::SagaDefinition, instance: &SagaInstance) -> String {
+pub fn mermaid_instance(
+    definition: &definition::SagaDefinition,
+    instance: &SagaInstance,
+) -> String {
     mermaid::instance(definition, instance)
 }

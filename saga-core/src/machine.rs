@@ -66,7 +66,7 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Send this command to its participant.
-    SendCommand(CommandMessage),
+    SendCommand(Box<CommandMessage>),
     /// Run a local step function on this data and feed its result back as a reply.
     RunLocal {
         /// The step's index.
@@ -284,32 +284,43 @@ impl<'a> Machine<'a> {
                         Some(c.attempt),
                         json!({ "endpoint": endpoint, "command": command, "payload": body }),
                     );
-                    self.effects.push(Effect::SendCommand(CommandMessage {
-                        message_id: format!(
-                            "{}:{}:{}:{}",
-                            self.s.id, step.name, c.direction, c.attempt
-                        ),
-                        idempotency_key: IdempotencyKey::new(self.s.id, &step.name, c.direction),
-                        saga_id: self.s.id,
-                        saga_type: self.s.saga_type.clone(),
-                        step: u32::try_from(c.step).unwrap_or(u32::MAX),
-                        step_name: step.name.clone(),
-                        direction: c.direction,
-                        attempt: c.attempt,
-                        endpoint: endpoint.clone(),
-                        command: command.clone(),
-                        payload: body,
-                        reply_to: None,
-                        headers: Default::default(),
-                    }));
+                    self.effects
+                        .push(Effect::SendCommand(Box::new(CommandMessage {
+                            message_id: format!(
+                                "{}:{}:{}:{}",
+                                self.s.id, step.name, c.direction, c.attempt
+                            ),
+                            idempotency_key: IdempotencyKey::new(
+                                self.s.id,
+                                &step.name,
+                                c.direction,
+                            ),
+                            saga_id: self.s.id,
+                            saga_type: self.s.saga_type.clone(),
+                            step: u32::try_from(c.step).unwrap_or(u32::MAX),
+                            step_name: step.name.clone(),
+                            direction: c.direction,
+                            attempt: c.attempt,
+                            endpoint: endpoint.clone(),
+                            command: command.clone(),
+                            payload: body,
+                            reply_to: None,
+                            headers: Default::default(),
+                        })));
                 }
                 Err(e) => {
-                    let error = StepError::business(format!("could not build command `{command}`: {e}"));
+                    let error =
+                        StepError::business(format!("could not build command `{command}`: {e}"));
                     self.on_failure(c, error);
                 }
             },
             Some(Action::Local { .. }) => {
-                self.log(event, Some(c.step), Some(c.attempt), json!({ "local": true }));
+                self.log(
+                    event,
+                    Some(c.step),
+                    Some(c.attempt),
+                    json!({ "local": true }),
+                );
                 self.effects.push(Effect::RunLocal {
                     step: c.step,
                     direction: c.direction,
@@ -327,13 +338,19 @@ impl<'a> Machine<'a> {
         if let Some(fold) = &step.on_output {
             let fold = fold.clone();
             if let Err(e) = fold(&mut self.s.data, output.clone()) {
-                let error = StepError::unknown(format!("reply does not match the expected type: {e}"));
+                let error =
+                    StepError::unknown(format!("reply does not match the expected type: {e}"));
                 self.on_failure(c, error);
                 return;
             }
         }
         self.s.steps[c.step] = StepStatus::Succeeded;
-        self.log(LogEvent::StepSucceeded, Some(c.step), Some(c.attempt), output);
+        self.log(
+            LogEvent::StepSucceeded,
+            Some(c.step),
+            Some(c.attempt),
+            output,
+        );
         if c.step + 1 < self.def.steps.len() {
             self.start_step(c.step + 1);
         } else {
@@ -362,11 +379,19 @@ impl<'a> Machine<'a> {
             self.retry_compensation_or_fail(c, &error.message);
             return;
         }
-        self.log(LogEvent::StepFailed, Some(c.step), Some(c.attempt), json!(error));
+        self.log(
+            LogEvent::StepFailed,
+            Some(c.step),
+            Some(c.attempt),
+            json!(error),
+        );
         match error.kind {
             StepErrorKind::Business => {
                 self.s.steps[c.step] = StepStatus::Failed;
-                self.fail_forward(format!("step `{}` failed: {}", self.def.steps[c.step].name, error.message));
+                self.fail_forward(format!(
+                    "step `{}` failed: {}",
+                    self.def.steps[c.step].name, error.message
+                ));
             }
             StepErrorKind::Retryable => self.retry_or_give_up(c, &error.message),
             StepErrorKind::Unknown => {
@@ -403,7 +428,10 @@ impl<'a> Machine<'a> {
     /// Stops retrying the cursor's forward step.
     fn give_up(&mut self, c: Cursor, reason: &str) {
         let step = &self.def.steps[c.step];
-        let reason = format!("step `{}` failed after {} attempt(s): {reason}", step.name, c.attempt);
+        let reason = format!(
+            "step `{}` failed after {} attempt(s): {reason}",
+            step.name, c.attempt
+        );
         if c.uncertain && step.kind == StepKind::Pivot {
             // The pivot may have happened and cannot be undone: an operator decides.
             self.s.steps[c.step] = StepStatus::Uncertain;
@@ -420,7 +448,9 @@ impl<'a> Machine<'a> {
 
     fn fail_forward(&mut self, reason: String) {
         if self.committed() {
-            self.saga_failed(format!("{reason} (after the pivot, nothing is compensated)"));
+            self.saga_failed(format!(
+                "{reason} (after the pivot, nothing is compensated)"
+            ));
         } else {
             self.begin_compensation(reason);
         }
@@ -429,7 +459,12 @@ impl<'a> Machine<'a> {
     fn saga_failed(&mut self, reason: String) {
         self.s.status = SagaStatus::Failed;
         self.s.next_wake_at = None;
-        self.log(LogEvent::SagaFailed, None, None, json!({ "reason": reason }));
+        self.log(
+            LogEvent::SagaFailed,
+            None,
+            None,
+            json!({ "reason": reason }),
+        );
         self.s.error = Some(reason);
         self.effects.push(Effect::Finished(SagaStatus::Failed));
     }
@@ -438,7 +473,12 @@ impl<'a> Machine<'a> {
 
     fn begin_compensation(&mut self, reason: String) {
         self.s.status = SagaStatus::Compensating;
-        self.log(LogEvent::CompensationStarted, None, None, json!({ "reason": reason }));
+        self.log(
+            LogEvent::CompensationStarted,
+            None,
+            None,
+            json!({ "reason": reason }),
+        );
         self.s.error = Some(reason);
         let from = self.s.cursor.map_or(self.def.steps.len(), |c| c.step + 1);
         self.compensate_below(from);
@@ -502,7 +542,13 @@ impl<'a> Machine<'a> {
 
     // ---- events ----------------------------------------------------------
 
-    fn ignore(&mut self, step: Option<usize>, attempt: u32, why: &str, outcome: &Result<Value, StepError>) {
+    fn ignore(
+        &mut self,
+        step: Option<usize>,
+        attempt: u32,
+        why: &str,
+        outcome: &Result<Value, StepError>,
+    ) {
         let ok = outcome.is_ok();
         self.log(
             LogEvent::ReplyIgnored,
@@ -551,12 +597,18 @@ impl<'a> Machine<'a> {
                 }
             }
             Err(error) => {
-                let current =
-                    attempt == c.attempt && c.waiting == Waiting::Reply && !self.s.status.is_terminal();
+                let current = attempt == c.attempt
+                    && c.waiting == Waiting::Reply
+                    && !self.s.status.is_terminal();
                 if current {
                     self.on_failure(c, error);
                 } else {
-                    self.ignore(Some(step), attempt, "failure of a superseded attempt", &Err(error));
+                    self.ignore(
+                        Some(step),
+                        attempt,
+                        "failure of a superseded attempt",
+                        &Err(error),
+                    );
                 }
             }
         }
@@ -569,7 +621,12 @@ impl<'a> Machine<'a> {
             return;
         }
         if self.s.deadline_at.is_some_and(|d| d <= self.now) && self.deadline_applies(c.step) {
-            self.log(LogEvent::DeadlineExceeded, Some(c.step), Some(c.attempt), Value::Null);
+            self.log(
+                LogEvent::DeadlineExceeded,
+                Some(c.step),
+                Some(c.attempt),
+                Value::Null,
+            );
             self.abandon_current(c);
             self.begin_compensation("the saga's deadline passed".to_owned());
             return;
@@ -622,7 +679,12 @@ impl<'a> Machine<'a> {
         if self.s.status.is_terminal() {
             return;
         }
-        self.log(LogEvent::Resumed, Some(c.step), Some(c.attempt), Value::Null);
+        self.log(
+            LogEvent::Resumed,
+            Some(c.step),
+            Some(c.attempt),
+            Value::Null,
+        );
         if c.waiting == Waiting::Retry {
             c.attempt += 1;
             self.s.cursor = Some(c);
@@ -635,7 +697,12 @@ impl<'a> Machine<'a> {
         if self.s.status != SagaStatus::Failed {
             return;
         }
-        self.log(LogEvent::OperatorRetry, Some(c.step), Some(c.attempt), Value::Null);
+        self.log(
+            LogEvent::OperatorRetry,
+            Some(c.step),
+            Some(c.attempt),
+            Value::Null,
+        );
         self.s.status = match c.direction {
             Direction::Invoke => SagaStatus::Running,
             Direction::Compensate => SagaStatus::Compensating,
@@ -654,7 +721,12 @@ impl<'a> Machine<'a> {
             return;
         }
         let Some(c) = self.s.cursor else { return };
-        self.log(LogEvent::OperatorCancel, Some(c.step), Some(c.attempt), json!({ "reason": reason }));
+        self.log(
+            LogEvent::OperatorCancel,
+            Some(c.step),
+            Some(c.attempt),
+            json!({ "reason": reason }),
+        );
         self.abandon_current(c);
         self.begin_compensation(format!("cancelled: {reason}"));
     }

@@ -16,7 +16,11 @@ fn label(def: &SagaDefinition, index: usize) -> String {
         StepKind::Pivot => " (pivot)",
         StepKind::Retriable => " (retriable)",
     };
-    format!("{}{kind}<br/><small>{}</small>", step.name, step.action.label())
+    format!(
+        "{}{kind}<br/><small>{}</small>",
+        step.name,
+        step.action.label()
+    )
 }
 
 fn skeleton(def: &SagaDefinition) -> String {
@@ -25,7 +29,12 @@ fn skeleton(def: &SagaDefinition) -> String {
     for i in 0..def.steps.len() {
         let _ = writeln!(out, "    {}[\"{}\"]", node_id(i), label(def, i));
         if let Some(comp) = &def.steps[i].compensation {
-            let _ = writeln!(out, "    c{i}[/\"undo {}<br/><small>{}</small>\"/]", def.steps[i].name, comp.label());
+            let _ = writeln!(
+                out,
+                "    c{i}[/\"undo {}<br/><small>{}</small>\"/]",
+                def.steps[i].name,
+                comp.label()
+            );
         }
     }
     let _ = writeln!(out, "    done((done))");
@@ -69,7 +78,11 @@ pub(crate) fn instance(def: &SagaDefinition, instance: &SagaInstance) -> String 
         };
         let _ = writeln!(out, "    class {} {class}", node_id(i));
         if matches!(status, StepStatus::Compensated | StepStatus::Compensating) {
-            let class = if *status == StepStatus::Compensated { "succeeded" } else { "running" };
+            let class = if *status == StepStatus::Compensated {
+                "succeeded"
+            } else {
+                "running"
+            };
             let _ = writeln!(out, "    class c{i} {class}");
         }
     }

@@ -40,7 +40,8 @@ use crate::message::{CommandMessage, ReplyMessage, ReplyOutcome};
 use crate::transport::{Delivery, Transport};
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-type Handler = Arc<dyn Fn(Value, CommandContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(Value, CommandContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
 
 /// Records which commands a participant processed, and their replies.
 #[async_trait]
@@ -49,7 +50,11 @@ pub trait Inbox: Send + Sync + 'static {
     async fn get(&self, key: &IdempotencyKey) -> Result<Option<ReplyOutcome>>;
 
     /// Records `outcome` for `key` unless one is recorded; returns the recorded one.
-    async fn put_if_absent(&self, key: &IdempotencyKey, outcome: &ReplyOutcome) -> Result<ReplyOutcome>;
+    async fn put_if_absent(
+        &self,
+        key: &IdempotencyKey,
+        outcome: &ReplyOutcome,
+    ) -> Result<ReplyOutcome>;
 }
 
 /// What a handler knows about the command it handles.
@@ -173,7 +178,11 @@ impl Participant {
     /// # Errors
     /// [`Error::MalformedMessage`] for a command this participant has no handler
     /// for (it belongs in the dead-letter queue); inbox errors.
-    pub async fn handle(&self, command: &CommandMessage, delivery_count: u32) -> Result<ReplyMessage> {
+    pub async fn handle(
+        &self,
+        command: &CommandMessage,
+        delivery_count: u32,
+    ) -> Result<ReplyMessage> {
         let handler = self.inner.handlers.get(&command.command).ok_or_else(|| {
             Error::MalformedMessage(format!(
                 "endpoint `{}` has no handler for command `{}`",
@@ -204,8 +213,14 @@ impl Participant {
                     }
                     let outcome = ReplyOutcome::from(handler(command.payload.clone(), ctx).await);
                     match &outcome {
-                        ReplyOutcome::Failure(e) if e.kind != crate::StepErrorKind::Business => outcome,
-                        _ => inbox.put_if_absent(&command.idempotency_key, &outcome).await?,
+                        ReplyOutcome::Failure(e) if e.kind != crate::StepErrorKind::Business => {
+                            outcome
+                        }
+                        _ => {
+                            inbox
+                                .put_if_absent(&command.idempotency_key, &outcome)
+                                .await?
+                        }
                     }
                 }
             }
@@ -264,7 +279,10 @@ impl Participant {
             attempt = command.attempt,
         );
         async move {
-            let reply = match self.handle(&delivery.message, delivery.delivery_count).await {
+            let reply = match self
+                .handle(&delivery.message, delivery.delivery_count)
+                .await
+            {
                 Ok(reply) => reply,
                 Err(Error::MalformedMessage(reason)) => {
                     tracing::warn!(%reason, "command dead-lettered");

@@ -180,6 +180,9 @@ mod tests {
 
     #[test]
     fn zero_max_attempts_means_one() {
-        assert_eq!(RetryPolicy::default().max_attempts(0).attempt_limit(), Some(1));
+        assert_eq!(
+            RetryPolicy::default().max_attempts(0).attempt_limit(),
+            Some(1)
+        );
     }
 }

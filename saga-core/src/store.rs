@@ -26,7 +26,7 @@ pub enum Created {
     /// The saga was inserted.
     New,
     /// A saga with the same idempotency key already exists; nothing was written.
-    Existing(SagaInstance),
+    Existing(Box<SagaInstance>),
 }
 
 /// A filter for operator listings.
@@ -86,7 +86,12 @@ pub trait SagaStore: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Conflict`](crate::Error::Conflict) when the stored version differs
     /// (another writer won: reload and re-apply); `NotFound` if the saga is gone.
-    async fn save(&self, instance: &SagaInstance, expected_version: u64, logs: &[LogEntry]) -> Result<()>;
+    async fn save(
+        &self,
+        instance: &SagaInstance,
+        expected_version: u64,
+        logs: &[LogEntry],
+    ) -> Result<()>;
 
     /// Claims up to `limit` sagas whose `next_wake_at` is at or before `now` and
     /// whose lease is free or expired, leasing them to `owner` for `lease`.

@@ -373,7 +373,9 @@ fn is_identifier(name: &str) -> bool {
 
 fn validate(def: &SagaDefinition) -> Result<(), String> {
     if !is_identifier(&def.name) {
-        return Err("the saga name must be 1-128 characters of letters, digits, `_`, `-` or `.`".into());
+        return Err(
+            "the saga name must be 1-128 characters of letters, digits, `_`, `-` or `.`".into(),
+        );
     }
     if def.version == 0 {
         return Err("the version must be at least 1".into());
@@ -415,7 +417,10 @@ fn validate(def: &SagaDefinition) -> Result<(), String> {
         .map(|s| s.name.as_str())
         .collect();
     if pivots.len() > 1 {
-        return Err(format!("only one pivot step is allowed, found {}", pivots.join(", ")));
+        return Err(format!(
+            "only one pivot step is allowed, found {}",
+            pivots.join(", ")
+        ));
     }
     if let Some(pivot) = def.pivot {
         let pivot_step = &def.steps[pivot];
@@ -510,7 +515,10 @@ mod tests {
             .invoke("svc", |_| Ping)
             .build();
         assert!(reason(r).contains("step name"));
-        let r = Saga::<Data>::builder("s").step("a").invoke("", |_| Ping).build();
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("", |_| Ping)
+            .build();
         assert!(reason(r).contains("invalid endpoint"));
     }
 

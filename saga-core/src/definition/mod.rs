@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use builder::{DEFAULT_STEP_TIMEOUT, HasAction, Local, NoAction, Remote, SagaBuilder, StepBuilder};
+pub use builder::{
+    DEFAULT_STEP_TIMEOUT, HasAction, Local, NoAction, Remote, SagaBuilder, StepBuilder,
+};
 pub use step::{Action, OnUnknown, StepDefinition, StepKind};
 
 /// A command a saga sends to a participant, with the reply it expects.

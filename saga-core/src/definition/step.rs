@@ -18,7 +18,8 @@ pub(crate) type PayloadFn = Arc<dyn Fn(&Value) -> Result<Value, serde_json::Erro
 /// Runs a local step on a copy of the saga data.
 pub(crate) type LocalFn = Arc<dyn Fn(Value) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
 /// Folds a step's output into the saga data.
-pub(crate) type FoldFn = Arc<dyn Fn(&mut Value, Value) -> Result<(), serde_json::Error> + Send + Sync>;
+pub(crate) type FoldFn =
+    Arc<dyn Fn(&mut Value, Value) -> Result<(), serde_json::Error> + Send + Sync>;
 
 /// Where a step's action (or compensation) runs.
 #[derive(Clone)]

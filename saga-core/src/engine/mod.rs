@@ -169,7 +169,10 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("instance", &self.inner.config.instance_name)
-            .field("definitions", &self.inner.definitions.keys().collect::<Vec<_>>())
+            .field(
+                "definitions",
+                &self.inner.definitions.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -303,7 +306,10 @@ impl Engine {
         let count = due.len();
         for instance in due {
             let id = instance.id;
-            if let Err(e) = self.apply_to(Some(instance), id, &Event::WakeUp, |_, _| Ok(())).await {
+            if let Err(e) = self
+                .apply_to(Some(instance), id, &Event::WakeUp, |_, _| Ok(()))
+                .await
+            {
                 tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
             }
         }
@@ -316,7 +322,9 @@ impl Engine {
     /// `NotFound`; `InvalidOperation` when the saga has finished.
     pub async fn resume(&self, id: SagaId) -> Result<SagaInstance> {
         self.operator(id, "resume", Event::Resume, |_, s| {
-            (!s.is_terminal()).then_some(()).ok_or("the saga has finished")
+            (!s.is_terminal())
+                .then_some(())
+                .ok_or("the saga has finished")
         })
         .await
     }
@@ -466,9 +474,15 @@ impl Engine {
         for _ in 0..=self.inner.config.conflict_retries {
             let instance = match loaded.take() {
                 Some(instance) => instance,
-                None => self.inner.store.load(id).await?.ok_or(Error::NotFound(id))?,
+                None => self
+                    .inner
+                    .store
+                    .load(id)
+                    .await?
+                    .ok_or(Error::NotFound(id))?,
             };
-            let def = Arc::clone(self.definition(&instance.saga_type, instance.definition_version)?);
+            let def =
+                Arc::clone(self.definition(&instance.saga_type, instance.definition_version)?);
             check(&def, &instance)?;
             let step = instance
                 .cursor
@@ -488,7 +502,9 @@ impl Engine {
                 .await
             {
                 Ok(()) => {
-                    self.perform(&def, &t.instance, t.effects).instrument(span).await;
+                    self.perform(&def, &t.instance, t.effects)
+                        .instrument(span)
+                        .await;
                     return Ok((instance, t.instance));
                 }
                 Err(Error::Conflict { .. }) => {
@@ -497,13 +513,15 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Conflict {
-            id,
-            expected: 0,
-        })
+        Err(Error::Conflict { id, expected: 0 })
     }
 
-    async fn perform(&self, def: &Arc<SagaDefinition>, instance: &SagaInstance, effects: Vec<Effect>) {
+    async fn perform(
+        &self,
+        def: &Arc<SagaDefinition>,
+        instance: &SagaInstance,
+        effects: Vec<Effect>,
+    ) {
         for effect in effects {
             match effect {
                 Effect::SendCommand(mut command) => {

@@ -75,7 +75,13 @@ struct Run {
 impl Run {
     fn new() -> Self {
         let saga = trip();
-        let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+        let t = start(
+            saga.definition(),
+            SagaId::new(),
+            json!(Trip::default()),
+            None,
+            t0(),
+        );
         Self {
             saga,
             inst: t.instance,
@@ -92,7 +98,13 @@ impl Run {
         self
     }
 
-    fn reply(&mut self, step: usize, dir: Direction, attempt: u32, outcome: Result<Value, StepError>) -> &mut Self {
+    fn reply(
+        &mut self,
+        step: usize,
+        dir: Direction,
+        attempt: u32,
+        outcome: Result<Value, StepError>,
+    ) -> &mut Self {
         self.apply(
             Event::Reply {
                 step,
@@ -106,7 +118,12 @@ impl Run {
 
     fn ok(&mut self, step: usize) -> &mut Self {
         let attempt = self.inst.cursor.map_or(1, |c| c.attempt);
-        self.reply(step, Direction::Invoke, attempt, Ok(json!(format!("ref-{step}"))))
+        self.reply(
+            step,
+            Direction::Invoke,
+            attempt,
+            Ok(json!(format!("ref-{step}"))),
+        )
     }
 
     fn comp_ok(&mut self, step: usize) -> &mut Self {
@@ -136,10 +153,18 @@ fn start_dispatches_the_first_step_and_arms_its_timeout() {
     assert_eq!(r.inst.version, 1);
     assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 1)]);
     assert_eq!(r.inst.next_wake_at, Some(at(1000)));
-    assert_eq!(r.events(), vec![LogEvent::SagaStarted, LogEvent::StepDispatched]);
+    assert_eq!(
+        r.events(),
+        vec![LogEvent::SagaStarted, LogEvent::StepDispatched]
+    );
     assert_eq!(r.inst.steps[0], StepStatus::Running);
-    let Effect::SendCommand(cmd) = &r.effects[0] else { panic!() };
-    assert_eq!(cmd.idempotency_key.as_str(), format!("{}:flight:invoke", r.inst.id));
+    let Effect::SendCommand(cmd) = &r.effects[0] else {
+        panic!()
+    };
+    assert_eq!(
+        cmd.idempotency_key.as_str(),
+        format!("{}:flight:invoke", r.inst.id)
+    );
     assert_eq!(cmd.endpoint, "airline");
     assert_eq!(cmd.command, "book");
     assert_eq!(cmd.payload, json!("flight"));
@@ -169,23 +194,49 @@ fn last_success_completes_the_saga() {
 fn business_failure_compensates_succeeded_steps_in_reverse_order() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("declined")),
+    );
     assert_eq!(r.inst.status, SagaStatus::Compensating);
     assert_eq!(r.inst.steps[2], StepStatus::Failed);
     assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
-    assert!(r.inst.error.as_deref().unwrap_or_default().contains("declined"));
+    assert!(
+        r.inst
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("declined")
+    );
     r.comp_ok(1);
     assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
     r.comp_ok(0);
     assert_eq!(r.inst.status, SagaStatus::Compensated);
-    assert_eq!(r.inst.steps[..3], [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed]);
-    assert!(r.effects.contains(&Effect::Finished(SagaStatus::Compensated)));
+    assert_eq!(
+        r.inst.steps[..3],
+        [
+            StepStatus::Compensated,
+            StepStatus::Compensated,
+            StepStatus::Failed
+        ]
+    );
+    assert!(
+        r.effects
+            .contains(&Effect::Finished(SagaStatus::Compensated))
+    );
 }
 
 #[test]
 fn business_failure_of_the_first_step_compensates_nothing() {
     let mut r = Run::new();
-    r.reply(0, Direction::Invoke, 1, Err(StepError::business("no seats")));
+    r.reply(
+        0,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("no seats")),
+    );
     assert_eq!(r.inst.status, SagaStatus::Compensated);
     assert!(r.sent().is_empty());
 }
@@ -199,7 +250,10 @@ fn retryable_failure_schedules_a_retry_with_backoff() {
     assert_eq!(c.waiting, Waiting::Retry);
     assert_eq!(r.inst.next_wake_at, Some(at(100)));
     assert!(r.sent().is_empty());
-    assert_eq!(r.events(), vec![LogEvent::StepFailed, LogEvent::RetryScheduled]);
+    assert_eq!(
+        r.events(),
+        vec![LogEvent::StepFailed, LogEvent::RetryScheduled]
+    );
     r.apply(Event::WakeUp, at(100));
     assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 2)]);
     assert_eq!(r.inst.next_wake_at, Some(at(1100)));
@@ -218,7 +272,10 @@ fn wake_before_due_is_a_noop() {
 fn timeout_retries_and_marks_the_step_uncertain() {
     let mut r = Run::new();
     r.apply(Event::WakeUp, at(1000));
-    assert_eq!(r.events(), vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]);
+    assert_eq!(
+        r.events(),
+        vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]
+    );
     assert!(r.inst.cursor.expect("cursor").uncertain);
 }
 
@@ -256,7 +313,13 @@ fn unknown_outcome_with_compensate_policy_compensates_the_step() {
         .on_unknown(OnUnknown::Compensate)
         .build()
         .expect("valid");
-    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
     let t = transition(
         saga.definition(),
         &t.instance,
@@ -285,14 +348,35 @@ fn unknown_outcome_with_retry_policy_retries() {
 fn compensation_failure_is_retried_then_the_saga_fails() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
-    r.reply(1, Direction::Compensate, 1, Err(StepError::retryable("down")));
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("declined")),
+    );
+    r.reply(
+        1,
+        Direction::Compensate,
+        1,
+        Err(StepError::retryable("down")),
+    );
     assert_eq!(r.inst.cursor.expect("cursor").waiting, Waiting::Retry);
     r.apply(Event::WakeUp, at(50));
     assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 2)]);
-    r.reply(1, Direction::Compensate, 2, Err(StepError::business("still down")));
+    r.reply(
+        1,
+        Direction::Compensate,
+        2,
+        Err(StepError::business("still down")),
+    );
     assert_eq!(r.inst.status, SagaStatus::Failed);
-    assert!(r.inst.error.as_deref().unwrap_or_default().contains("compensation of step `hotel`"));
+    assert!(
+        r.inst
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("compensation of step `hotel`")
+    );
     assert_eq!(r.inst.next_wake_at, None);
     assert!(r.effects.contains(&Effect::Finished(SagaStatus::Failed)));
 }
@@ -301,19 +385,42 @@ fn compensation_failure_is_retried_then_the_saga_fails() {
 fn compensation_timeout_counts_as_a_failed_attempt() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("declined")),
+    );
     r.apply(Event::WakeUp, at(1000));
-    assert_eq!(r.events(), vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]);
+    assert_eq!(
+        r.events(),
+        vec![LogEvent::StepTimedOut, LogEvent::RetryScheduled]
+    );
 }
 
 #[test]
 fn operator_retry_resumes_a_failed_compensation() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    r.reply(2, Direction::Invoke, 1, Err(StepError::business("declined")));
-    r.reply(1, Direction::Compensate, 1, Err(StepError::retryable("down")));
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("declined")),
+    );
+    r.reply(
+        1,
+        Direction::Compensate,
+        1,
+        Err(StepError::retryable("down")),
+    );
     r.apply(Event::WakeUp, at(50));
-    r.reply(1, Direction::Compensate, 2, Err(StepError::retryable("down")));
+    r.reply(
+        1,
+        Direction::Compensate,
+        2,
+        Err(StepError::retryable("down")),
+    );
     assert_eq!(r.inst.status, SagaStatus::Failed);
     r.apply(Event::Retry, at(60_000));
     assert_eq!(r.inst.status, SagaStatus::Compensating);
@@ -333,7 +440,12 @@ fn operator_retry_of_a_running_saga_is_a_noop() {
 fn failure_after_the_pivot_fails_without_compensating() {
     let mut r = Run::new();
     r.ok(0).ok(1).ok(2);
-    r.reply(3, Direction::Invoke, 1, Err(StepError::business("bad address")));
+    r.reply(
+        3,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("bad address")),
+    );
     assert_eq!(r.inst.status, SagaStatus::Failed);
     assert!(r.sent().is_empty());
     assert_eq!(r.inst.steps[0], StepStatus::Succeeded);
@@ -344,11 +456,19 @@ fn retriable_step_ignores_the_attempt_limit() {
     let mut r = Run::new();
     r.ok(0).ok(1).ok(2);
     for attempt in 1..=10 {
-        r.reply(3, Direction::Invoke, attempt, Err(StepError::retryable("smtp down")));
+        r.reply(
+            3,
+            Direction::Invoke,
+            attempt,
+            Err(StepError::retryable("smtp down")),
+        );
         assert_eq!(r.inst.status, SagaStatus::Running);
         let due = r.inst.next_wake_at.expect("wake");
         r.apply(Event::WakeUp, due);
-        assert_eq!(r.sent(), vec![("notify".into(), Direction::Invoke, attempt + 1)]);
+        assert_eq!(
+            r.sent(),
+            vec![("notify".into(), Direction::Invoke, attempt + 1)]
+        );
     }
 }
 
@@ -437,10 +557,21 @@ fn resume_of_a_finished_saga_is_a_noop() {
 fn cancel_before_the_pivot_compensates_including_the_in_flight_step() {
     let mut r = Run::new();
     r.ok(0);
-    r.apply(Event::Cancel { reason: "customer asked".into() }, t0());
+    r.apply(
+        Event::Cancel {
+            reason: "customer asked".into(),
+        },
+        t0(),
+    );
     assert_eq!(r.inst.status, SagaStatus::Compensating);
     assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
-    assert!(r.inst.error.as_deref().unwrap_or_default().contains("customer asked"));
+    assert!(
+        r.inst
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("customer asked")
+    );
 }
 
 #[test]
@@ -448,7 +579,12 @@ fn cancel_after_the_pivot_is_refused() {
     let mut r = Run::new();
     r.ok(0).ok(1).ok(2);
     assert!(!can_cancel(r.saga.definition(), &r.inst));
-    r.apply(Event::Cancel { reason: "late".into() }, t0());
+    r.apply(
+        Event::Cancel {
+            reason: "late".into(),
+        },
+        t0(),
+    );
     assert!(r.logs.is_empty());
     assert_eq!(r.inst.status, SagaStatus::Running);
 }
@@ -465,7 +601,13 @@ fn deadline_compensates_a_saga_that_has_not_reached_its_pivot() {
         .compensate("svc", |_| Cancel("b".into()))
         .build()
         .expect("valid");
-    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
     assert_eq!(t.instance.next_wake_at, Some(at(500)));
     let t = transition(
         saga.definition(),
@@ -489,7 +631,10 @@ fn deadline_compensates_a_saga_that_has_not_reached_its_pivot() {
 fn a_reply_that_does_not_decode_counts_as_unknown() {
     let mut r = Run::new();
     r.reply(0, Direction::Invoke, 1, Ok(json!({ "not": "a string" })));
-    assert_eq!(r.events(), vec![LogEvent::StepFailed, LogEvent::RetryScheduled]);
+    assert_eq!(
+        r.events(),
+        vec![LogEvent::StepFailed, LogEvent::RetryScheduled]
+    );
     assert!(r.inst.cursor.expect("cursor").uncertain);
 }
 
@@ -500,8 +645,21 @@ fn local_steps_emit_run_local() {
         .local(|_d: Trip| async { Ok(5u32) })
         .build()
         .expect("valid");
-    let t = start(saga.definition(), SagaId::new(), json!(Trip::default()), None, t0());
-    assert!(matches!(t.effects[0], Effect::RunLocal { step: 0, attempt: 1, .. }));
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
+    assert!(matches!(
+        t.effects[0],
+        Effect::RunLocal {
+            step: 0,
+            attempt: 1,
+            ..
+        }
+    ));
 }
 
 #[test]

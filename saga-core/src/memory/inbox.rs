@@ -41,7 +41,11 @@ impl Inbox for InMemoryInbox {
         Ok(lock(&self.records).get(key).cloned())
     }
 
-    async fn put_if_absent(&self, key: &IdempotencyKey, outcome: &ReplyOutcome) -> Result<ReplyOutcome> {
+    async fn put_if_absent(
+        &self,
+        key: &IdempotencyKey,
+        outcome: &ReplyOutcome,
+    ) -> Result<ReplyOutcome> {
         Ok(lock(&self.records)
             .entry(key.clone())
             .or_insert_with(|| outcome.clone())

@@ -18,5 +18,7 @@ pub use transport::{DeadLetter, InMemoryTransport};
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it
 /// (every critical section here leaves the data consistent).
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

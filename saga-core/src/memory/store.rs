@@ -74,7 +74,7 @@ impl SagaStore for InMemoryStore {
         if let Some(key) = &instance.idempotency_key {
             if let Some(existing) = state.keys.get(key) {
                 let existing = state.sagas[existing].instance.clone();
-                return Ok(Created::Existing(existing));
+                return Ok(Created::Existing(Box::new(existing)));
             }
             state.keys.insert(key.clone(), instance.id);
         }
@@ -102,7 +102,12 @@ impl SagaStore for InMemoryStore {
         Ok(lock(&self.state).sagas.get(&id).map(|r| r.instance.clone()))
     }
 
-    async fn save(&self, instance: &SagaInstance, expected_version: u64, logs: &[LogEntry]) -> Result<()> {
+    async fn save(
+        &self,
+        instance: &SagaInstance,
+        expected_version: u64,
+        logs: &[LogEntry],
+    ) -> Result<()> {
         let mut state = lock(&self.state);
         let row = state
             .sagas
@@ -143,7 +148,7 @@ impl SagaStore for InMemoryStore {
                     && row.lease_until.is_none_or(|until| until <= now)
             })
             .collect();
-        due.sort_by_key(|row| row.instance.next_wake_at);
+        due.sort_by_key(|row| (row.instance.next_wake_at, row.instance.id));
         Ok(due
             .into_iter()
             .take(limit)

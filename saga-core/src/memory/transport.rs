@@ -243,7 +243,8 @@ impl Acker for MemoryAcker {
 
     async fn reject(mut self: Box<Self>, reason: &str) -> Result<()> {
         if let Some(envelope) = self.settle() {
-            self.shared.dead_letter(&self.queue, &envelope, reason.to_owned());
+            self.shared
+                .dead_letter(&self.queue, &envelope, reason.to_owned());
         }
         Ok(())
     }
@@ -257,7 +258,10 @@ impl Transport for InMemoryTransport {
 
     async fn send_reply(&self, reply: &ReplyMessage) -> Result<()> {
         let queue = reply.reply_to.as_deref().ok_or_else(|| {
-            Error::backend(ErrorKind::Invalid, format!("reply {} has no reply_to", reply.message_id))
+            Error::backend(
+                ErrorKind::Invalid,
+                format!("reply {} has no reply_to", reply.message_id),
+            )
         })?;
         self.publish(queue, reply)
     }

@@ -1,0 +1,217 @@
+//! Engine benchmark on the in-memory adapters: what the engine itself costs.
+//!
+//! ```sh
+//! cargo bench -p saga-core --bench engine
+//! ```
+//!
+//! Prints (1) the cost of one pure state-machine transition, single thread,
+//! and (2) whole 4-step sagas per second through `Engine` + `Participant` on
+//! the in-memory store and transport, on a tokio runtime with one and with two
+//! worker threads. Every message is JSON-encoded and decoded as on a broker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use saga_core::machine::{Effect, Event, start, transition};
+use saga_core::memory::{InMemoryStore, InMemoryTransport};
+use saga_core::{Command, Direction, Engine, Participant, Saga, SagaId, SagaStore, Transport};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Checkout {
+    user: String,
+    order_id: Option<String>,
+    reservation: Option<String>,
+    payment: Option<String>,
+    confirmed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Do {
+    user: String,
+}
+impl Command for Do {
+    const NAME: &'static str = "do";
+    type Reply = String;
+}
+#[derive(Serialize, Deserialize)]
+struct Undo;
+impl Command for Undo {
+    const NAME: &'static str = "undo";
+    type Reply = ();
+}
+
+fn saga() -> Saga<Checkout> {
+    let cmd = |c: &Checkout| Do {
+        user: c.user.clone(),
+    };
+    Saga::<Checkout>::builder("bench")
+        .step("create_order")
+        .invoke("order", cmd)
+        .on_reply(|c, r| c.order_id = Some(r))
+        .compensate("order", |_| Undo)
+        .step("reserve_inventory")
+        .invoke("inventory", cmd)
+        .on_reply(|c, r| c.reservation = Some(r))
+        .compensate("inventory", |_| Undo)
+        .step("process_payment")
+        .invoke("payment", cmd)
+        .on_reply(|c, r| c.payment = Some(r))
+        .compensate("payment", |_| Undo)
+        .step("confirm_order")
+        .invoke("order", cmd)
+        .on_reply(|c, _| c.confirmed = true)
+        .build()
+        .expect("valid")
+}
+
+fn pure_transitions() {
+    let saga = saga();
+    let def = saga.definition();
+    let now = chrono::Utc::now();
+    let sagas = 50_000;
+    let started = Instant::now();
+    let mut transitions = 0u64;
+    for _ in 0..sagas {
+        let mut t = start(
+            def,
+            SagaId::new(),
+            json!(Checkout {
+                user: "u-1".into(),
+                ..Default::default()
+            }),
+            None,
+            now,
+        );
+        transitions += 1;
+        while let Some(Effect::SendCommand(c)) = t.effects.first() {
+            let event = Event::Reply {
+                step: c.step as usize,
+                direction: Direction::Invoke,
+                attempt: c.attempt,
+                outcome: Ok(json!(format!("ref-{}", c.step))),
+            };
+            t = transition(def, &t.instance, event, now);
+            transitions += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!("pure state machine (1 thread)");
+    println!(
+        "  {transitions} transitions in {:.2?}: {:.0} transitions/s, {:.2} µs per transition, {:.0} sagas/s",
+        elapsed,
+        transitions as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / transitions as f64,
+        sagas as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn participant(endpoint: &str) -> Participant {
+    Participant::builder(endpoint)
+        .concurrency(256)
+        .on(|c: Do, ctx| async move { Ok(format!("{}-{}", c.user, ctx.step)) })
+        .on(|_: Undo, _| async { Ok(()) })
+        .build()
+}
+
+fn engine_run(workers: usize, sagas: usize, in_flight: usize) {
+    // One worker: a current-thread runtime, so everything runs on one core.
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
+    runtime.block_on(async move {
+        let saga = saga();
+        let store = InMemoryStore::new();
+        let transport = InMemoryTransport::with_limits(512, 5);
+        let mut config = saga_core::EngineConfig::default();
+        config.max_in_flight = 512;
+        let engine = Engine::builder(store.clone(), transport.clone())
+            .register(&saga)
+            .config(config)
+            .build();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+        {
+            let engine = engine.clone();
+            let w = wait(rx.clone());
+            tasks.push(tokio::spawn(async move { engine.run(w).await.expect("engine") }));
+        }
+        let shared: Arc<dyn Transport> = Arc::new(transport);
+        for endpoint in ["order", "inventory", "payment"] {
+            let p = participant(endpoint);
+            let t = Arc::clone(&shared);
+            let w = wait(rx.clone());
+            tasks.push(tokio::spawn(async move { p.run(t, w).await.expect("participant") }));
+        }
+        let mut finished = store.finished_events().expect("in-memory store notifies");
+        let started = Instant::now();
+        let limiter = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = {
+            let limiter = Arc::clone(&limiter);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut count = 0;
+                while count < sagas {
+                    match finished.recv().await {
+                        Ok(_) => {
+                            count += 1;
+                            limiter.add_permits(1);
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            count += n as usize;
+                            limiter.add_permits(n as usize);
+                        }
+                        Err(_) => break,
+                    }
+                    done.store(count, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        for i in 0..sagas {
+            let permit = limiter.acquire().await.expect("open");
+            permit.forget();
+            let data = Checkout {
+                user: format!("u-{i}"),
+                ..Default::default()
+            };
+            engine.start(&saga, data).await.expect("start");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(120), counter).await;
+        let elapsed = started.elapsed();
+        let completed = done.load(std::sync::atomic::Ordering::Relaxed);
+        let transitions = completed * 5;
+        println!(
+            "  {workers} worker thread(s), {in_flight} in flight: {completed} sagas in {:.2?}: {:.0} sagas/s, {:.0} transitions/s",
+            elapsed,
+            completed as f64 / elapsed.as_secs_f64(),
+            transitions as f64 / elapsed.as_secs_f64()
+        );
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    pure_transitions();
+    println!("engine + participants on the in-memory adapters (4-step sagas, 5 transitions each)");
+    let sagas = if quick { 2_000 } else { 20_000 };
+    for workers in [1, 2] {
+        engine_run(workers, sagas, 256);
+    }
+}

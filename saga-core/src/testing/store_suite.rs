@@ -1,0 +1,394 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+
+use crate::error::{Error, ErrorKind};
+use crate::id::SagaId;
+use crate::state::{LogEntry, LogEvent, SagaInstance, SagaStatus, StepStatus};
+use crate::store::{Created, SagaQuery, SagaStore};
+
+fn time(seconds: i64) -> DateTime<Utc> {
+    // Stores keep microseconds; use whole seconds so round trips compare equal.
+    (DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(seconds)).trunc_subsecs(0)
+}
+
+fn instance(
+    saga_type: &str,
+    key: Option<&str>,
+    next_wake_at: Option<DateTime<Utc>>,
+) -> SagaInstance {
+    let now = Utc::now().trunc_subsecs(3);
+    SagaInstance {
+        id: SagaId::new(),
+        saga_type: saga_type.to_owned(),
+        definition_version: 2,
+        status: SagaStatus::Running,
+        steps: vec![StepStatus::Running, StepStatus::Pending],
+        cursor: Some(crate::state::Cursor {
+            step: 0,
+            direction: crate::Direction::Invoke,
+            attempt: 1,
+            waiting: crate::state::Waiting::Reply,
+            uncertain: false,
+        }),
+        data: json!({ "order": "o-1", "items": [1, 2, 3], "total": "19.99", "nested": { "a": null } }),
+        error: None,
+        idempotency_key: key.map(str::to_owned),
+        version: 1,
+        next_wake_at,
+        deadline_at: None,
+        log_seq: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn log(instance: &SagaInstance, seq: u32, event: LogEvent) -> LogEntry {
+    LogEntry {
+        saga_id: instance.id,
+        seq,
+        event,
+        step: Some("reserve".to_owned()),
+        attempt: Some(1),
+        payload: json!({ "seq": seq }),
+        at: Utc::now().trunc_subsecs(3),
+    }
+}
+
+fn next(instance: &SagaInstance) -> SagaInstance {
+    let mut next = instance.clone();
+    next.version += 1;
+    next.log_seq += 1;
+    next.updated_at = Utc::now().trunc_subsecs(3);
+    next
+}
+
+async fn terminate<S: SagaStore + ?Sized>(store: &S, instance: &SagaInstance) {
+    let mut done = next(instance);
+    done.status = SagaStatus::Completed;
+    done.cursor = None;
+    done.next_wake_at = None;
+    store
+        .save(&done, instance.version, &[])
+        .await
+        .expect("terminating a saga");
+}
+
+/// Runs the store conformance suite against `store`, which must start empty
+/// (a fresh database or schema). Panics on the first broken rule.
+pub async fn store_conformance<S: SagaStore + ?Sized>(store: &S) {
+    create_then_load_round_trips(store).await;
+    load_of_a_missing_saga_is_none(store).await;
+    duplicate_idempotency_key_returns_the_first_saga(store).await;
+    save_checks_the_version(store).await;
+    save_of_a_missing_saga_is_not_found(store).await;
+    logs_are_complete_and_ordered(store).await;
+    claim_due_leases_only_due_sagas(store).await;
+    concurrent_claimers_get_disjoint_sagas(store).await;
+    list_filters_and_orders(store).await;
+    finished_sagas_are_announced(store).await;
+}
+
+async fn create_then_load_round_trips<S: SagaStore + ?Sized>(store: &S) {
+    let mut saga = instance("round_trip", Some("rt-key"), None);
+    saga.error = Some("a reason with 'quotes' and \"doubles\"".to_owned());
+    saga.deadline_at = Some(time(4_000_000_000));
+    let first = log(&saga, 0, LogEvent::SagaStarted);
+    assert_eq!(
+        store
+            .create(&saga, std::slice::from_ref(&first))
+            .await
+            .expect("create"),
+        Created::New
+    );
+    let loaded = store
+        .load(saga.id)
+        .await
+        .expect("load")
+        .expect("saga exists");
+    assert_eq!(loaded, saga, "a loaded saga equals the created one");
+    assert_eq!(store.logs(saga.id).await.expect("logs"), vec![first]);
+    terminate(store, &saga).await;
+}
+
+async fn load_of_a_missing_saga_is_none<S: SagaStore + ?Sized>(store: &S) {
+    assert!(store.load(SagaId::new()).await.expect("load").is_none());
+    assert!(store.logs(SagaId::new()).await.expect("logs").is_empty());
+}
+
+async fn duplicate_idempotency_key_returns_the_first_saga<S: SagaStore + ?Sized>(store: &S) {
+    let key = format!("dup-{}", SagaId::new());
+    let first = instance("dup", Some(&key), None);
+    let second = instance("dup", Some(&key), None);
+    assert_eq!(
+        store
+            .create(&first, &[log(&first, 0, LogEvent::SagaStarted)])
+            .await
+            .expect("create"),
+        Created::New
+    );
+    match store
+        .create(&second, &[log(&second, 0, LogEvent::SagaStarted)])
+        .await
+        .expect("create")
+    {
+        Created::Existing(existing) => {
+            assert_eq!(existing.id, first.id, "the first saga is returned")
+        }
+        Created::New => panic!("a duplicate idempotency key must not create a second saga"),
+    }
+    assert!(
+        store.load(second.id).await.expect("load").is_none(),
+        "nothing of the second saga is written"
+    );
+    assert!(
+        store.logs(second.id).await.expect("logs").is_empty(),
+        "no log of the second saga is written"
+    );
+    terminate(store, &first).await;
+}
+
+async fn save_checks_the_version<S: SagaStore + ?Sized>(store: &S) {
+    let saga = instance("versioned", None, None);
+    store.create(&saga, &[]).await.expect("create");
+    let mut a = next(&saga);
+    a.data = json!({ "writer": "a" });
+    let mut b = next(&saga);
+    b.data = json!({ "writer": "b" });
+    store
+        .save(&a, saga.version, &[])
+        .await
+        .expect("first writer wins");
+    let err = store
+        .save(&b, saga.version, &[log(&b, 0, LogEvent::StepSucceeded)])
+        .await
+        .expect_err("a stale writer must get a conflict");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "conflict is typed: {err}");
+    assert!(
+        matches!(err, Error::Conflict { .. }),
+        "Error::Conflict, got {err:?}"
+    );
+    let stored = store.load(saga.id).await.expect("load").expect("exists");
+    assert_eq!(
+        stored.data,
+        json!({ "writer": "a" }),
+        "the losing write left no trace"
+    );
+    assert!(
+        store.logs(saga.id).await.expect("logs").is_empty(),
+        "the losing write's logs are not kept"
+    );
+    terminate(store, &stored).await;
+}
+
+async fn save_of_a_missing_saga_is_not_found<S: SagaStore + ?Sized>(store: &S) {
+    let ghost = instance("ghost", None, None);
+    let err = store
+        .save(&next(&ghost), ghost.version, &[])
+        .await
+        .expect_err("missing saga");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "saving a missing saga: {err}"
+    );
+}
+
+async fn logs_are_complete_and_ordered<S: SagaStore + ?Sized>(store: &S) {
+    let saga = instance("logged", None, None);
+    store
+        .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+        .await
+        .expect("create");
+    let mut current = saga.clone();
+    let mut seq = 1;
+    for round in 0..5 {
+        let updated = next(&current);
+        let entries: Vec<LogEntry> = (0..=round)
+            .map(|_| {
+                seq += 1;
+                log(&updated, seq - 1, LogEvent::StepDispatched)
+            })
+            .collect();
+        store
+            .save(&updated, current.version, &entries)
+            .await
+            .expect("save");
+        current = updated;
+    }
+    let logs = store.logs(saga.id).await.expect("logs");
+    let seqs: Vec<u32> = logs.iter().map(|l| l.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..seq).collect::<Vec<_>>(),
+        "logs come back complete and in order"
+    );
+    assert_eq!(logs[0].event, LogEvent::SagaStarted);
+    terminate(store, &current).await;
+}
+
+async fn claim_due_leases_only_due_sagas<S: SagaStore + ?Sized>(store: &S) {
+    let lease = Duration::from_secs(30);
+    let now = time(1_000);
+    let due = instance("claim", None, Some(time(990)));
+    let later = instance("claim", None, Some(time(2_000)));
+    let idle = instance("claim", None, None);
+    for saga in [&due, &later, &idle] {
+        store.create(saga, &[]).await.expect("create");
+    }
+    let claimed = store.claim_due(now, 10, "a", lease).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![due.id],
+        "only the due saga is claimed"
+    );
+    assert!(
+        store
+            .claim_due(now, 10, "b", lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a leased saga is not claimed again"
+    );
+    let after_lease = time(1_031);
+    let reclaimed = store
+        .claim_due(after_lease, 10, "b", lease)
+        .await
+        .expect("claim");
+    assert_eq!(
+        reclaimed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![due.id],
+        "an expired lease is claimed again"
+    );
+    // A save releases the lease: still due, it can be claimed at once.
+    let saved = next(&due);
+    store.save(&saved, due.version, &[]).await.expect("save");
+    let again = store
+        .claim_due(after_lease, 10, "c", lease)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1, "a save releases the lease");
+    for saga in [&saved, &later, &idle] {
+        terminate(store, saga).await;
+    }
+}
+
+async fn concurrent_claimers_get_disjoint_sagas<S: SagaStore + ?Sized>(store: &S) {
+    let lease = Duration::from_secs(30);
+    let now = time(10_000);
+    let mut sagas = Vec::new();
+    for i in 0..20 {
+        let saga = instance("concurrent", None, Some(time(9_000 + i)));
+        store.create(&saga, &[]).await.expect("create");
+        sagas.push(saga);
+    }
+    let (a, b) = tokio::join!(
+        store.claim_due(now, 12, "a", lease),
+        store.claim_due(now, 12, "b", lease)
+    );
+    let (a, b) = (a.expect("claim a"), b.expect("claim b"));
+    let ids_a: HashSet<SagaId> = a.iter().map(|s| s.id).collect();
+    let ids_b: HashSet<SagaId> = b.iter().map(|s| s.id).collect();
+    assert!(
+        ids_a.is_disjoint(&ids_b),
+        "two claimers never get the same saga"
+    );
+    assert_eq!(
+        ids_a.len() + ids_b.len(),
+        20,
+        "together they claim every due saga"
+    );
+    let oldest: Vec<SagaId> = store
+        .claim_due(time(10_001), 100, "c", lease)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(oldest.is_empty(), "all are leased");
+    for saga in &sagas {
+        terminate(store, saga).await;
+    }
+}
+
+async fn list_filters_and_orders<S: SagaStore + ?Sized>(store: &S) {
+    let saga_type = format!("listed_{}", SagaId::new().as_uuid().simple());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let saga = instance(&saga_type, None, None);
+        store.create(&saga, &[]).await.expect("create");
+        ids.push(saga);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut failed = next(&ids[0]);
+    failed.status = SagaStatus::Failed;
+    failed.updated_at = Utc::now().trunc_subsecs(3);
+    store
+        .save(&failed, ids[0].version, &[])
+        .await
+        .expect("save");
+    let query = SagaQuery {
+        saga_type: Some(saga_type.clone()),
+        ..SagaQuery::default()
+    };
+    let all = store.list(&query).await.expect("list");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].id, failed.id, "most recently updated first");
+    let only_failed = store
+        .list(&SagaQuery {
+            status: Some(SagaStatus::Failed),
+            ..query.clone()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        only_failed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![failed.id]
+    );
+    let limited = store
+        .list(&SagaQuery {
+            limit: 2,
+            ..query.clone()
+        })
+        .await
+        .expect("list");
+    assert_eq!(limited.len(), 2, "the limit is respected");
+    let stuck = store
+        .list(&SagaQuery {
+            status: Some(SagaStatus::Running),
+            updated_before: Some(Utc::now() + chrono::Duration::seconds(1)),
+            ..query
+        })
+        .await
+        .expect("list");
+    assert_eq!(stuck.len(), 2, "running sagas not updated since a time");
+    for saga in &ids[1..] {
+        terminate(store, saga).await;
+    }
+}
+
+async fn finished_sagas_are_announced<S: SagaStore + ?Sized>(store: &S) {
+    let Some(mut events) = store.finished_events() else {
+        return;
+    };
+    let saga = instance("announced", None, None);
+    store.create(&saga, &[]).await.expect("create");
+    terminate(store, &saga).await;
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(id) if id == saga.id => return true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        announced,
+        Ok(true),
+        "a finished saga is announced on finished_events"
+    );
+}

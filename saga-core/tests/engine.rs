@@ -1,0 +1,615 @@
+//! The engine end to end on the in-memory adapters, with real tasks and time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
+use saga_core::{
+    Command, Engine, ErrorKind, LogEvent, Participant, RetryPolicy, Saga, SagaStatus, StartOptions,
+    StepError, StepStatus, Transport,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Trip {
+    fail_at: Option<String>,
+    refs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Book {
+    what: String,
+    fail: bool,
+}
+impl Command for Book {
+    const NAME: &'static str = "book";
+    type Reply = String;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Undo {
+    what: String,
+}
+impl Command for Undo {
+    const NAME: &'static str = "undo";
+    type Reply = ();
+}
+
+fn book(step: &'static str) -> impl Fn(&Trip) -> Book + Send + Sync + 'static {
+    move |t: &Trip| Book {
+        what: step.to_owned(),
+        fail: t.fail_at.as_deref() == Some(step),
+    }
+}
+
+fn undo(step: &'static str) -> impl Fn(&Trip) -> Undo + Send + Sync + 'static {
+    move |_| Undo {
+        what: step.to_owned(),
+    }
+}
+
+fn trip() -> Saga<Trip> {
+    Saga::<Trip>::builder("trip")
+        .default_timeout(Duration::from_millis(300))
+        .step("flight")
+        .invoke("travel", book("flight"))
+        .on_reply(|t, r| t.refs.push(r))
+        .compensate("travel", undo("flight"))
+        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+        .step("hotel")
+        .invoke("travel", book("hotel"))
+        .on_reply(|t, r| t.refs.push(r))
+        .compensate("travel", undo("hotel"))
+        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(3))
+        .step("car")
+        .invoke("travel", book("car"))
+        .on_reply(|t, r| t.refs.push(r))
+        .compensate("travel", undo("car"))
+        .step("pay")
+        .invoke("travel", book("pay"))
+        .pivot()
+        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+        .build()
+        .expect("valid")
+}
+
+/// Records every effect the travel participant applies.
+#[derive(Clone, Default)]
+struct Journal {
+    entries: Arc<Mutex<Vec<String>>>,
+    undo_failures_left: Arc<AtomicU32>,
+}
+
+impl Journal {
+    fn push(&self, entry: String) {
+        self.entries.lock().expect("journal").push(entry);
+    }
+    fn entries(&self) -> Vec<String> {
+        self.entries.lock().expect("journal").clone()
+    }
+}
+
+fn travel(journal: Journal) -> Participant {
+    let j1 = journal.clone();
+    Participant::builder("travel")
+        .inbox(InMemoryInbox::new())
+        .on(move |cmd: Book, ctx| {
+            let journal = j1.clone();
+            async move {
+                if cmd.fail {
+                    return Err(StepError::business(format!("{} unavailable", cmd.what)));
+                }
+                journal.push(format!("{}:{}", ctx.saga_id, cmd.what));
+                Ok(format!("{}-ref", cmd.what))
+            }
+        })
+        .on(move |cmd: Undo, ctx| {
+            let journal = journal.clone();
+            async move {
+                let left = journal.undo_failures_left.load(Ordering::SeqCst);
+                if left > 0 {
+                    journal.undo_failures_left.store(left - 1, Ordering::SeqCst);
+                    return Err(StepError::retryable("undo backend down"));
+                }
+                journal.push(format!("{}:undo {}", ctx.saga_id, cmd.what));
+                Ok(())
+            }
+        })
+        .build()
+}
+
+struct Stack {
+    store: InMemoryStore,
+    transport: InMemoryTransport,
+    engine: Engine,
+    journal: Journal,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn engine(store: &InMemoryStore, transport: &InMemoryTransport) -> Engine {
+    Engine::builder(store.clone(), transport.clone())
+        .register(&trip())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+}
+
+impl Stack {
+    fn new() -> Self {
+        let store = InMemoryStore::new();
+        let transport = InMemoryTransport::new();
+        let engine = engine(&store, &transport);
+        let (stop, _) = watch::channel(false);
+        Self {
+            store,
+            transport,
+            engine,
+            journal: Journal::default(),
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn run_engine(&mut self, engine: &Engine) {
+        let engine = engine.clone();
+        let stop = stopped(self.stop.subscribe());
+        self.tasks.push(tokio::spawn(async move {
+            engine.run(stop).await.expect("engine runs");
+        }));
+    }
+
+    fn run_participant(&mut self) {
+        let participant = travel(self.journal.clone());
+        let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
+        let stop = stopped(self.stop.subscribe());
+        self.tasks.push(tokio::spawn(async move {
+            participant
+                .run(transport, stop)
+                .await
+                .expect("participant runs");
+        }));
+    }
+
+    fn running() -> Self {
+        let mut stack = Self::new();
+        let engine = stack.engine.clone();
+        stack.run_engine(&engine);
+        stack.run_participant();
+        stack
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("task");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_saga_completes_and_logs_every_step() {
+    let stack = Stack::running();
+    let id = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Completed);
+    let data: Trip = done.data_as().expect("data");
+    assert_eq!(
+        data.refs,
+        vec!["flight-ref", "hotel-ref", "car-ref"],
+        "pay folds no reply"
+    );
+    let events: Vec<LogEvent> = stack
+        .engine
+        .logs(id)
+        .await
+        .expect("logs")
+        .iter()
+        .map(|l| l.event)
+        .collect();
+    assert_eq!(events.first(), Some(&LogEvent::SagaStarted));
+    assert_eq!(events.last(), Some(&LogEvent::SagaCompleted));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| **e == LogEvent::StepSucceeded)
+            .count(),
+        4
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_business_failure_compensates_in_reverse_order() {
+    let stack = Stack::running();
+    let data = Trip {
+        fail_at: Some("pay".into()),
+        ..Trip::default()
+    };
+    let id = stack.engine.start(&trip(), data).await.expect("start");
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pay unavailable")
+    );
+    let mine: Vec<String> = stack
+        .journal
+        .entries()
+        .into_iter()
+        .filter_map(|e| e.strip_prefix(&format!("{id}:")).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            "flight",
+            "hotel",
+            "car",
+            "undo car",
+            "undo hotel",
+            "undo flight"
+        ]
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn starting_twice_with_the_same_key_returns_the_first_saga() {
+    let stack = Stack::running();
+    let a = stack
+        .engine
+        .start_with(
+            &trip(),
+            Trip::default(),
+            StartOptions::idempotency_key("order-7"),
+        )
+        .await
+        .expect("start");
+    let b = stack
+        .engine
+        .start_with(
+            &trip(),
+            Trip::default(),
+            StartOptions::idempotency_key("order-7"),
+        )
+        .await
+        .expect("start again");
+    assert_eq!(a, b);
+    stack.engine.wait(a, WAIT).await.expect("finishes");
+    assert_eq!(stack.store.all().len(), 1);
+    assert_eq!(stack.journal.entries().len(), 4, "each step ran once");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn waiting_gives_up_after_its_timeout() {
+    let mut stack = Stack::new();
+    let engine = stack.engine.clone();
+    stack.run_engine(&engine); // no participant: the saga cannot progress
+    let id = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    let err = stack
+        .engine
+        .wait(id, Duration::from_millis(150))
+        .await
+        .expect_err("times out");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rebuilt_engine_finishes_what_a_crashed_one_started() {
+    let mut stack = Stack::new();
+    let first = stack.engine.clone();
+    let ids = futures_ids(&first, 10).await;
+    drop(first); // the first engine never ran: its commands sit in the queue
+    let second = engine(&stack.store, &stack.transport);
+    stack.run_engine(&second);
+    stack.run_participant();
+    for id in ids {
+        let done = second.wait(id, WAIT).await.expect("finishes");
+        assert_eq!(done.status, SagaStatus::Completed);
+    }
+    assert_eq!(
+        stack.journal.entries().len(),
+        40,
+        "every step of every saga ran exactly once"
+    );
+    stack.shutdown().await;
+}
+
+async fn futures_ids(engine: &Engine, n: usize) -> Vec<saga_core::SagaId> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(engine.start(&trip(), Trip::default()).await.expect("start"));
+    }
+    ids
+}
+
+#[tokio::test]
+async fn two_engines_share_the_work_without_duplicating_it() {
+    let mut stack = Stack::running();
+    let other = engine(&stack.store, &stack.transport);
+    stack.run_engine(&other);
+    let mut ids = futures_ids(&stack.engine, 25).await;
+    ids.extend(futures_ids(&other, 25).await);
+    for id in &ids {
+        let done = other.wait(*id, WAIT).await.expect("finishes");
+        assert_eq!(done.status, SagaStatus::Completed);
+    }
+    assert_eq!(stack.journal.entries().len(), 200);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_command_is_sent_again_when_its_timeout_fires() {
+    let mut stack = Stack::new();
+    let engine = stack.engine.clone();
+    stack.run_engine(&engine);
+    // Swallow the first command without replying, like a broker that lost it.
+    let mut swallow = stack
+        .transport
+        .consume_commands("travel")
+        .await
+        .expect("consume");
+    let id = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    let lost = swallow.next().await.expect("first command");
+    lost.ack().await.expect("ack");
+    drop(swallow);
+    stack.run_participant();
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Completed);
+    let logs = stack.engine.logs(id).await.expect("logs");
+    assert!(logs.iter().any(|l| l.event == LogEvent::StepTimedOut));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_saga_whose_compensation_failed() {
+    let stack = Stack::running();
+    stack.journal.undo_failures_left.store(3, Ordering::SeqCst);
+    let data = Trip {
+        fail_at: Some("car".into()),
+        ..Trip::default()
+    };
+    let id = stack.engine.start(&trip(), data).await.expect("start");
+    let failed = stack.engine.wait(id, WAIT).await.expect("stops");
+    assert_eq!(failed.status, SagaStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("compensation of step `hotel`")
+    );
+    let listed = stack
+        .engine
+        .list(&saga_core::store::SagaQuery {
+            status: Some(SagaStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "a failed saga shows up for operators");
+    let retried = stack.engine.retry(id).await.expect("retry");
+    assert_eq!(retried.status, SagaStatus::Compensating);
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(
+        done.steps[..3],
+        [
+            StepStatus::Compensated,
+            StepStatus::Compensated,
+            StepStatus::Failed
+        ]
+    );
+    let err = stack.engine.retry(id).await.expect_err("nothing to retry");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancelling_compensates_before_the_pivot_and_is_refused_after_it() {
+    let mut stack = Stack::new();
+    let engine = stack.engine.clone();
+    stack.run_engine(&engine);
+    let id = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    let cancelled = stack
+        .engine
+        .cancel(id, "customer changed their mind")
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status, SagaStatus::Compensating);
+    stack.run_participant();
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Compensated);
+    let completed = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    stack.engine.wait(completed, WAIT).await.expect("finishes");
+    let err = stack
+        .engine
+        .cancel(completed, "too late")
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn local_steps_run_in_the_engine() {
+    #[derive(Serialize, Deserialize, Default)]
+    struct Calc {
+        n: i64,
+    }
+    let saga = Saga::<Calc>::builder("calc")
+        .step("double")
+        .local(|c: Calc| async move { Ok(c.n * 2) })
+        .on_reply(|c, n| c.n = n)
+        .compensate_local(|_c: Calc| async { Ok(()) })
+        .step("check")
+        .local(|c: Calc| async move {
+            if c.n > 100 {
+                Err(StepError::business("too big"))
+            } else {
+                Ok(())
+            }
+        })
+        .build()
+        .expect("valid");
+    let store = InMemoryStore::new();
+    let engine = Engine::builder(store, InMemoryTransport::new())
+        .register(&saga)
+        .build();
+    let (stop, rx) = watch::channel(false);
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(stopped(rx)).await })
+    };
+    let small = engine.start(&saga, Calc { n: 21 }).await.expect("start");
+    let big = engine.start(&saga, Calc { n: 60 }).await.expect("start");
+    let small = engine.wait(small, WAIT).await.expect("finishes");
+    assert_eq!(small.status, SagaStatus::Completed);
+    assert_eq!(small.data["n"], 42);
+    assert_eq!(
+        engine.wait(big, WAIT).await.expect("finishes").status,
+        SagaStatus::Compensated
+    );
+    let _ = stop.send(true);
+    runner.await.expect("task").expect("engine");
+}
+
+#[tokio::test]
+async fn a_command_without_a_handler_is_dead_lettered() {
+    let transport = InMemoryTransport::new();
+    let participant = Participant::builder("travel")
+        .on(|_: Undo, _| async { Ok(()) })
+        .build();
+    let (stop, rx) = watch::channel(false);
+    let runner = {
+        let transport: Arc<dyn Transport> = Arc::new(transport.clone());
+        tokio::spawn(async move { participant.run(transport, stopped(rx)).await })
+    };
+    let store = InMemoryStore::new();
+    let engine = Engine::builder(store, transport.clone())
+        .register(&trip())
+        .build();
+    engine.start(&trip(), Trip::default()).await.expect("start");
+    tokio::time::timeout(WAIT, async {
+        while transport.dead_letters("travel").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("dead-lettered");
+    assert!(
+        transport.dead_letters("travel")[0]
+            .reason
+            .contains("no handler for command `book`")
+    );
+    let _ = stop.send(true);
+    runner.await.expect("task").expect("participant");
+}
+
+#[tokio::test]
+async fn a_reply_naming_the_wrong_step_is_refused() {
+    let stack = Stack::new();
+    let _id = stack
+        .engine
+        .start(&trip(), Trip::default())
+        .await
+        .expect("start");
+    let mut sub = stack
+        .transport
+        .consume_commands("travel")
+        .await
+        .expect("consume");
+    let command = sub.next().await.expect("command");
+    let mut reply = command
+        .message
+        .reply(saga_core::ReplyOutcome::Success(serde_json::json!("x")));
+    reply.step_name = "not-a-step".into();
+    let err = stack.engine.handle_reply(reply).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_deadline_compensates_a_stalled_saga() {
+    let saga = Saga::<Trip>::builder("deadline")
+        .deadline(Duration::from_millis(200))
+        .step("flight")
+        .invoke("travel", book("flight"))
+        .compensate("travel", undo("flight"))
+        .step("hotel")
+        .invoke("nobody_listens", book("hotel"))
+        .compensate("travel", undo("hotel"))
+        .build()
+        .expect("valid");
+    let mut stack = Stack::new();
+    let engine = Engine::builder(stack.store.clone(), stack.transport.clone())
+        .register(&saga)
+        .poll_interval(Duration::from_millis(10))
+        .build();
+    stack.run_engine(&engine);
+    stack.run_participant();
+    let id = engine.start(&saga, Trip::default()).await.expect("start");
+    let done = engine.wait(id, WAIT).await.expect("finishes");
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deadline")
+    );
+    assert_eq!(
+        done.steps,
+        vec![StepStatus::Compensated, StepStatus::Compensated]
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_instance_diagram_shows_progress() {
+    let stack = Stack::running();
+    let data = Trip {
+        fail_at: Some("car".into()),
+        ..Trip::default()
+    };
+    let id = stack.engine.start(&trip(), data).await.expect("start");
+    let done = stack.engine.wait(id, WAIT).await.expect("finishes");
+    let diagram = stack.engine.mermaid(&done).expect("registered");
+    assert!(diagram.starts_with("flowchart LR"));
+    assert!(diagram.contains("class s2 failed"), "{diagram}");
+    assert!(diagram.contains("class s0 compensated"), "{diagram}");
+    assert!(diagram.contains("class done compensated"), "{diagram}");
+    assert!(trip().to_mermaid().contains("pay (pivot)"));
+    stack.shutdown().await;
+}
