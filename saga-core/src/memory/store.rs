@@ -71,18 +71,22 @@ impl InMemoryStore {
 impl SagaStore for InMemoryStore {
     async fn create(&self, instance: &SagaInstance, logs: &[LogEntry]) -> Result<Created> {
         let mut state = lock(&self.state);
-        if let Some(key) = &instance.idempotency_key {
-            if let Some(existing) = state.keys.get(key) {
-                let existing = state.sagas[existing].instance.clone();
-                return Ok(Created::Existing(Box::new(existing)));
-            }
-            state.keys.insert(key.clone(), instance.id);
+        if let Some(existing) = instance
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| state.keys.get(key))
+        {
+            let existing = state.sagas[existing].instance.clone();
+            return Ok(Created::Existing(Box::new(existing)));
         }
         if state.sagas.contains_key(&instance.id) {
             return Err(Error::backend(
                 crate::ErrorKind::Duplicate,
                 format!("saga {} already exists", instance.id),
             ));
+        }
+        if let Some(key) = &instance.idempotency_key {
+            state.keys.insert(key.clone(), instance.id);
         }
         state.sagas.insert(
             instance.id,

@@ -81,6 +81,8 @@ async fn terminate<S: SagaStore + ?Sized>(store: &S, instance: &SagaInstance) {
 pub async fn store_conformance<S: SagaStore + ?Sized>(store: &S) {
     create_then_load_round_trips(store).await;
     load_of_a_missing_saga_is_none(store).await;
+    null_data_and_payloads_round_trip(store).await;
+    a_second_create_with_the_same_id_is_a_duplicate(store).await;
     duplicate_idempotency_key_returns_the_first_saga(store).await;
     save_checks_the_version(store).await;
     save_of_a_missing_saga_is_not_found(store).await;
@@ -116,6 +118,51 @@ async fn create_then_load_round_trips<S: SagaStore + ?Sized>(store: &S) {
 async fn load_of_a_missing_saga_is_none<S: SagaStore + ?Sized>(store: &S) {
     assert!(store.load(SagaId::new()).await.expect("load").is_none());
     assert!(store.logs(SagaId::new()).await.expect("logs").is_empty());
+}
+
+async fn null_data_and_payloads_round_trip<S: SagaStore + ?Sized>(store: &S) {
+    let mut saga = instance("nulls", None, None);
+    saga.data = serde_json::Value::Null;
+    let mut entry = log(&saga, 0, LogEvent::SagaStarted);
+    entry.payload = serde_json::Value::Null;
+    entry.step = None;
+    entry.attempt = None;
+    store
+        .create(&saga, std::slice::from_ref(&entry))
+        .await
+        .expect("create with null data");
+    let updated = next(&saga);
+    let mut second = log(&updated, 1, LogEvent::CompensationSucceeded);
+    second.payload = serde_json::Value::Null;
+    store
+        .save(&updated, saga.version, std::slice::from_ref(&second))
+        .await
+        .expect("a null log payload (a `()` reply) is saved");
+    assert_eq!(
+        store
+            .load(saga.id)
+            .await
+            .expect("load")
+            .expect("exists")
+            .data,
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        store.logs(saga.id).await.expect("logs"),
+        vec![entry, second]
+    );
+    terminate(store, &updated).await;
+}
+
+async fn a_second_create_with_the_same_id_is_a_duplicate<S: SagaStore + ?Sized>(store: &S) {
+    let saga = instance("dup_id", None, None);
+    store.create(&saga, &[]).await.expect("create");
+    let err = store
+        .create(&saga, &[])
+        .await
+        .expect_err("the same id twice");
+    assert_eq!(err.kind(), ErrorKind::Duplicate, "{err}");
+    terminate(store, &saga).await;
 }
 
 async fn duplicate_idempotency_key_returns_the_first_saga<S: SagaStore + ?Sized>(store: &S) {

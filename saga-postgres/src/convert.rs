@@ -1,0 +1,185 @@
+//! Conversions between saga-core values and rows.
+
+use chrono::SecondsFormat;
+use saga_core::{
+    Cursor, Direction, LogEntry, SagaId, SagaInstance, SagaStatus, StepStatus, Waiting,
+};
+use sea_orm::Value;
+use serde::Serialize;
+
+use crate::entity::{saga_logs, saga_state};
+use crate::error::Error;
+
+fn int<T: TryInto<i32> + Copy + std::fmt::Display>(what: &str, value: T) -> Result<i32, Error> {
+    value
+        .try_into()
+        .map_err(|_| Error::OutOfRange(format!("{what} {value} does not fit an integer column")))
+}
+
+fn big<T: TryInto<i64> + Copy + std::fmt::Display>(what: &str, value: T) -> Result<i64, Error> {
+    value
+        .try_into()
+        .map_err(|_| Error::OutOfRange(format!("{what} {value} does not fit a bigint column")))
+}
+
+/// The 19 `saga_state` columns an insert or save writes, in the order of
+/// [`crate::store`]'s SQL (`$1`..`$19`).
+pub(crate) fn state_values(instance: &SagaInstance) -> Result<Vec<Value>, Error> {
+    let cursor = instance.cursor;
+    Ok(vec![
+        (*instance.id.as_uuid()).into(),
+        instance.saga_type.clone().into(),
+        int("definition version", instance.definition_version)?.into(),
+        instance.status.as_str().into(),
+        cursor
+            .map(|c| int("step index", c.step))
+            .transpose()?
+            .into(),
+        cursor.map(|c| c.direction.as_str()).into(),
+        cursor
+            .map(|c| int("attempt", c.attempt))
+            .transpose()?
+            .into(),
+        cursor.map(|c| waiting_str(c.waiting)).into(),
+        cursor.is_some_and(|c| c.uncertain).into(),
+        serde_json::to_value(&instance.steps)?.into(),
+        instance.data.clone().into(),
+        instance.error.clone().into(),
+        instance.idempotency_key.clone().into(),
+        big("version", instance.version)?.into(),
+        instance.next_wake_at.into(),
+        instance.deadline_at.into(),
+        i64::from(instance.log_seq).into(),
+        instance.created_at.into(),
+        instance.updated_at.into(),
+    ])
+}
+
+const fn waiting_str(waiting: Waiting) -> &'static str {
+    match waiting {
+        Waiting::Reply => "reply",
+        Waiting::Retry => "retry",
+    }
+}
+
+#[derive(Serialize)]
+struct LogRow<'a> {
+    seq: u32,
+    event: &'static str,
+    step: Option<&'a str>,
+    attempt: Option<u32>,
+    payload: &'a serde_json::Value,
+    created_at: String,
+}
+
+/// Log entries as one JSON array for `jsonb_to_recordset`: one bind
+/// parameter, one round trip, whatever the number of entries.
+pub(crate) fn logs_json(saga: SagaId, logs: &[LogEntry]) -> Result<Value, Error> {
+    let rows = logs
+        .iter()
+        .map(|log| {
+            if log.saga_id != saga {
+                return Err(Error::OutOfRange(format!(
+                    "log entry {} belongs to saga {}, not to saga {saga}",
+                    log.seq, log.saga_id
+                )));
+            }
+            Ok(LogRow {
+                seq: log.seq,
+                event: log.event.as_str(),
+                step: log.step.as_deref(),
+                attempt: log.attempt,
+                payload: &log.payload,
+                // Microseconds, truncated like a bound timestamp.
+                created_at: log.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(serde_json::to_value(rows)?.into())
+}
+
+fn parse<T: std::str::FromStr>(id: &uuid::Uuid, what: &str, value: &str) -> Result<T, Error> {
+    value
+        .parse()
+        .map_err(|_| Error::corrupt(id, format!("unknown {what} `{value}`")))
+}
+
+fn unsigned<T: TryFrom<i64>>(
+    id: &uuid::Uuid,
+    what: &str,
+    value: impl Into<i64>,
+) -> Result<T, Error> {
+    let value = value.into();
+    T::try_from(value).map_err(|_| Error::corrupt(id, format!("{what} {value} is out of range")))
+}
+
+/// A stored row back into the instance it was saved from.
+pub(crate) fn to_instance(row: saga_state::Model) -> Result<SagaInstance, Error> {
+    let id = row.id;
+    let status: SagaStatus = parse(&id, "status", &row.status)?;
+    let steps: Vec<StepStatus> =
+        serde_json::from_value(row.steps).map_err(|e| Error::corrupt(id, format!("steps: {e}")))?;
+    let cursor = match (
+        row.current_step,
+        row.phase.as_deref(),
+        row.attempt,
+        row.waiting.as_deref(),
+    ) {
+        (None, None, None, None) => None,
+        (Some(step), Some(phase), Some(attempt), Some(waiting)) => Some(Cursor {
+            step: unsigned(&id, "current_step", step)?,
+            direction: match phase {
+                "invoke" => Direction::Invoke,
+                "compensate" => Direction::Compensate,
+                other => return Err(Error::corrupt(id, format!("unknown phase `{other}`"))),
+            },
+            attempt: unsigned(&id, "attempt", attempt)?,
+            waiting: match waiting {
+                "reply" => Waiting::Reply,
+                "retry" => Waiting::Retry,
+                other => return Err(Error::corrupt(id, format!("unknown waiting `{other}`"))),
+            },
+            uncertain: row.uncertain,
+        }),
+        _ => {
+            return Err(Error::corrupt(
+                id,
+                "current_step, phase, attempt and waiting must be all set or all null",
+            ));
+        }
+    };
+    Ok(SagaInstance {
+        id: SagaId::from_uuid(id),
+        saga_type: row.saga_type,
+        definition_version: unsigned(&id, "definition_version", row.definition_version)?,
+        status,
+        steps,
+        cursor,
+        data: row.data,
+        error: row.error,
+        idempotency_key: row.idempotency_key,
+        version: unsigned(&id, "version", row.version)?,
+        next_wake_at: row.next_wake_at,
+        deadline_at: row.deadline_at,
+        log_seq: unsigned(&id, "log_seq", row.log_seq)?,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// A stored log row back into its entry.
+pub(crate) fn to_log(row: saga_logs::Model) -> Result<LogEntry, Error> {
+    let id = row.saga_id;
+    Ok(LogEntry {
+        saga_id: SagaId::from_uuid(id),
+        seq: unsigned(&id, "log seq", row.seq)?,
+        event: parse(&id, "log event", &row.event)?,
+        step: row.step,
+        attempt: row
+            .attempt
+            .map(|a| unsigned(&id, "log attempt", a))
+            .transpose()?,
+        payload: row.payload,
+        at: row.created_at,
+    })
+}

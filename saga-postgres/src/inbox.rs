@@ -1,0 +1,294 @@
+//! The participant inbox: effectively-once command handling.
+//!
+//! Delivery is at least once, so a participant must recognise a command it
+//! already handled. The reliable place to remember that is the participant's
+//! *own* business transaction: record the command's idempotency key in
+//! `saga_inbox` in the same transaction as the business change, and the two
+//! commit or vanish together.
+//!
+//! ```no_run
+//! # use saga_core::{Command, CommandContext, StepError};
+//! # use sea_orm::{DatabaseConnection, TransactionTrait};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserve { sku: String }
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserved { reservation: String }
+//! # impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//! use saga_postgres::inbox;
+//!
+//! async fn reserve(db: &DatabaseConnection, cmd: Reserve, ctx: CommandContext) -> Result<Reserved, StepError> {
+//!     let txn = db.begin().await.map_err(saga_postgres::Error::from)?;
+//!     // A duplicate is answered with the recorded reply; a concurrent duplicate waits for us.
+//!     if let Some(done) = inbox::check_in(&txn, &ctx).await? {
+//!         return inbox::decode_reply(done);
+//!     }
+//!     // ... the business change, on `txn` ...
+//!     let reply: Result<Reserved, StepError> = Ok(Reserved { reservation: format!("r-{}", cmd.sku) });
+//!     let reply = inbox::record_reply_in(&txn, &ctx.idempotency_key, reply).await?;
+//!     txn.commit().await.map_err(saga_postgres::Error::from)?;
+//!     reply
+//! }
+//! ```
+//!
+//! The rules are those of [`saga_core::participant`]:
+//! - [`check_in`] claims the key. If the key is recorded, it returns the
+//!   recorded outcome and the handler must not run again. If another
+//!   transaction holds the key (a concurrent duplicate), it waits for that
+//!   transaction to finish.
+//! - For a compensation, [`check_in`] also records a business refusal under
+//!   the step's *invoke* key if none is recorded, so an invoke delivered after
+//!   its compensation is refused instead of creating an effect nobody undoes.
+//! - [`record_in`] stores a success or a business failure. A retryable or
+//!   unknown failure is not recorded (its claim is released) because nothing
+//!   happened: roll the transaction back and let the command be redelivered.
+//! - If the transaction rolls back, nothing of the above remains.
+//!
+//! For handlers without a database transaction, [`PgInbox`] implements
+//! [`saga_core::Inbox`] for [`ParticipantBuilder::inbox`](saga_core::participant::ParticipantBuilder::inbox).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use saga_core::{
+    CommandContext, Direction, IdempotencyKey, ReplyOutcome, StepError, StepErrorKind,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// The message of the refusal a compensation records under its step's invoke key.
+pub const COMPENSATED_REFUSAL: &str = "refused: the step was compensated before this command ran";
+
+/// Claims the command's key; returns it if this transaction inserted it.
+const CLAIM_SQL: &str = "\
+INSERT INTO saga_inbox (idempotency_key, outcome) VALUES ($1, NULL)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key";
+
+/// Claims a compensation's key and tombstones its invoke key, in one statement.
+const CLAIM_WITH_TOMBSTONE_SQL: &str = "\
+INSERT INTO saga_inbox (idempotency_key, outcome) VALUES ($1, NULL), ($2, $3)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key";
+
+const RECORDED_SQL: &str = "SELECT outcome FROM saga_inbox WHERE idempotency_key = $1";
+
+/// Records the outcome unless one is recorded, and returns the recorded one.
+const RECORD_SQL: &str = "\
+INSERT INTO saga_inbox (idempotency_key, outcome) VALUES ($1, $2)
+ON CONFLICT (idempotency_key) DO UPDATE SET outcome = EXCLUDED.outcome
+    WHERE saga_inbox.outcome IS NULL
+RETURNING outcome";
+
+const RELEASE_SQL: &str = "DELETE FROM saga_inbox WHERE idempotency_key = $1 AND outcome IS NULL";
+
+fn outcome_from(
+    key: &str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<ReplyOutcome>, Error> {
+    value
+        .map(|v| {
+            serde_json::from_value(v)
+                .map_err(|e| Error::corrupt(key, format!("inbox outcome: {e}")))
+        })
+        .transpose()
+}
+
+async fn recorded<C: ConnectionTrait>(conn: &C, key: &str) -> Result<Option<ReplyOutcome>, Error> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RECORDED_SQL,
+            [key.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => outcome_from(
+            key,
+            row.try_get::<Option<serde_json::Value>>("", "outcome")?,
+        ),
+        None => Ok(None),
+    }
+}
+
+/// Whether the command was already handled, claiming its key if not.
+///
+/// Returns the recorded outcome of a duplicate (answer it, do nothing else),
+/// or `None`: handle the command in the same transaction, then
+/// [`record_in`]. For a compensation, the step's invoke key gets a refusal
+/// tombstone if it has no outcome yet (see the [module docs](self)).
+///
+/// Run it inside the transaction of the business change (`conn` is a
+/// [`DatabaseTransaction`](sea_orm::DatabaseTransaction)); one round trip for
+/// a new command.
+///
+/// # Errors
+/// Database errors (the transaction should be rolled back).
+#[tracing::instrument(name = "saga_postgres.inbox.check", level = "debug", skip_all, fields(key = %ctx.idempotency_key))]
+pub async fn check_in<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &CommandContext,
+) -> Result<Option<ReplyOutcome>, Error> {
+    let tombstone = (ctx.direction == Direction::Compensate).then(|| ctx.invoke_key());
+    check_key_in(conn, &ctx.idempotency_key, tombstone.as_ref()).await
+}
+
+/// [`check_in`] for a bare key: claims `key`, and tombstones `invoke_key`
+/// with a refusal if given (pass the step's invoke key when `key` is a
+/// compensation's).
+///
+/// # Errors
+/// Database errors.
+pub async fn check_key_in<C: ConnectionTrait>(
+    conn: &C,
+    key: &IdempotencyKey,
+    invoke_key: Option<&IdempotencyKey>,
+) -> Result<Option<ReplyOutcome>, Error> {
+    let statement = match invoke_key {
+        None => {
+            Statement::from_sql_and_values(DbBackend::Postgres, CLAIM_SQL, [key.as_str().into()])
+        }
+        Some(invoke_key) => {
+            let refusal = ReplyOutcome::Failure(StepError::business(COMPENSATED_REFUSAL));
+            let values: [Value; 3] = [
+                key.as_str().into(),
+                invoke_key.as_str().into(),
+                serde_json::to_value(refusal)?.into(),
+            ];
+            Statement::from_sql_and_values(DbBackend::Postgres, CLAIM_WITH_TOMBSTONE_SQL, values)
+        }
+    };
+    let claimed = conn.query_all_raw(statement).await?;
+    for row in &claimed {
+        if row.try_get::<String>("", "idempotency_key")? == key.as_str() {
+            return Ok(None);
+        }
+    }
+    // Held by a committed transaction: its outcome, or `None` if it committed
+    // a claim without an outcome (the handler may run).
+    recorded(conn, key.as_str()).await
+}
+
+/// Records `outcome` for `key` (in the same transaction as the business
+/// change) and returns the outcome to reply with.
+///
+/// A success or a business failure is recorded, unless an outcome is already
+/// recorded, which is then returned instead. A retryable or unknown failure is
+/// not recorded: the claim taken by [`check_in`] is released and `outcome` is
+/// returned as is (roll the transaction back: nothing happened).
+///
+/// # Errors
+/// Database errors.
+#[tracing::instrument(name = "saga_postgres.inbox.record", level = "debug", skip_all, fields(key = %key))]
+pub async fn record_in<C: ConnectionTrait>(
+    conn: &C,
+    key: &IdempotencyKey,
+    outcome: &ReplyOutcome,
+) -> Result<ReplyOutcome, Error> {
+    if let ReplyOutcome::Failure(e) = outcome
+        && e.kind != StepErrorKind::Business
+    {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RELEASE_SQL,
+            [key.as_str().into()],
+        ))
+        .await?;
+        return Ok(outcome.clone());
+    }
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RECORD_SQL,
+            [key.as_str().into(), serde_json::to_value(outcome)?.into()],
+        ))
+        .await?;
+    let stored = match row {
+        Some(row) => outcome_from(
+            key.as_str(),
+            row.try_get::<Option<serde_json::Value>>("", "outcome")?,
+        )?,
+        None => recorded(conn, key.as_str()).await?,
+    };
+    stored.ok_or_else(|| Error::corrupt(key, "inbox row has no outcome after recording one"))
+}
+
+/// Typed [`record_in`]: records a handler's result and returns the reply to
+/// send, decoded from what is recorded.
+///
+/// # Errors
+/// The outer error is a database failure; the inner one the handler's (or the
+/// recorded) [`StepError`].
+pub async fn record_reply_in<C: ConnectionTrait, R: Serialize + DeserializeOwned>(
+    conn: &C,
+    key: &IdempotencyKey,
+    reply: Result<R, StepError>,
+) -> Result<Result<R, StepError>, Error> {
+    let outcome = match reply {
+        Ok(reply) => ReplyOutcome::Success(serde_json::to_value(reply)?),
+        Err(e) => ReplyOutcome::Failure(e),
+    };
+    Ok(decode_reply(record_in(conn, key, &outcome).await?))
+}
+
+/// A recorded outcome as the typed reply of a handler.
+///
+/// # Errors
+/// The recorded failure, or an unknown-outcome error when the recorded reply
+/// does not decode as `R` (the reply type changed since it was recorded).
+pub fn decode_reply<R: DeserializeOwned>(outcome: ReplyOutcome) -> Result<R, StepError> {
+    match outcome {
+        ReplyOutcome::Success(value) => serde_json::from_value(value)
+            .map_err(|e| StepError::unknown(format!("the recorded reply does not decode: {e}"))),
+        ReplyOutcome::Failure(e) => Err(e),
+    }
+}
+
+/// Deletes inbox records created before `before`; returns how many.
+///
+/// Keep records longer than a command can be redelivered (the broker's
+/// retention, the saga's longest retry schedule).
+///
+/// # Errors
+/// Database errors.
+pub async fn prune_in<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Result<u64, Error> {
+    let result = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM saga_inbox WHERE created_at < $1",
+            [before.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// A [`saga_core::Inbox`] on `saga_inbox`, for participants whose handlers
+/// have no transaction of their own (each call is its own transaction).
+/// Prefer [`check_in`] / [`record_in`] inside the business transaction when
+/// there is one: only then are the effect and the record atomic.
+#[derive(Clone, Debug)]
+pub struct PgInbox {
+    db: DatabaseConnection,
+}
+
+impl PgInbox {
+    /// An inbox on `db` (which must have run [`migrate`](crate::migrate)).
+    #[must_use]
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl saga_core::Inbox for PgInbox {
+    async fn get(&self, key: &IdempotencyKey) -> saga_core::Result<Option<ReplyOutcome>> {
+        Ok(recorded(&self.db, key.as_str()).await?)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &IdempotencyKey,
+        outcome: &ReplyOutcome,
+    ) -> saga_core::Result<ReplyOutcome> {
+        Ok(record_in(&self.db, key, outcome).await?)
+    }
+}

@@ -1,0 +1,156 @@
+//! # saga-postgres: PostgreSQL storage for saga-core
+//!
+//! The production [`SagaStore`](saga_core::SagaStore) for
+//! [saga-core](saga_core), on [sea-orm](sea_orm) and
+//! [sea-orm-migration](sea_orm_migration):
+//!
+//! - [`PgSagaStore`]: saga state in `saga_state`, the audit trail in
+//!   `saga_logs`, version-checked saves, due-saga claims with
+//!   `FOR UPDATE SKIP LOCKED` and a lease, operator listings, and outcome
+//!   notifications across processes with `LISTEN`/`NOTIFY`.
+//! - [`inbox`]: the participant side, a `saga_inbox` table and functions that
+//!   a participant calls *inside its own business transaction* to handle each
+//!   command effectively once; [`inbox::PgInbox`] for handlers without one.
+//! - [`Migrator`] / [`migrate`]: the schema, owned by this crate.
+//! - [`PgConfig`]: the connection pool, from `DB_URL` and friends.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use saga_core::memory::InMemoryTransport;
+//! use saga_core::{Command, Engine, Participant, Saga, SagaStatus};
+//! use saga_postgres::{PgConfig, PgSagaStore, inbox::PgInbox};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Reserve { sku: String }
+//! #[derive(Serialize, Deserialize)]
+//! struct Reserved { reservation: String }
+//! impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Order { sku: String, reservation: Option<String> }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // DB_URL=postgres://postgres@localhost:5432/orchestrator
+//! let db = PgConfig::from_env()?.connect().await?;
+//! saga_postgres::migrate(&db).await?; // idempotent; or run it at deployment
+//! let store = PgSagaStore::new(db.clone()).await?;
+//!
+//! let checkout = Saga::<Order>::builder("checkout")
+//!     .step("reserve")
+//!         .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
+//!         .on_reply(|o, r| o.reservation = Some(r.reservation))
+//!         .timeout(Duration::from_secs(10))
+//!     .build()?;
+//! let transport = InMemoryTransport::new(); // saga-rabbitmq in production
+//! let engine = Engine::builder(store, transport.clone()).register(&checkout).build();
+//!
+//! let inventory = Participant::builder("inventory")
+//!     .inbox(PgInbox::new(db.clone()))
+//!     .on(|cmd: Reserve, _ctx| async move { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) })
+//!     .build();
+//!
+//! let (stop, stopped) = tokio::sync::watch::channel(());
+//! let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move { let _ = rx.changed().await; };
+//! let runner = { let e = engine.clone(); let s = shutdown(stopped.clone()); tokio::spawn(async move { e.run(s).await }) };
+//! let serving = { let t = std::sync::Arc::new(transport); let s = shutdown(stopped); tokio::spawn(async move { inventory.run(t, s).await }) };
+//!
+//! let id = engine.start(&checkout, Order { sku: "book".into(), reservation: None }).await?;
+//! assert_eq!(engine.wait(id, Duration::from_secs(10)).await?.status, SagaStatus::Completed);
+//! for entry in engine.logs(id).await? {
+//!     println!("{:>3} {:<24} {:?}", entry.seq, entry.event, entry.step);
+//! }
+//!
+//! drop(stop);
+//! runner.await??;
+//! serving.await??;
+//! # Ok(()) }
+//! ```
+//!
+//! The integration test `tests/postgres/guide.rs` runs this example against a
+//! real server.
+//!
+//! ## Tables
+//!
+//! | table | columns | keys and indexes |
+//! |---|---|---|
+//! | `saga_state` | `id uuid`, `saga_type text`, `definition_version int`, `status text`, `current_step int`, `phase text` (`invoke`/`compensate`), `attempt int`, `waiting text` (`reply`/`retry`), `uncertain bool`, `steps jsonb`, `data jsonb`, `error text`, `idempotency_key text`, `version bigint`, `next_wake_at timestamptz`, `deadline_at timestamptz`, `log_seq bigint`, `lease_owner text`, `lease_until timestamptz`, `created_at timestamptz`, `updated_at timestamptz` | primary key `id`; unique `idempotency_key`; `saga_state_due_idx (next_wake_at) WHERE next_wake_at IS NOT NULL` for the due-saga claim; `saga_state_status_updated_idx (status, updated_at)` for listings and stuck sagas; check on `status` |
+//! | `saga_logs` | `saga_id uuid`, `seq bigint`, `event text`, `step text`, `attempt int`, `payload jsonb`, `created_at timestamptz` | primary key `(saga_id, seq)` (the log order); foreign key to `saga_state` with `ON DELETE CASCADE` |
+//! | `saga_inbox` | `idempotency_key text`, `outcome jsonb` (null while claimed), `created_at timestamptz` | primary key `idempotency_key`; index on `created_at` for [`inbox::prune_in`] |
+//! | `saga_migrations` | sea-orm-migration's record of applied migrations | kept apart from `seaql_migrations` so the application's own migrator can share the database |
+//!
+//! A trigger, `saga_state_finished`, calls `pg_notify('saga_finished', id)`
+//! when a row is written with a terminal status. Columns are nullable exactly
+//! where [`SagaInstance`](saga_core::SagaInstance) has an `Option`; timestamps
+//! keep microseconds. The [`entity`] module has the sea-orm entities for
+//! reading the tables directly.
+//!
+//! Participants keep `saga_inbox` in *their* database, next to their business
+//! tables: run [`migrate`] there too (the saga tables stay empty).
+//!
+//! ## Guarantees
+//!
+//! - **Atomic transitions.** [`save`](saga_core::SagaStore::save) replaces the
+//!   state if the stored `version` is the expected one, appends the log
+//!   entries, and releases the lease, in one statement (one implicit
+//!   transaction, one round trip). A stale writer gets
+//!   [`saga_core::Error::Conflict`] and writes nothing, logs included.
+//! - **Idempotent start.** [`create`](saga_core::SagaStore::create) inserts
+//!   with `ON CONFLICT (idempotency_key) DO NOTHING`; a duplicate key returns
+//!   the first saga, even when the two starts race, and writes no log.
+//! - **Disjoint claims.** [`claim_due`](saga_core::SagaStore::claim_due) leases
+//!   due sagas in one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`:
+//!   concurrent engines get disjoint sets without blocking each other; a
+//!   lease that expired (its engine died) is claimed again.
+//! - **Ordered, complete logs.** Entries are keyed by `(saga_id, seq)` and
+//!   written only together with the state change they belong to.
+//! - **Outcomes across processes.** The NOTIFY is sent inside the committing
+//!   transaction, so [`finished_events`](saga_core::SagaStore::finished_events)
+//!   announces only committed outcomes, whichever process wrote them. A
+//!   notification lost with a connection is covered by the engine's polling.
+//! - **Effectively-once participants.** See [`inbox`].
+//!
+//! Faithfulness: `load` returns exactly what `create`/`save` stored (the
+//! conformance suite, `saga_core::testing::store_conformance`, checks it with
+//! `==`), apart from timestamps, which PostgreSQL keeps to the microsecond.
+//!
+//! ## Configuration
+//!
+//! [`PgConfig::from_env`] reads `DB_URL` (required), `DB_MAX_CONNECTIONS`
+//! (10), `DB_MIN_CONNECTIONS` (0), `DB_ACQUIRE_TIMEOUT_MS` (5000) and
+//! `DB_STATEMENT_TIMEOUT_MS`. The store holds one pool connection for LISTEN.
+//!
+//! ## Errors
+//!
+//! One [`Error`] type with [`Error::kind`]; it converts into
+//! [`saga_core::Error`] with the same [`ErrorKind`](saga_core::ErrorKind):
+//! an unreachable server or a lost connection is `Unavailable` (retry); a
+//! missing table is `Schema`, with a message telling to run the migrations;
+//! a unique violation is `Duplicate`; a stale save is
+//! [`saga_core::Error::Conflict`].
+//!
+//! ## Feature flags
+//!
+//! None. The crate needs PostgreSQL 11 or later and is tested on 15 (the
+//! tests themselves need 13 or later for `DROP DATABASE … WITH (FORCE)`).
+
+mod config;
+mod convert;
+pub mod entity;
+mod error;
+pub mod inbox;
+pub mod migration;
+mod notify;
+mod store;
+
+#[doc(inline)]
+pub use config::PgConfig;
+pub use error::Error;
+#[doc(inline)]
+pub use migration::{Migrator, migrate};
+pub use notify::FINISHED_CHANNEL;
+#[doc(inline)]
+pub use store::{PgSagaStore, StoreConfig};

@@ -1,0 +1,389 @@
+//! [`PgSagaStore`]: the [`SagaStore`] on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use saga_core::store::{Created, SagaQuery};
+use saga_core::{LogEntry, SagaId, SagaInstance, SagaStore};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
+};
+use tokio::sync::broadcast;
+
+use crate::config::PgConfig;
+use crate::convert::{logs_json, state_values, to_instance, to_log};
+use crate::entity::{saga_logs, saga_state};
+use crate::error::Error;
+use crate::notify::{self, ListenerTask};
+
+/// Inserts the saga unless its idempotency key is taken, and its first log
+/// entries only if it was inserted: one statement, one round trip.
+/// (`jsonb_to_recordset` turns a JSON `null` payload into SQL NULL; the
+/// COALESCE stores it back as the JSON `null` it was.)
+const CREATE_SQL: &str = "\
+WITH created AS (
+    INSERT INTO saga_state (id, saga_type, definition_version, status, current_step, phase, attempt,
+        waiting, uncertain, steps, data, error, idempotency_key, version, next_wake_at, deadline_at,
+        log_seq, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), logged AS (
+    INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
+    SELECT created.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
+    FROM created CROSS JOIN jsonb_to_recordset($20)
+        AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
+)
+SELECT id FROM created";
+
+/// Replaces the saga if its version is the expected one, releases the lease,
+/// and appends the log entries only if the update happened: one statement
+/// (so one implicit transaction), one round trip. The `saga_state_finished`
+/// trigger sends the NOTIFY of a terminal status within it.
+const SAVE_SQL: &str = "\
+WITH updated AS (
+    UPDATE saga_state SET saga_type = $2, definition_version = $3, status = $4, current_step = $5,
+        phase = $6, attempt = $7, waiting = $8, uncertain = $9, steps = $10, data = $11, error = $12,
+        idempotency_key = $13, version = $14, next_wake_at = $15, deadline_at = $16, log_seq = $17,
+        created_at = $18, updated_at = $19, lease_owner = NULL, lease_until = NULL
+    WHERE id = $1 AND version = $21
+    RETURNING id
+), logged AS (
+    INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
+    SELECT updated.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
+    FROM updated CROSS JOIN jsonb_to_recordset($20)
+        AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
+)
+SELECT id FROM updated";
+
+/// Leases due sagas whose lease is free or expired; `SKIP LOCKED` makes
+/// concurrent claimers take disjoint sets without waiting on each other.
+const CLAIM_SQL: &str = "\
+UPDATE saga_state SET lease_owner = $1, lease_until = $2
+WHERE id IN (
+    SELECT id FROM saga_state
+    WHERE next_wake_at <= $3 AND (lease_until IS NULL OR lease_until <= $3)
+    ORDER BY next_wake_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *";
+
+/// Options for [`PgSagaStore::with_config`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Check at start-up that the migrations ran (default `true`).
+    pub check_schema: bool,
+    /// LISTEN for sagas finished by any process, for
+    /// [`SagaStore::finished_events`] (default `true`). Uses one pool connection.
+    pub notifications: bool,
+    /// How many finished-saga ids a slow waiter may lag behind (default 1024).
+    pub notification_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            check_schema: true,
+            notifications: true,
+            notification_capacity: 1024,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Turns the schema check on or off.
+    #[must_use]
+    pub fn check_schema(mut self, check: bool) -> Self {
+        self.check_schema = check;
+        self
+    }
+
+    /// Turns outcome notifications on or off.
+    #[must_use]
+    pub fn notifications(mut self, listen: bool) -> Self {
+        self.notifications = listen;
+        self
+    }
+}
+
+/// The production [`SagaStore`]: sagas in `saga_state`, their logs in
+/// `saga_logs`, on a sea-orm [`DatabaseConnection`]. Cheap to clone; clones
+/// share the pool and the notification listener.
+///
+/// See the [crate documentation](crate) for the table layout and guarantees.
+#[derive(Clone)]
+pub struct PgSagaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    finished: broadcast::Sender<SagaId>,
+    _listener: Option<ListenerTask>,
+}
+
+impl std::fmt::Debug for PgSagaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSagaStore")
+            .field("notifications", &self.inner._listener.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSagaStore {
+    /// A store on `db` with the default [`StoreConfig`]: checks the schema and
+    /// starts listening for finished sagas.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when the migrations have not run (run
+    /// [`migrate`](crate::migrate)); [`Error::Unavailable`] when the database
+    /// cannot be reached; [`Error::Config`] when `db` is not a PostgreSQL pool.
+    pub async fn new(db: DatabaseConnection) -> Result<Self, Error> {
+        Self::with_config(db, StoreConfig::default()).await
+    }
+
+    /// A store on `db` with `config`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub async fn with_config(db: DatabaseConnection, config: StoreConfig) -> Result<Self, Error> {
+        if db.get_database_backend() != DbBackend::Postgres || db.is_mock_connection() {
+            return Err(Error::Config(
+                "PgSagaStore needs a PostgreSQL connection pool".to_owned(),
+            ));
+        }
+        if config.check_schema {
+            crate::migration::check_schema(&db).await?;
+        }
+        let (finished, _) = broadcast::channel(config.notification_capacity.max(1));
+        let listener = if config.notifications {
+            Some(notify::start(db.get_postgres_connection_pool(), finished.clone()).await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                finished,
+                _listener: listener,
+            }),
+        })
+    }
+
+    /// Connects with `config` (see [`PgConfig::from_env`]) and builds a store.
+    ///
+    /// # Errors
+    /// As [`PgConfig::connect`] and [`new`](Self::new).
+    pub async fn connect(config: &PgConfig) -> Result<Self, Error> {
+        Self::new(config.connect().await?).await
+    }
+
+    /// The connection pool, for the application's own queries and for
+    /// [`migrate`](crate::migrate).
+    #[must_use]
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    async fn insert(&self, instance: &SagaInstance, logs: &[LogEntry]) -> Result<bool, Error> {
+        let mut values = state_values(instance)?;
+        values.push(logs_json(instance.id, logs)?);
+        let rows = self
+            .inner
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                CREATE_SQL,
+                values,
+            ))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn by_key(&self, key: &str) -> Result<Option<SagaInstance>, Error> {
+        saga_state::Entity::find()
+            .filter(saga_state::Column::IdempotencyKey.eq(key))
+            .one(&self.inner.db)
+            .await?
+            .map(to_instance)
+            .transpose()
+    }
+
+    async fn update(
+        &self,
+        instance: &SagaInstance,
+        expected_version: u64,
+        logs: &[LogEntry],
+    ) -> Result<bool, Error> {
+        let mut values = state_values(instance)?;
+        values.push(logs_json(instance.id, logs)?);
+        values.push(Value::from(i64::try_from(expected_version).map_err(
+            |_| {
+                Error::OutOfRange(format!(
+                    "expected version {expected_version} does not fit a bigint"
+                ))
+            },
+        )?));
+        let rows = self
+            .inner
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                SAVE_SQL,
+                values,
+            ))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn exists(&self, id: SagaId) -> Result<bool, Error> {
+        Ok(saga_state::Entity::find_by_id(*id.as_uuid())
+            .select_only()
+            .column(saga_state::Column::Id)
+            .into_tuple::<uuid::Uuid>()
+            .one(&self.inner.db)
+            .await?
+            .is_some())
+    }
+}
+
+#[async_trait]
+impl SagaStore for PgSagaStore {
+    #[tracing::instrument(name = "saga_postgres.create", level = "debug", skip_all, fields(saga_id = %instance.id))]
+    async fn create(
+        &self,
+        instance: &SagaInstance,
+        logs: &[LogEntry],
+    ) -> saga_core::Result<Created> {
+        // A concurrent creator with the same key may commit between our
+        // insert and our select; the loop covers a row that vanished in that
+        // window (deleted by an operator).
+        for _ in 0..3 {
+            if self.insert(instance, logs).await? {
+                return Ok(Created::New);
+            }
+            let Some(key) = &instance.idempotency_key else {
+                break;
+            };
+            if let Some(existing) = self.by_key(key).await? {
+                return Ok(Created::Existing(Box::new(existing)));
+            }
+        }
+        Err(saga_core::Error::backend(
+            saga_core::ErrorKind::Other,
+            format!(
+                "saga {} was neither inserted nor found by its idempotency key",
+                instance.id
+            ),
+        ))
+    }
+
+    #[tracing::instrument(name = "saga_postgres.load", level = "debug", skip(self))]
+    async fn load(&self, id: SagaId) -> saga_core::Result<Option<SagaInstance>> {
+        let row = saga_state::Entity::find_by_id(*id.as_uuid())
+            .one(&self.inner.db)
+            .await
+            .map_err(Error::from)?;
+        Ok(row.map(to_instance).transpose()?)
+    }
+
+    #[tracing::instrument(name = "saga_postgres.save", level = "debug", skip_all, fields(saga_id = %instance.id, expected_version))]
+    async fn save(
+        &self,
+        instance: &SagaInstance,
+        expected_version: u64,
+        logs: &[LogEntry],
+    ) -> saga_core::Result<()> {
+        if self.update(instance, expected_version, logs).await? {
+            return Ok(());
+        }
+        if self.exists(instance.id).await? {
+            Err(saga_core::Error::Conflict {
+                id: instance.id,
+                expected: expected_version,
+            })
+        } else {
+            Err(saga_core::Error::NotFound(instance.id))
+        }
+    }
+
+    #[tracing::instrument(name = "saga_postgres.claim_due", level = "debug", skip(self, lease))]
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> saga_core::Result<Vec<SagaInstance>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let values: [Value; 4] = [
+            owner.into(),
+            saga_core::clock::add(now, lease).into(),
+            now.into(),
+            limit.into(),
+        ];
+        let rows = saga_state::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                CLAIM_SQL,
+                values,
+            ))
+            .all(&self.inner.db)
+            .await
+            .map_err(Error::from)?;
+        let mut claimed = rows
+            .into_iter()
+            .map(to_instance)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|s| s.next_wake_at);
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(name = "saga_postgres.logs", level = "debug", skip(self))]
+    async fn logs(&self, id: SagaId) -> saga_core::Result<Vec<LogEntry>> {
+        let rows = saga_logs::Entity::find()
+            .filter(saga_logs::Column::SagaId.eq(*id.as_uuid()))
+            .order_by_asc(saga_logs::Column::Seq)
+            .all(&self.inner.db)
+            .await
+            .map_err(Error::from)?;
+        Ok(rows.into_iter().map(to_log).collect::<Result<_, _>>()?)
+    }
+
+    #[tracing::instrument(name = "saga_postgres.list", level = "debug", skip(self))]
+    async fn list(&self, query: &SagaQuery) -> saga_core::Result<Vec<SagaInstance>> {
+        let mut select = saga_state::Entity::find();
+        if let Some(status) = query.status {
+            select = select.filter(saga_state::Column::Status.eq(status.as_str()));
+        }
+        if let Some(saga_type) = &query.saga_type {
+            select = select.filter(saga_state::Column::SagaType.eq(saga_type.as_str()));
+        }
+        if let Some(before) = query.updated_before {
+            select = select.filter(saga_state::Column::UpdatedAt.lt(before));
+        }
+        let rows = select
+            .order_by_desc(saga_state::Column::UpdatedAt)
+            .order_by_desc(saga_state::Column::Id)
+            .limit(u64::try_from(query.limit).unwrap_or(u64::MAX))
+            .all(&self.inner.db)
+            .await
+            .map_err(Error::from)?;
+        Ok(rows
+            .into_iter()
+            .map(to_instance)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {
+        self.inner
+            ._listener
+            .as_ref()
+            .map(|_| self.inner.finished.subscribe())
+    }
+}

@@ -1,0 +1,104 @@
+//! The crate documentation's quick start, run against the real server.
+
+use std::time::Duration;
+
+use saga_core::memory::InMemoryTransport;
+use saga_core::{Command, Engine, LogEvent, Participant, Saga, SagaStatus};
+use saga_postgres::{PgConfig, PgSagaStore, inbox::PgInbox};
+use serde::{Deserialize, Serialize};
+
+use crate::common::TestDb;
+
+#[derive(Serialize, Deserialize)]
+struct Reserve {
+    sku: String,
+}
+#[derive(Serialize, Deserialize)]
+struct Reserved {
+    reservation: String,
+}
+impl Command for Reserve {
+    const NAME: &'static str = "reserve";
+    type Reply = Reserved;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Order {
+    sku: String,
+    reservation: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_runs_against_postgres() -> Result<(), Box<dyn std::error::Error>> {
+    let test = TestDb::empty().await; // no schema: the example migrates
+    let env = |name: &str| (name == "DB_URL").then(|| test.url.clone());
+
+    // From here on, the crate docs' example.
+    let db = PgConfig::from_vars(env)?.connect().await?;
+    saga_postgres::migrate(&db).await?;
+    let store = PgSagaStore::new(db.clone()).await?;
+
+    let checkout = Saga::<Order>::builder("checkout")
+        .step("reserve")
+        .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
+        .on_reply(|o, r| o.reservation = Some(r.reservation))
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let transport = InMemoryTransport::new();
+    let engine = Engine::builder(store, transport.clone())
+        .register(&checkout)
+        .build();
+
+    let inventory = Participant::builder("inventory")
+        .inbox(PgInbox::new(db.clone()))
+        .on(|cmd: Reserve, _ctx| async move {
+            Ok(Reserved {
+                reservation: format!("r-{}", cmd.sku),
+            })
+        })
+        .build();
+
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let runner = {
+        let e = engine.clone();
+        let s = shutdown(stopped.clone());
+        tokio::spawn(async move { e.run(s).await })
+    };
+    let serving = {
+        let t = std::sync::Arc::new(transport);
+        let s = shutdown(stopped);
+        tokio::spawn(async move { inventory.run(t, s).await })
+    };
+
+    let id = engine
+        .start(
+            &checkout,
+            Order {
+                sku: "book".into(),
+                reservation: None,
+            },
+        )
+        .await?;
+    assert_eq!(
+        engine.wait(id, Duration::from_secs(10)).await?.status,
+        SagaStatus::Completed
+    );
+    let logs = engine.logs(id).await?;
+    for entry in &logs {
+        println!("{:>3} {:<24} {:?}", entry.seq, entry.event, entry.step);
+    }
+
+    drop(stop);
+    runner.await??;
+    serving.await??;
+
+    // What the example leaves behind.
+    assert_eq!(logs.first().map(|l| l.event), Some(LogEvent::SagaStarted));
+    assert_eq!(logs.last().map(|l| l.event), Some(LogEvent::SagaCompleted));
+    let done = engine.get(id).await?.ok_or("saga exists")?;
+    assert_eq!(done.data["reservation"], "r-book");
+    Ok(())
+}

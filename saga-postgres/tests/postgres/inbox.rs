@@ -1,0 +1,337 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use saga_core::{
+    Command, CommandContext, CommandMessage, Direction, IdempotencyKey, Participant, ReplyOutcome,
+    SagaId, StepError, StepErrorKind,
+};
+use saga_postgres::entity::saga_inbox;
+use saga_postgres::inbox::{self, PgInbox};
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::common::TestDb;
+
+fn context(saga: SagaId, direction: Direction) -> CommandContext {
+    CommandContext {
+        saga_id: saga,
+        saga_type: "checkout".to_owned(),
+        step: "reserve".to_owned(),
+        direction,
+        attempt: 1,
+        idempotency_key: IdempotencyKey::new(saga, "reserve", direction),
+        delivery_count: 1,
+    }
+}
+
+async fn business_rows(db: &sea_orm::DatabaseConnection) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) AS n FROM reservations",
+        ))
+        .await
+        .expect("count")
+        .expect("row");
+    row.try_get::<i64>("", "n").expect("n")
+}
+
+async fn with_business_table() -> TestDb {
+    let test = TestDb::new().await;
+    test.db
+        .execute_unprepared(
+            "CREATE TABLE reservations (saga_id uuid PRIMARY KEY, sku text NOT NULL)",
+        )
+        .await
+        .expect("business table");
+    test
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Reserved {
+    reservation: String,
+}
+
+/// A participant handler in the recommended shape: inbox + business change in one transaction.
+async fn reserve(
+    db: &sea_orm::DatabaseConnection,
+    ctx: &CommandContext,
+    commit: bool,
+) -> Result<Reserved, StepError> {
+    let txn = db.begin().await.map_err(saga_postgres::Error::from)?;
+    if let Some(done) = inbox::check_in(&txn, ctx).await? {
+        return inbox::decode_reply(done);
+    }
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "INSERT INTO reservations (saga_id, sku) VALUES ($1, 'book')",
+        [(*ctx.saga_id.as_uuid()).into()],
+    ))
+    .await
+    .map_err(saga_postgres::Error::from)?;
+    let reply = Ok(Reserved {
+        reservation: format!("r-{}", ctx.saga_id),
+    });
+    let reply = inbox::record_reply_in(&txn, &ctx.idempotency_key, reply).await?;
+    if commit {
+        txn.commit().await.map_err(saga_postgres::Error::from)?;
+    } else {
+        txn.rollback().await.map_err(saga_postgres::Error::from)?;
+    }
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_dedupe_inside_a_rolled_back_transaction_leaves_no_trace() {
+    let test = with_business_table().await;
+    let saga = SagaId::new();
+    // Invoke, then roll back (the handler crashed before commit).
+    reserve(&test.db, &context(saga, Direction::Invoke), false)
+        .await
+        .expect("handled, then rolled back");
+    // A compensation in a transaction that rolls back: neither its claim nor the tombstone stays.
+    let txn = test.db.begin().await.expect("begin");
+    assert_eq!(
+        inbox::check_in(&txn, &context(saga, Direction::Compensate))
+            .await
+            .expect("check"),
+        None
+    );
+    txn.rollback().await.expect("rollback");
+
+    assert_eq!(
+        saga_inbox::Entity::find()
+            .count(&test.db)
+            .await
+            .expect("count"),
+        0,
+        "no inbox row remains"
+    );
+    assert_eq!(business_rows(&test.db).await, 0, "no business row remains");
+
+    // The redelivery runs the handler for real, once.
+    let first = reserve(&test.db, &context(saga, Direction::Invoke), true)
+        .await
+        .expect("handled");
+    let again = reserve(&test.db, &context(saga, Direction::Invoke), true)
+        .await
+        .expect("answered from the inbox");
+    assert_eq!(first, again, "a duplicate gets the recorded reply");
+    assert_eq!(business_rows(&test.db).await, 1, "the effect happened once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_duplicate_waits_for_the_first_and_gets_its_reply() {
+    let test = with_business_table().await;
+    let other = TestDb::pool(&test.url).await;
+    let ctx = context(SagaId::new(), Direction::Invoke);
+
+    let first = test.db.begin().await.expect("begin");
+    assert_eq!(inbox::check_in(&first, &ctx).await.expect("claim"), None);
+    // The duplicate's check blocks on the first transaction's claim.
+    let duplicate = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reserve(&other, &ctx, true).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !duplicate.is_finished(),
+        "the duplicate waits for the first transaction"
+    );
+    let outcome = ReplyOutcome::Success(json!({ "reservation": "from-first" }));
+    inbox::record_in(&first, &ctx.idempotency_key, &outcome)
+        .await
+        .expect("record");
+    first.commit().await.expect("commit");
+
+    let reply = duplicate.await.expect("task").expect("answered");
+    assert_eq!(
+        reply,
+        Reserved {
+            reservation: "from-first".into()
+        }
+    );
+    assert_eq!(
+        business_rows(&test.db).await,
+        0,
+        "the duplicate did not run the business change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_tombstones_its_invoke_so_a_late_invoke_is_refused() {
+    let test = with_business_table().await;
+    let saga = SagaId::new();
+    // The compensation arrives first (the invoke was delayed in the broker).
+    let txn = test.db.begin().await.expect("begin");
+    assert_eq!(
+        inbox::check_in(&txn, &context(saga, Direction::Compensate))
+            .await
+            .expect("check"),
+        None
+    );
+    let recorded = inbox::record_in(
+        &txn,
+        &IdempotencyKey::new(saga, "reserve", Direction::Compensate),
+        &ReplyOutcome::Success(json!(null)),
+    )
+    .await
+    .expect("record");
+    assert_eq!(recorded, ReplyOutcome::Success(json!(null)));
+    txn.commit().await.expect("commit");
+
+    let late = reserve(&test.db, &context(saga, Direction::Invoke), true)
+        .await
+        .expect_err("refused");
+    assert_eq!(late.kind, StepErrorKind::Business);
+    assert_eq!(late.message, inbox::COMPENSATED_REFUSAL);
+    assert_eq!(
+        business_rows(&test.db).await,
+        0,
+        "the late invoke created no effect"
+    );
+
+    // An invoke that did run keeps its outcome: the compensation does not overwrite it.
+    let ran = SagaId::new();
+    let reply = reserve(&test.db, &context(ran, Direction::Invoke), true)
+        .await
+        .expect("invoke");
+    let txn = test.db.begin().await.expect("begin");
+    assert_eq!(
+        inbox::check_in(&txn, &context(ran, Direction::Compensate))
+            .await
+            .expect("check"),
+        None
+    );
+    txn.commit().await.expect("commit");
+    let again = reserve(&test.db, &context(ran, Direction::Invoke), true)
+        .await
+        .expect("recorded reply");
+    assert_eq!(again, reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_successes_and_business_failures_are_recorded() {
+    let test = TestDb::new().await;
+    let key = IdempotencyKey::new(SagaId::new(), "charge", Direction::Invoke);
+    let ctx = |key: &IdempotencyKey| (key.clone(), None::<&IdempotencyKey>);
+
+    // A retryable failure releases the claim: the next delivery runs the handler.
+    let txn = test.db.begin().await.expect("begin");
+    let (k, tomb) = ctx(&key);
+    assert_eq!(
+        inbox::check_key_in(&txn, &k, tomb).await.expect("claim"),
+        None
+    );
+    let retry = ReplyOutcome::Failure(StepError::retryable("card processor timed out"));
+    assert_eq!(
+        inbox::record_in(&txn, &key, &retry)
+            .await
+            .expect("not recorded"),
+        retry
+    );
+    txn.commit().await.expect("commit");
+    assert_eq!(
+        saga_inbox::Entity::find()
+            .count(&test.db)
+            .await
+            .expect("count"),
+        0
+    );
+
+    // A business failure is recorded, and the first recorded outcome wins.
+    let declined = ReplyOutcome::Failure(StepError::business("card declined"));
+    let txn = test.db.begin().await.expect("begin");
+    assert_eq!(
+        inbox::check_key_in(&txn, &key, None).await.expect("claim"),
+        None
+    );
+    assert_eq!(
+        inbox::record_in(&txn, &key, &declined)
+            .await
+            .expect("record"),
+        declined
+    );
+    let later = ReplyOutcome::Success(json!({ "charged": true }));
+    assert_eq!(
+        inbox::record_in(&txn, &key, &later).await.expect("record"),
+        declined,
+        "first outcome wins"
+    );
+    txn.commit().await.expect("commit");
+    assert_eq!(
+        inbox::check_key_in(&test.db, &key, None)
+            .await
+            .expect("check"),
+        Some(declined)
+    );
+    let typed: Result<Reserved, StepError> =
+        inbox::decode_reply(ReplyOutcome::Success(json!({ "nope": 1 })));
+    assert_eq!(
+        typed.expect_err("does not decode").kind,
+        StepErrorKind::Unknown
+    );
+
+    // Pruning removes old records.
+    assert_eq!(
+        inbox::prune_in(&test.db, chrono::Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .expect("prune"),
+        1
+    );
+}
+
+#[derive(Serialize, Deserialize)]
+struct Charge {
+    amount: u32,
+}
+
+impl Command for Charge {
+    const NAME: &'static str = "charge";
+    type Reply = u32;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_inbox_makes_a_participant_effectively_once() {
+    let test = TestDb::new().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let participant = Participant::builder("payment")
+        .inbox(PgInbox::new(test.db.clone()))
+        .on({
+            let calls = Arc::clone(&calls);
+            move |cmd: Charge, _ctx| {
+                let calls = Arc::clone(&calls);
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(cmd.amount * 2)
+                }
+            }
+        })
+        .build();
+    let saga = SagaId::new();
+    let command = CommandMessage {
+        message_id: format!("{saga}:charge:invoke:1"),
+        idempotency_key: IdempotencyKey::new(saga, "charge", Direction::Invoke),
+        saga_id: saga,
+        saga_type: "checkout".to_owned(),
+        step: 0,
+        step_name: "charge".to_owned(),
+        direction: Direction::Invoke,
+        attempt: 1,
+        endpoint: "payment".to_owned(),
+        command: "charge".to_owned(),
+        payload: json!({ "amount": 21 }),
+        reply_to: Some("saga_replies".to_owned()),
+        headers: Default::default(),
+    };
+    let first = participant.handle(&command, 1).await.expect("handled");
+    let second = participant.handle(&command, 2).await.expect("redelivery");
+    assert_eq!(first.outcome, ReplyOutcome::Success(json!(42)));
+    assert_eq!(
+        second.outcome, first.outcome,
+        "the redelivery is answered from the inbox"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+}

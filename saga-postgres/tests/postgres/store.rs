@@ -1,0 +1,486 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use saga_core::store::{Created, SagaQuery};
+use saga_core::{
+    Cursor, Direction, Error, ErrorKind, LogEvent, SagaId, SagaStatus, SagaStore, StepStatus,
+    Waiting,
+};
+use saga_postgres::entity::saga_state;
+use sea_orm::EntityTrait;
+use serde_json::json;
+
+use crate::common::{TestDb, at, instance, log, next};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_conflict_between_two_writers() {
+    let test = TestDb::new().await;
+    // Two stores on separate pools: two orchestrator processes.
+    let (a, b) = (test.store().await, test.other_store().await);
+    let saga = instance("conflict", None, None);
+    a.create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+        .await
+        .expect("create");
+
+    for round in 0..10 {
+        let current = a.load(saga.id).await.expect("load").expect("exists");
+        let mut from_a = next(&current, 1);
+        from_a.data = json!({ "writer": "a", "round": round });
+        let mut from_b = next(&current, 1);
+        from_b.data = json!({ "writer": "b", "round": round });
+        let seq = current.log_seq;
+        let (log_a, log_b) = (
+            [log(&from_a, seq, LogEvent::StepSucceeded)],
+            [log(&from_b, seq, LogEvent::StepFailed)],
+        );
+        let (ra, rb) = tokio::join!(
+            a.save(&from_a, current.version, &log_a),
+            b.save(&from_b, current.version, &log_b),
+        );
+        let winner = match (ra, rb) {
+            (Ok(()), Err(Error::Conflict { id, expected })) => {
+                assert_eq!((id, expected), (saga.id, current.version));
+                from_a
+            }
+            (Err(Error::Conflict { .. }), Ok(())) => from_b,
+            other => {
+                panic!("exactly one writer must win and the other get Error::Conflict: {other:?}")
+            }
+        };
+        let stored = b.load(saga.id).await.expect("load").expect("exists");
+        assert_eq!(
+            stored, winner,
+            "the winner's state is stored, nothing of the loser's"
+        );
+    }
+    let logs = a.logs(saga.id).await.expect("logs");
+    assert_eq!(
+        logs.len(),
+        11,
+        "one entry per winning save, none of the losers'"
+    );
+    assert_eq!(
+        logs.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        (0..11).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimers_get_disjoint_sagas() {
+    let test = TestDb::new().await;
+    let (a, b) = (test.store().await, test.other_store().await);
+    let mut ids = HashSet::new();
+    for i in 0..120 {
+        let saga = instance("claimed", None, Some(at(1_000 + i)));
+        a.create(&saga, &[]).await.expect("create");
+        ids.insert(saga.id);
+    }
+    let lease = Duration::from_secs(60);
+    let claimer = |store: saga_postgres::PgSagaStore, owner: &'static str| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = store
+                .claim_due(at(5_000), 7, owner, lease)
+                .await
+                .expect("claim");
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch.into_iter().map(|s| s.id));
+        }
+    };
+    let (mine_a, mine_b) = tokio::join!(
+        tokio::spawn(claimer(a.clone(), "a")),
+        tokio::spawn(claimer(b.clone(), "b"))
+    );
+    let (mine_a, mine_b) = (mine_a.expect("claimer a"), mine_b.expect("claimer b"));
+    let set_a: HashSet<SagaId> = mine_a.iter().copied().collect();
+    let set_b: HashSet<SagaId> = mine_b.iter().copied().collect();
+    assert_eq!(set_a.len(), mine_a.len(), "no saga claimed twice by a");
+    assert!(set_a.is_disjoint(&set_b), "no saga claimed by both");
+    assert_eq!(&set_a | &set_b, ids, "every due saga claimed");
+    assert!(
+        !set_a.is_empty() && !set_b.is_empty(),
+        "both claimers got work ({} / {})",
+        set_a.len(),
+        set_b.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_reclaimed_by_another_owner() {
+    let test = TestDb::new().await;
+    let store = test.store().await;
+    let saga = instance("leased", None, Some(at(100)));
+    store.create(&saga, &[]).await.expect("create");
+    let lease = Duration::from_secs(30);
+
+    let first = store
+        .claim_due(at(200), 10, "engine-a", lease)
+        .await
+        .expect("claim");
+    assert_eq!(
+        first.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![saga.id]
+    );
+    assert_eq!(first[0], saga, "a claimed saga is returned as stored");
+    let row = saga_state::Entity::find_by_id(*saga.id.as_uuid())
+        .one(&test.db)
+        .await
+        .expect("row")
+        .expect("exists");
+    assert_eq!(row.lease_owner.as_deref(), Some("engine-a"));
+    assert_eq!(row.lease_until, Some(at(230)));
+
+    assert!(
+        store
+            .claim_due(at(229), 10, "engine-b", lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "lease still held"
+    );
+    let second = store
+        .claim_due(at(230), 10, "engine-b", lease)
+        .await
+        .expect("claim");
+    assert_eq!(second.len(), 1, "the lease expired: engine-b takes over");
+    let row = saga_state::Entity::find_by_id(*saga.id.as_uuid())
+        .one(&test.db)
+        .await
+        .expect("row")
+        .expect("exists");
+    assert_eq!(row.lease_owner.as_deref(), Some("engine-b"));
+
+    // Saving releases the lease; a saga that is not due is never claimed.
+    let mut idle = next(&saga, 0);
+    idle.next_wake_at = None;
+    store.save(&idle, saga.version, &[]).await.expect("save");
+    let row = saga_state::Entity::find_by_id(*saga.id.as_uuid())
+        .one(&test.db)
+        .await
+        .expect("row")
+        .expect("exists");
+    assert_eq!((row.lease_owner, row.lease_until), (None, None));
+    assert!(
+        store
+            .claim_due(at(10_000), 10, "engine-c", lease)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_idempotency_key_returns_the_first_saga_even_under_a_race() {
+    let test = TestDb::new().await;
+    let (a, b) = (test.store().await, test.other_store().await);
+    let first = instance("dup", Some("order-42"), None);
+    assert_eq!(
+        a.create(&first, &[log(&first, 0, LogEvent::SagaStarted)])
+            .await
+            .expect("create"),
+        Created::New
+    );
+    let again = instance("dup", Some("order-42"), None);
+    match b
+        .create(&again, &[log(&again, 0, LogEvent::SagaStarted)])
+        .await
+        .expect("create")
+    {
+        Created::Existing(existing) => assert_eq!(*existing, first, "the first saga, as stored"),
+        Created::New => panic!("a duplicate key must not create a second saga"),
+    }
+
+    // Sixteen concurrent starts with one fresh key: one wins, all see its id.
+    let racers: Vec<_> = (0..16)
+        .map(|_| instance("dup", Some("order-43"), None))
+        .collect();
+    let results = futures_join_all(racers.iter().enumerate().map(|(i, saga)| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let saga = saga.clone();
+        async move {
+            (
+                saga.id,
+                store
+                    .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+                    .await
+                    .expect("create"),
+            )
+        }
+    }))
+    .await;
+    let winners: Vec<SagaId> = results
+        .iter()
+        .filter(|(_, c)| *c == Created::New)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one start creates the saga");
+    for (_, created) in &results {
+        if let Created::Existing(existing) = created {
+            assert_eq!(existing.id, winners[0]);
+        }
+    }
+    for saga in &racers {
+        if saga.id != winners[0] {
+            assert!(a.load(saga.id).await.expect("load").is_none());
+            assert!(
+                a.logs(saga.id).await.expect("logs").is_empty(),
+                "a losing start writes no log"
+            );
+        }
+    }
+    assert_eq!(
+        saga_state::Entity::find()
+            .all(&test.db)
+            .await
+            .expect("rows")
+            .len(),
+        2
+    );
+
+    // The same id twice (without a key) is a typed duplicate, not a silent overwrite.
+    let err = a
+        .create(&first_without_key(&first), &[])
+        .await
+        .expect_err("duplicate id");
+    assert_eq!(err.kind(), ErrorKind::Duplicate, "{err}");
+}
+
+fn first_without_key(saga: &saga_core::SagaInstance) -> saga_core::SagaInstance {
+    let mut copy = saga.clone();
+    copy.idempotency_key = None;
+    copy
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_ordered_and_complete() {
+    let test = TestDb::new().await;
+    let store = test.store().await;
+    let saga = instance("logged", None, None);
+    let mut written = vec![log(&saga, 0, LogEvent::SagaStarted)];
+    store.create(&saga, &written).await.expect("create");
+    let mut current = saga.clone();
+    let events = [
+        LogEvent::StepDispatched,
+        LogEvent::StepSucceeded,
+        LogEvent::RetryScheduled,
+        LogEvent::ReplyIgnored,
+    ];
+    for round in 0..25u32 {
+        let count = round % 4; // some transitions write no entry, some several
+        let updated = next(&current, count);
+        let entries: Vec<_> = (0..count)
+            .map(|i| {
+                let mut entry = log(
+                    &updated,
+                    current.log_seq + i,
+                    events[(round + i) as usize % events.len()],
+                );
+                entry.step = (i % 2 == 0).then(|| format!("step-{round}"));
+                entry.attempt = (i % 2 == 1).then_some(round);
+                entry.payload = match i {
+                    0 => {
+                        json!({ "round": round, "i": i, "text": "naïve \"quoted\" 🚀", "n": null })
+                    }
+                    1 => json!(null), // a unit reply
+                    _ => json!([round, "x"]),
+                };
+                entry
+            })
+            .collect();
+        store
+            .save(&updated, current.version, &entries)
+            .await
+            .expect("save");
+        written.extend(entries);
+        current = updated;
+    }
+    assert_eq!(
+        store.logs(saga.id).await.expect("logs"),
+        written,
+        "every entry, in order, exactly as written"
+    );
+    assert_eq!(current.log_seq as usize, written.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_returns_exactly_what_was_saved() {
+    let test = TestDb::new().await;
+    let store = test.store().await;
+    let mut saga = instance("faithful", Some("key-ü"), Some(Utc::now().trunc_subsecs(6)));
+    saga.definition_version = 7;
+    saga.deadline_at = Some(Utc::now().trunc_subsecs(6) + chrono::Duration::days(1));
+    saga.data = json!({ "big": u64::MAX, "float": 1.5, "neg": -3, "list": [1, "two", null], "s": "O'Reilly" });
+    store.create(&saga, &[]).await.expect("create");
+    assert_eq!(store.load(saga.id).await.expect("load"), Some(saga.clone()));
+
+    let mut compensating = next(&saga, 0);
+    compensating.status = SagaStatus::Compensating;
+    compensating.steps = vec![
+        StepStatus::Uncertain,
+        StepStatus::Compensating,
+        StepStatus::Failed,
+    ];
+    compensating.cursor = Some(Cursor {
+        step: 1,
+        direction: Direction::Compensate,
+        attempt: 4,
+        waiting: Waiting::Retry,
+        uncertain: true,
+    });
+    compensating.error = Some("payment declined: \"insufficient funds\"".to_owned());
+    store
+        .save(&compensating, saga.version, &[])
+        .await
+        .expect("save");
+    assert_eq!(
+        store.load(saga.id).await.expect("load"),
+        Some(compensating.clone())
+    );
+
+    let mut nothing = next(&compensating, 0);
+    nothing.data = json!(null);
+    store
+        .save(&nothing, compensating.version, &[])
+        .await
+        .expect("save");
+    assert_eq!(
+        store.load(saga.id).await.expect("load"),
+        Some(nothing.clone()),
+        "JSON null data stays JSON null"
+    );
+    let compensating = nothing;
+
+    let mut done = next(&compensating, 0);
+    done.status = SagaStatus::Compensated;
+    done.cursor = None;
+    done.next_wake_at = None;
+    done.steps = vec![
+        StepStatus::Compensated,
+        StepStatus::Compensated,
+        StepStatus::Failed,
+    ];
+    store
+        .save(&done, compensating.version, &[])
+        .await
+        .expect("save");
+    assert_eq!(store.load(saga.id).await.expect("load"), Some(done));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_by_status_type_and_age() {
+    let test = TestDb::new().await;
+    let store = test.store().await;
+    let old = Utc::now().trunc_subsecs(6) - chrono::Duration::hours(2);
+    let mut sagas = Vec::new();
+    for (i, status) in [
+        SagaStatus::Running,
+        SagaStatus::Running,
+        SagaStatus::Failed,
+        SagaStatus::Completed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut saga = instance(if i == 3 { "other" } else { "checkout" }, None, None);
+        saga.status = status;
+        saga.updated_at = old + chrono::Duration::minutes(i as i64 * 30);
+        store.create(&saga, &[]).await.expect("create");
+        sagas.push(saga);
+    }
+    let ids =
+        |list: Vec<saga_core::SagaInstance>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let all = store.list(&SagaQuery::default()).await.expect("list");
+    assert_eq!(
+        ids(all),
+        vec![sagas[3].id, sagas[2].id, sagas[1].id, sagas[0].id],
+        "newest first"
+    );
+    let failed = store
+        .list(&SagaQuery {
+            status: Some(SagaStatus::Failed),
+            ..SagaQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(failed), vec![sagas[2].id]);
+    let stuck = store
+        .list(&SagaQuery {
+            status: Some(SagaStatus::Running),
+            updated_before: Some(old + chrono::Duration::minutes(15)),
+            ..SagaQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(stuck),
+        vec![sagas[0].id],
+        "running and not updated for long: stuck"
+    );
+    let typed = store
+        .list(&SagaQuery {
+            saga_type: Some("checkout".into()),
+            limit: 2,
+            ..SagaQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(typed), vec![sagas[2].id, sagas[1].id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_finished_through_one_store_is_announced_on_another() {
+    let test = TestDb::new().await;
+    let (waiter, finisher) = (test.store().await, test.other_store().await);
+    let mut events = waiter
+        .finished_events()
+        .expect("the Postgres store notifies");
+    let saga = instance("announced", None, None);
+    finisher.create(&saga, &[]).await.expect("create");
+    let running = next(&saga, 0);
+    finisher
+        .save(&running, saga.version, &[])
+        .await
+        .expect("save");
+    let mut done = next(&running, 0);
+    done.status = SagaStatus::Failed;
+    done.cursor = None;
+    finisher
+        .save(&done, running.version, &[])
+        .await
+        .expect("save");
+    let id = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("announced within 10 s")
+        .expect("channel open");
+    assert_eq!(id, saga.id, "only the terminal save is announced");
+
+    // A save that loses its version check announces nothing (it never commits).
+    let other = instance("announced", None, None);
+    finisher.create(&other, &[]).await.expect("create");
+    let mut stale = next(&other, 0);
+    stale.status = SagaStatus::Completed;
+    finisher.save(&stale, 99, &[]).await.expect_err("conflict");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "nothing announced for a rolled-back save"
+    );
+}
