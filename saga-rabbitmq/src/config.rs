@@ -1,0 +1,394 @@
+//! Configuration: broker URL, prefetch, delivery limit, timeouts and the
+//! topology's names.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The environment variable [`Config::from_env`] reads the broker URL from.
+pub const URL_ENV: &str = "RABBITMQ_URL";
+
+/// The URL used when [`URL_ENV`] is not set: a local broker's default vhost.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The queue type of command, reply and dead-letter queues.
+///
+/// A queue's type is fixed when it is first declared; declaring an existing
+/// queue with another type fails with [`ErrorKind::Invalid`](saga_core::ErrorKind::Invalid).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Replicated Raft queues (RabbitMQ 3.8+): they survive the loss of a
+    /// minority of cluster nodes, and the broker counts deliveries itself
+    /// (`x-delivery-limit`), so even a message that crashes its consumer every
+    /// time ends in the dead-letter queue. The default.
+    #[default]
+    Quorum,
+    /// Classic durable queues, for brokers without quorum queues. The adapter
+    /// counts deliveries in a message header: a `nack` republishes the message
+    /// with the count, so the delivery limit holds for handlers that fail; a
+    /// consumer that crashes mid-message is only seen through the
+    /// `redelivered` flag.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// The default [`Config::command_queue`] naming: endpoint `order` → queue
+/// `order_commands`, as the checkout guide names them.
+#[must_use]
+pub fn default_command_queue(endpoint: &str) -> String {
+    format!("{endpoint}_commands")
+}
+
+/// The default [`Config::dead_letter_queue`] naming: `order_commands` →
+/// `order_commands.dlq`.
+#[must_use]
+pub fn default_dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// Settings of a [`RabbitTransport`](crate::RabbitTransport).
+///
+/// Start from [`Config::new`] or [`Config::from_env`] and adjust with the
+/// `with_*` methods or by assigning fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The AMQP URL, e.g. `amqp://user:pass@host:5672/vhost` (`%2f` is the default vhost `/`).
+    pub url: String,
+    /// Unacknowledged deliveries per consumer (AMQP `basic.qos`). Default 32.
+    pub prefetch: u16,
+    /// Deliveries of one message before it is dead-lettered. Default 5.
+    pub max_deliveries: u32,
+    /// Quorum (default) or classic queues.
+    pub queue_type: QueueType,
+    /// How long [`connect`](crate::RabbitTransport::connect) keeps trying, and
+    /// how long a publish waits for a connection while reconnecting. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long a publish waits for the broker's confirm. Default 10 s.
+    pub confirm_timeout: Duration,
+    /// First delay between reconnect attempts. Default 100 ms.
+    pub reconnect_min_delay: Duration,
+    /// Longest delay between reconnect attempts. Default 5 s.
+    pub reconnect_max_delay: Duration,
+    /// Publisher channels (each in confirm mode) that publishes are spread
+    /// over. Default 4.
+    pub publisher_channels: usize,
+    /// The direct exchange commands are published to (routing key: endpoint).
+    pub commands_exchange: String,
+    /// The direct exchange replies are published to (routing key: reply queue).
+    pub replies_exchange: String,
+    /// The direct exchange dead letters go through (routing key: the source queue).
+    pub dead_letter_exchange: String,
+    /// Maps an endpoint to its command queue. Default [`default_command_queue`].
+    pub command_queue: fn(&str) -> String,
+    /// Maps a queue to its dead-letter queue. Default [`default_dead_letter_queue`].
+    pub dead_letter_queue: fn(&str) -> String,
+    /// Endpoints whose command queues are declared at every (re)connect, so a
+    /// command published by any process is kept even before a participant
+    /// ever consumed. (Queues this transport publishes to or consumes from are
+    /// declared on first use in any case.)
+    pub endpoints: Vec<String>,
+    /// Reply queues declared at every (re)connect.
+    pub reply_queues: Vec<String>,
+    /// The connection name shown in the management UI.
+    pub connection_name: String,
+}
+
+impl Config {
+    /// Defaults for the broker at `url`.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefetch: 32,
+            max_deliveries: 5,
+            queue_type: QueueType::Quorum,
+            connect_timeout: Duration::from_secs(10),
+            confirm_timeout: Duration::from_secs(10),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            publisher_channels: 4,
+            commands_exchange: "saga.commands".to_owned(),
+            replies_exchange: "saga.replies".to_owned(),
+            dead_letter_exchange: "saga.dead_letter".to_owned(),
+            command_queue: default_command_queue,
+            dead_letter_queue: default_dead_letter_queue,
+            endpoints: Vec::new(),
+            reply_queues: Vec::new(),
+            connection_name: format!("saga-rabbitmq@{}", std::process::id()),
+        }
+    }
+
+    /// Defaults with the URL from `RABBITMQ_URL` (or [`DEFAULT_URL`]), and
+    /// optional overrides from `RABBITMQ_PREFETCH`, `RABBITMQ_MAX_DELIVERIES`
+    /// and `RABBITMQ_QUEUE_TYPE` (`quorum` or `classic`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when an override does not parse.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with variables from `lookup`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when an override does not parse.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let url = lookup(URL_ENV)
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let mut config = Self::new(url);
+        if let Some(v) = lookup("RABBITMQ_PREFETCH") {
+            config.prefetch = v
+                .trim()
+                .parse()
+                .map_err(|e| Error::Config(format!("RABBITMQ_PREFETCH=`{v}`: {e}")))?;
+        }
+        if let Some(v) = lookup("RABBITMQ_MAX_DELIVERIES") {
+            config.max_deliveries = v
+                .trim()
+                .parse()
+                .map_err(|e| Error::Config(format!("RABBITMQ_MAX_DELIVERIES=`{v}`: {e}")))?;
+        }
+        if let Some(v) = lookup("RABBITMQ_QUEUE_TYPE") {
+            config.queue_type = match v.trim().to_ascii_lowercase().as_str() {
+                "quorum" => QueueType::Quorum,
+                "classic" => QueueType::Classic,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "RABBITMQ_QUEUE_TYPE=`{v}`: expected `quorum` or `classic`"
+                    )));
+                }
+            };
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets the prefetch.
+    #[must_use]
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Sets the delivery limit.
+    #[must_use]
+    pub fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
+
+    /// Sets the queue type.
+    #[must_use]
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the confirm timeout.
+    #[must_use]
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    #[must_use]
+    pub fn with_reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max;
+        self
+    }
+
+    /// Sets the number of publisher channels.
+    #[must_use]
+    pub fn with_publisher_channels(mut self, channels: usize) -> Self {
+        self.publisher_channels = channels;
+        self
+    }
+
+    /// Sets the command queue naming.
+    #[must_use]
+    pub fn with_command_queue(mut self, naming: fn(&str) -> String) -> Self {
+        self.command_queue = naming;
+        self
+    }
+
+    /// Adds endpoints whose command queues are declared at every connect.
+    #[must_use]
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints.extend(endpoints.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds reply queues declared at every connect.
+    #[must_use]
+    pub fn with_reply_queue(mut self, queue: impl Into<String>) -> Self {
+        self.reply_queues.push(queue.into());
+        self
+    }
+
+    /// Sets the connection name shown in the management UI.
+    #[must_use]
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.url.starts_with("amqps://") {
+            return Err(Error::Config(format!(
+                "the URL `{}` uses TLS, but saga-rabbitmq builds lapin without a TLS backend; use amqp:// \
+                 (or a TLS-terminating proxy)",
+                redact(&self.url)
+            )));
+        }
+        if !self.url.starts_with("amqp://") {
+            return Err(Error::Config(format!(
+                "the URL `{}` must start with amqp://",
+                redact(&self.url)
+            )));
+        }
+        if self.prefetch == 0 {
+            return Err(Error::Config("prefetch must be at least 1".to_owned()));
+        }
+        if self.max_deliveries == 0 {
+            return Err(Error::Config(
+                "max_deliveries must be at least 1".to_owned(),
+            ));
+        }
+        if self.publisher_channels == 0 {
+            return Err(Error::Config(
+                "publisher_channels must be at least 1".to_owned(),
+            ));
+        }
+        if self.reconnect_min_delay > self.reconnect_max_delay {
+            return Err(Error::Config(
+                "reconnect_min_delay must not exceed reconnect_max_delay".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The URL with its password replaced by `***`, for logs and errors.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new(DEFAULT_URL)
+    }
+}
+
+/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_queues_follow_the_checkout_guide() {
+        assert_eq!(default_command_queue("order"), "order_commands");
+        assert_eq!(default_command_queue("inventory"), "inventory_commands");
+        assert_eq!(default_command_queue("payment"), "payment_commands");
+        assert_eq!(
+            default_dead_letter_queue("order_commands"),
+            "order_commands.dlq"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@localhost:5672/%2f"),
+            "amqp://guest:***@localhost:5672/%2f"
+        );
+        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
+        assert_eq!(redact("amqp://user@host/v"), "amqp://user@host/v");
+    }
+
+    #[test]
+    fn from_lookup_reads_the_url_and_overrides() {
+        let config = Config::from_lookup(|name| match name {
+            "RABBITMQ_URL" => Some("amqp://a:b@broker:5672/app".to_owned()),
+            "RABBITMQ_PREFETCH" => Some("8".to_owned()),
+            "RABBITMQ_MAX_DELIVERIES" => Some("3".to_owned()),
+            "RABBITMQ_QUEUE_TYPE" => Some("Classic".to_owned()),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(config.url, "amqp://a:b@broker:5672/app");
+        assert_eq!(config.prefetch, 8);
+        assert_eq!(config.max_deliveries, 3);
+        assert_eq!(config.queue_type, QueueType::Classic);
+
+        let defaults = Config::from_lookup(|_| None).expect("valid");
+        assert_eq!(defaults.url, DEFAULT_URL);
+        assert_eq!(defaults.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_reason() {
+        let err =
+            Config::from_lookup(|name| (name == "RABBITMQ_PREFETCH").then(|| "lots".to_owned()))
+                .expect_err("not a number");
+        assert!(err.to_string().contains("RABBITMQ_PREFETCH"), "{err}");
+        let err = Config::new("http://x")
+            .validate()
+            .expect_err("wrong scheme");
+        assert_eq!(
+            saga_core::Error::from(err).kind(),
+            saga_core::ErrorKind::Invalid
+        );
+        assert!(
+            Config::new(DEFAULT_URL)
+                .with_prefetch(0)
+                .validate()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! The connection supervisor: connects, declares the topology, watches the
+//! connection and reconnects with backoff; and the publish path.
+//!
+//! One [`Live`] value exists per AMQP connection. It is published through a
+//! `watch` channel; publishers and consumers take the current one, and the
+//! supervisor replaces it after a reconnect (declaring the topology again).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::LongString;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::topology::{self, QueueSpec, short};
+
+/// How often the supervisor checks the connection when nobody reports a problem.
+const HEALTH_CHECK: Duration = Duration::from_millis(250);
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State shared by the transport handles, the supervisor and the consumer tasks.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    live: watch::Sender<Option<Arc<Live>>>,
+    /// Every queue declared so far, declared again after a reconnect.
+    known: Mutex<BTreeSet<QueueSpec>>,
+    /// Wakes the supervisor early when an operation saw a broken connection.
+    kick: Notify,
+    generations: AtomicU64,
+}
+
+/// One AMQP connection with its publisher channels.
+pub(crate) struct Live {
+    pub(crate) generation: u64,
+    connection: Connection,
+    publishers: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    next_publisher: AtomicUsize,
+    declared: Mutex<HashSet<QueueSpec>>,
+}
+
+impl Live {
+    pub(crate) fn connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// A channel for anything but publishing (declarations, consumers).
+    pub(crate) async fn channel(&self) -> Result<Channel, Error> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::amqp("channel.open", e))
+    }
+
+    /// A publisher channel in confirm mode, round robin; a closed one is reopened.
+    async fn publisher(&self) -> Result<Channel, Error> {
+        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        let mut slot = self.publishers[index].lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::amqp("confirm.select", e))?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets that `spec` was declared, so the next use declares it again
+    /// (after its consumer was cancelled or a publish to it was unroutable,
+    /// which is what a deleted queue looks like).
+    pub(crate) fn forget(&self, spec: &QueueSpec) {
+        lock(&self.declared).remove(spec);
+    }
+
+    /// Declares `spec` unless this connection already did; returns the queue name.
+    pub(crate) async fn ensure(&self, shared: &Shared, spec: &QueueSpec) -> Result<String, Error> {
+        let name = spec.queue_name(&shared.config);
+        if lock(&self.declared).contains(spec) {
+            return Ok(name);
+        }
+        let channel = self.channel().await?;
+        let declared = topology::declare_queue(&channel, &shared.config, spec).await;
+        let _ = channel.close(200, "OK".into()).await;
+        declared?;
+        lock(&self.declared).insert(spec.clone());
+        lock(&shared.known).insert(spec.clone());
+        tracing::debug!(queue = %name, generation = self.generation, "queue declared");
+        Ok(name)
+    }
+}
+
+/// What to publish.
+pub(crate) struct Outgoing<'a> {
+    /// Declare this queue (once per connection) before publishing.
+    pub(crate) ensure: Option<&'a QueueSpec>,
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: BasicProperties,
+    pub(crate) message_id: &'a str,
+}
+
+impl Shared {
+    fn new(config: Config) -> Self {
+        let (live, _) = watch::channel(None);
+        Self {
+            config,
+            live,
+            known: Mutex::new(BTreeSet::new()),
+            kick: Notify::new(),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the supervisor to check the connection now.
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// The current connection if it is up.
+    pub(crate) fn current(&self) -> Option<Arc<Live>> {
+        self.live
+            .borrow()
+            .as_ref()
+            .filter(|l| l.connected())
+            .cloned()
+    }
+
+    /// The current connection, waiting up to the connect timeout for a reconnect.
+    pub(crate) async fn live(&self) -> Result<Arc<Live>, Error> {
+        if let Some(live) = self.current() {
+            return Ok(live);
+        }
+        self.kick();
+        let mut rx = self.live.subscribe();
+        let wait = rx.wait_for(|l| l.as_ref().is_some_and(|l| l.connected()));
+        match tokio::time::timeout(self.config.connect_timeout, wait).await {
+            Ok(Ok(live)) => live.as_ref().cloned().ok_or(Error::NotConnected),
+            _ => Err(Error::NotConnected),
+        }
+    }
+
+    /// Waits for a connection newer than `generation` (or any when `None`), or forever.
+    pub(crate) async fn next_live(&self, after: Option<u64>) -> Arc<Live> {
+        let mut rx = self.live.subscribe();
+        loop {
+            if let Some(live) = rx
+                .borrow_and_update()
+                .as_ref()
+                .filter(|l| l.connected() && after.is_none_or(|g| l.generation > g))
+            {
+                return Arc::clone(live);
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Publishes with `mandatory` and waits for the broker's confirm.
+    pub(crate) async fn publish(&self, out: Outgoing<'_>) -> Result<(), Error> {
+        let live = self.live().await?;
+        if let Some(spec) = out.ensure {
+            live.ensure(self, spec).await.inspect_err(|_| self.kick())?;
+        }
+        let channel = live.publisher().await.inspect_err(|_| self.kick())?;
+        let confirm = channel
+            .basic_publish(
+                short(out.exchange)?,
+                short(out.routing_key)?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                out.body,
+                out.properties,
+            )
+            .await
+            .map_err(|e| {
+                self.kick();
+                Error::amqp("basic.publish", e)
+            })?;
+        let confirmation = match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+            Err(_) => {
+                self.kick();
+                return Err(Error::ConfirmTimeout {
+                    message_id: out.message_id.to_owned(),
+                    timeout: self.config.confirm_timeout,
+                });
+            }
+            Ok(Err(e)) => {
+                self.kick();
+                return Err(Error::amqp("publisher confirm", e));
+            }
+            Ok(Ok(confirmation)) => confirmation,
+        };
+        if confirmation.is_nack() {
+            return Err(Error::Nacked {
+                message_id: out.message_id.to_owned(),
+            });
+        }
+        if confirmation.take_message().is_some() {
+            if let Some(spec) = out.ensure {
+                live.forget(spec);
+            }
+            return Err(Error::Unroutable {
+                message_id: out.message_id.to_owned(),
+                exchange: out.exchange.to_owned(),
+                routing_key: out.routing_key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a connection, declares the topology and the publisher channels.
+    async fn open(&self) -> Result<Arc<Live>, Error> {
+        let config = &self.config;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(config.connection_name.as_str()));
+        let connection = match tokio::time::timeout(
+            config.connect_timeout,
+            Connection::connect(&config.url, properties),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => return Err(Error::amqp("connect", e)),
+            Err(_) => return Err(Error::NotConnected),
+        };
+        let live = Live {
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            connection,
+            publishers: (0..config.publisher_channels)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_publisher: AtomicUsize::new(0),
+            declared: Mutex::new(HashSet::new()),
+        };
+        let channel = live.channel().await?;
+        topology::declare_exchanges(&channel, config).await?;
+        let _ = channel.close(200, "OK".into()).await;
+        let mut specs: BTreeSet<QueueSpec> = lock(&self.known).clone();
+        specs.extend(config.endpoints.iter().cloned().map(QueueSpec::Commands));
+        specs.extend(config.reply_queues.iter().cloned().map(QueueSpec::Replies));
+        for spec in &specs {
+            live.ensure(self, spec).await?;
+        }
+        for _ in 0..config.publisher_channels {
+            live.publisher().await?;
+        }
+        Ok(Arc::new(live))
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.reconnect_min_delay)
+            .with_max_delay(self.config.reconnect_max_delay)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// Reconnect delays for consumers re-opening their channel.
+    pub(crate) fn consumer_backoff(&self) -> backon::ExponentialBackoff {
+        backon::BackoffBuilder::build(self.backoff())
+    }
+}
+
+/// Connects (retrying within the connect timeout) and starts the supervisor,
+/// which stops when `shutdown` turns true or its sender is dropped.
+pub(crate) async fn start(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Shared>, Error> {
+    config.validate()?;
+    let shared = Arc::new(Shared::new(config));
+    let last_error = Mutex::new(None::<String>);
+    let connect = (|| shared.open())
+        .retry(shared.backoff())
+        .sleep(tokio::time::sleep)
+        .when(|e: &Error| e.kind() == saga_core::ErrorKind::Unavailable)
+        .notify(|e: &Error, delay| {
+            tracing::debug!(error = %e, ?delay, "RabbitMQ not reachable yet; retrying");
+            *lock(&last_error) = Some(e.to_string());
+        });
+    let timeout = shared.config.connect_timeout;
+    let live = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(live)) => live,
+        Ok(Err(e)) if e.kind() != saga_core::ErrorKind::Unavailable => return Err(e),
+        Ok(Err(e)) => return Err(connect_error(&shared.config, timeout, e.to_string())),
+        Err(_) => {
+            let reason = lock(&last_error)
+                .take()
+                .unwrap_or_else(|| "connection attempt timed out".to_owned());
+            return Err(connect_error(&shared.config, timeout, reason));
+        }
+    };
+    tracing::info!(url = %shared.config.redacted_url(), generation = live.generation, "connected to RabbitMQ");
+    shared.live.send_replace(Some(live));
+    let span = tracing::info_span!("saga.rabbitmq.supervisor", url = %shared.config.redacted_url());
+    tokio::spawn(supervise(Arc::clone(&shared), shutdown).instrument(span));
+    Ok(shared)
+}
+
+fn connect_error(config: &Config, timeout: Duration, reason: String) -> Error {
+    Error::Connect {
+        url: config.redacted_url(),
+        timeout,
+        reason,
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        // Watch the current connection until it breaks.
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => true,
+                () = shared.kick.notified() => false,
+                () = tokio::time::sleep(HEALTH_CHECK) => false,
+            };
+            if stop {
+                return close(&shared).await;
+            }
+            if shared.current().is_none() {
+                break;
+            }
+        }
+        let old = shared.live.send_replace(None);
+        tracing::warn!(
+            generation = old.as_ref().map(|l| l.generation),
+            "RabbitMQ connection lost; reconnecting"
+        );
+        drop(old);
+        let reconnect = (|| shared.open())
+            .retry(shared.backoff())
+            .sleep(tokio::time::sleep)
+            .notify(|e: &Error, delay| {
+                tracing::warn!(error = %e, ?delay, "reconnect to RabbitMQ failed; retrying");
+            });
+        let result = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => None,
+            result = reconnect => Some(result),
+        };
+        match result {
+            None => return close(&shared).await,
+            Some(Ok(live)) => {
+                tracing::info!(
+                    generation = live.generation,
+                    "reconnected to RabbitMQ; topology declared again"
+                );
+                shared.live.send_replace(Some(live));
+            }
+            Some(Err(e)) => {
+                // Unreachable without a retry limit, but never give up silently.
+                tracing::error!(error = %e, "reconnect gave up");
+            }
+        }
+    }
+}
+
+async fn close(shared: &Shared) {
+    if let Some(live) = shared.live.send_replace(None) {
+        if live.connected() {
+            let _ = live.connection.close(200, "OK".into()).await;
+        }
+        tracing::debug!(generation = live.generation, "RabbitMQ connection closed");
+    }
+}

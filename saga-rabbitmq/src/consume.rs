@@ -1,0 +1,439 @@
+//! Consumer tasks: one per [`Subscription`], feeding its channel across reconnects.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lapin::message::DeliveryResult;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Consumer};
+use saga_core::transport::{Acker, Delivery, Subscription};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::QueueType;
+use crate::connection::{Live, Outgoing, Shared};
+use crate::error::Error;
+use crate::properties::{self, long};
+use crate::topology::{QueueSpec, short};
+use crate::transport::Handle;
+
+/// An open AMQP consumer: its channel, the lapin consumer (kept alive: dropping
+/// it cancels), and the deliveries in broker order.
+struct Open {
+    channel: Channel,
+    consumer: Consumer,
+    deliveries: mpsc::UnboundedReceiver<DeliveryResult>,
+    queue: String,
+    generation: u64,
+}
+
+async fn open(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Error> {
+    let queue = live.ensure(shared, spec).await?;
+    let channel = live.channel().await?;
+    channel
+        .basic_qos(shared.config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| Error::amqp("basic.qos", e))?;
+    let consumer = channel
+        .basic_consume(
+            short(&queue)?,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| Error::amqp(format!("basic.consume `{queue}`"), e))?;
+    let (tx, deliveries) = mpsc::unbounded_channel();
+    // The delegate runs synchronously in broker order; prefetch bounds the buffer.
+    consumer.set_delegate(move |delivery: DeliveryResult| {
+        let _ = tx.send(delivery);
+        std::future::ready(())
+    });
+    Ok(Open {
+        channel,
+        consumer,
+        deliveries,
+        queue,
+        generation: live.generation,
+    })
+}
+
+/// Opens the first consumer now (so errors reach the caller and the consumer
+/// is registered when this returns), then keeps consuming in a task.
+pub(crate) async fn subscribe<T>(
+    handle: Arc<Handle>,
+    spec: QueueSpec,
+) -> Result<Subscription<T>, Error>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let shared = Arc::clone(&handle.shared);
+    let live = shared.live().await?;
+    let first = open(&shared, &live, &spec).await?;
+    let (tx, rx) = mpsc::channel(usize::from(shared.config.prefetch));
+    let span = tracing::info_span!("saga.rabbitmq.consumer", queue = %first.queue);
+    tokio::spawn(run(handle, spec, first, tx).instrument(span));
+    Ok(Subscription::new(rx))
+}
+
+/// `handle` keeps the connection alive while the subscription exists.
+async fn run<T>(handle: Arc<Handle>, spec: QueueSpec, first: Open, tx: mpsc::Sender<Delivery<T>>)
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let shared = Arc::clone(&handle.shared);
+    let mut current = Some(first);
+    let mut last_generation = None;
+    loop {
+        let open = match current.take() {
+            Some(open) => open,
+            None => {
+                let Some(open) = reopen(&shared, &spec, last_generation, &tx).await else {
+                    return;
+                };
+                tracing::info!(generation = open.generation, "consuming again");
+                open
+            }
+        };
+        last_generation = Some(open.generation);
+        if pump(&shared, open, &tx).await == Pump::SubscriptionDropped {
+            tracing::debug!("subscription dropped; consumer cancelled");
+            return;
+        }
+    }
+}
+
+/// Re-opens a consumer with backoff; `None` when the subscription went away.
+async fn reopen<T>(
+    shared: &Shared,
+    spec: &QueueSpec,
+    last_generation: Option<u64>,
+    tx: &mpsc::Sender<Delivery<T>>,
+) -> Option<Open> {
+    let mut delays = shared.consumer_backoff();
+    loop {
+        let live = tokio::select! {
+            () = tx.closed() => return None,
+            live = shared.next_live(None) => live,
+        };
+        // The queue may have been deleted: declare it again.
+        live.forget(spec);
+        match open(shared, &live, spec).await {
+            Ok(open) => return Some(open),
+            Err(e) => {
+                shared.kick();
+                let delay = delays.next().unwrap_or(shared.config.reconnect_max_delay);
+                tracing::warn!(error = %e, ?delay, last_generation, "re-opening consumer failed; retrying");
+                tokio::select! {
+                    () = tx.closed() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Pump {
+    SubscriptionDropped,
+    ConsumerEnded,
+}
+
+async fn pump<T>(shared: &Arc<Shared>, mut open: Open, tx: &mpsc::Sender<Delivery<T>>) -> Pump
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = tx.closed() => {
+                cancel(&open).await;
+                return Pump::SubscriptionDropped;
+            }
+            event = open.deliveries.recv() => event,
+        };
+        let delivery = match event {
+            Some(Ok(Some(delivery))) => delivery,
+            Some(Ok(None)) | None => {
+                tracing::warn!(
+                    generation = open.generation,
+                    "consumer cancelled by the broker or the connection closed"
+                );
+                shared.kick();
+                return Pump::ConsumerEnded;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, generation = open.generation, "consumer failed");
+                shared.kick();
+                return Pump::ConsumerEnded;
+            }
+        };
+        let Some(delivery) = prepare::<T>(shared, &open, delivery).await else {
+            continue;
+        };
+        // Waits while the subscriber is busy; the prefetch bounds what piles up.
+        if tx.send(delivery).await.is_err() {
+            // The delivery was dropped with the channel: its acker requeues it.
+            cancel(&open).await;
+            return Pump::SubscriptionDropped;
+        }
+    }
+}
+
+async fn cancel(open: &Open) {
+    let _ = open
+        .channel
+        .basic_cancel(open.consumer.tag(), BasicCancelOptions::default())
+        .await;
+    // The channel closes when the last unsettled delivery's acker is gone,
+    // returning prefetched messages to the queue.
+}
+
+/// How many times the message was delivered, this delivery included.
+fn delivery_count(queue_type: QueueType, properties: &BasicProperties, redelivered: bool) -> u32 {
+    let count = match queue_type {
+        QueueType::Quorum => {
+            properties::header_u64(properties, properties::BROKER_DELIVERY_COUNT_HEADER)
+                .unwrap_or(0)
+                + 1
+        }
+        QueueType::Classic => {
+            properties::header_u64(properties, properties::DELIVERY_COUNT_HEADER).unwrap_or(0)
+                + 1
+                + u64::from(redelivered)
+        }
+    };
+    let count = if redelivered { count.max(2) } else { count };
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+async fn prepare<T: DeserializeOwned>(
+    shared: &Arc<Shared>,
+    open: &Open,
+    delivery: lapin::message::Delivery,
+) -> Option<Delivery<T>> {
+    let config = &shared.config;
+    let count = delivery_count(
+        config.queue_type,
+        &delivery.properties,
+        delivery.redelivered,
+    );
+    let decoded = serde_json::from_slice::<T>(&delivery.data);
+    let acker = RabbitAcker {
+        shared: Arc::clone(shared),
+        channel: open.channel.clone(),
+        acker: Some(delivery.acker),
+        body: delivery.data,
+        properties: delivery.properties,
+        queue: open.queue.clone(),
+        delivery_count: count,
+    };
+    if config.queue_type == QueueType::Classic && count > config.max_deliveries {
+        let reason = format!("delivery limit of {} reached", config.max_deliveries);
+        tracing::warn!(%reason, "message dead-lettered");
+        let _ = Box::new(acker).reject(&reason).await;
+        return None;
+    }
+    match decoded {
+        Ok(message) => Some(Delivery::new(message, count, Box::new(acker))),
+        Err(e) => {
+            let reason = format!("undecodable message: {e}");
+            tracing::warn!(%reason, "message dead-lettered");
+            let _ = Box::new(acker).reject(&reason).await;
+            None
+        }
+    }
+}
+
+/// Settles one delivery. Holding the channel keeps it open until every
+/// delivery taken from it is settled; dropping an unsettled one requeues it.
+struct RabbitAcker {
+    shared: Arc<Shared>,
+    channel: Channel,
+    acker: Option<lapin::Acker>,
+    body: Vec<u8>,
+    properties: BasicProperties,
+    queue: String,
+    delivery_count: u32,
+}
+
+fn settled(operation: &str, result: lapin::Result<bool>) -> Result<(), Error> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::ChannelClosed),
+        Err(e) => Err(Error::amqp(operation, e)),
+    }
+}
+
+impl RabbitAcker {
+    fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map_or_else(String::new, |id| id.as_str().to_owned())
+    }
+
+    async fn ack_inner(&mut self) -> Result<(), Error> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        settled("basic.ack", acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn requeue(&mut self) -> Result<(), Error> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        settled("basic.nack", acker.nack(options).await)
+    }
+
+    /// Publishes a copy with `headers` to `exchange`/`routing_key`, then acks the original.
+    async fn republish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(&str, AMQPValue)],
+    ) -> Result<(), Error> {
+        let message_id = self.message_id();
+        self.shared
+            .publish(Outgoing {
+                ensure: None,
+                exchange,
+                routing_key,
+                body: &self.body,
+                properties: properties::with_headers(&self.properties, headers),
+                message_id: &message_id,
+            })
+            .await?;
+        self.ack_inner().await
+    }
+
+    async fn dead_letter(&mut self, reason: &str) -> Result<(), Error> {
+        let exchange = self.shared.config.dead_letter_exchange.clone();
+        let queue = self.queue.clone();
+        let headers = [
+            (properties::DEAD_REASON_HEADER, long(reason)),
+            (properties::DEAD_QUEUE_HEADER, long(&queue)),
+            (
+                properties::DELIVERY_COUNT_HEADER,
+                AMQPValue::LongLongInt(i64::from(self.delivery_count)),
+            ),
+        ];
+        match self.republish(&exchange, &queue, &headers).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.acker.is_some() => {
+                // The copy did not make it: let the broker dead-letter the
+                // original (its `x-death` header says `rejected`).
+                tracing::warn!(error = %e, "dead-letter copy failed; rejecting to the dead-letter exchange");
+                let Some(acker) = self.acker.take() else {
+                    return Err(e);
+                };
+                settled(
+                    "basic.reject",
+                    acker.reject(BasicRejectOptions { requeue: false }).await,
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(mut self: Box<Self>) -> saga_core::Result<()> {
+        Ok(self.ack_inner().await?)
+    }
+
+    async fn nack(mut self: Box<Self>) -> saga_core::Result<()> {
+        let config = &self.shared.config;
+        if config.queue_type == QueueType::Quorum {
+            // The broker counts and dead-letters past `x-delivery-limit`.
+            return Ok(self.requeue().await?);
+        }
+        if self.delivery_count >= config.max_deliveries {
+            let reason = format!("delivery limit of {} reached", config.max_deliveries);
+            return Ok(self.dead_letter(&reason).await?);
+        }
+        // Classic queues do not count: requeue a copy that carries the count.
+        let queue = self.queue.clone();
+        let count = AMQPValue::LongLongInt(i64::from(self.delivery_count));
+        match self
+            .republish("", &queue, &[(properties::DELIVERY_COUNT_HEADER, count)])
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if self.acker.is_some() => {
+                tracing::warn!(error = %e, "requeue copy failed; requeueing the original");
+                Ok(self.requeue().await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn reject(mut self: Box<Self>, reason: &str) -> saga_core::Result<()> {
+        Ok(self.dead_letter(reason).await?)
+    }
+}
+
+impl Drop for RabbitAcker {
+    fn drop(&mut self) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        let channel = self.channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = acker.nack(options).await;
+                drop(channel);
+            });
+        }
+        // Without a runtime the channel closes with the last clone, which
+        // requeues the message as well.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    fn with_header(key: &str, value: i64) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(key.into(), AMQPValue::LongLongInt(value));
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn quorum_counts_come_from_the_broker() {
+        let none = BasicProperties::default();
+        assert_eq!(delivery_count(QueueType::Quorum, &none, false), 1);
+        assert_eq!(
+            delivery_count(QueueType::Quorum, &with_header("x-delivery-count", 2), true),
+            3
+        );
+        assert_eq!(delivery_count(QueueType::Quorum, &none, true), 2);
+    }
+
+    #[test]
+    fn classic_counts_come_from_the_adapter_header_and_the_redelivered_flag() {
+        let none = BasicProperties::default();
+        assert_eq!(delivery_count(QueueType::Classic, &none, false), 1);
+        assert_eq!(delivery_count(QueueType::Classic, &none, true), 2);
+        let counted = with_header(properties::DELIVERY_COUNT_HEADER, 3);
+        assert_eq!(delivery_count(QueueType::Classic, &counted, false), 4);
+        assert_eq!(delivery_count(QueueType::Classic, &counted, true), 5);
+    }
+}

@@ -1,0 +1,190 @@
+//! # saga-rabbitmq: the RabbitMQ transport for saga-core
+//!
+//! [`RabbitTransport`] implements [`saga_core::Transport`] on
+//! [lapin](https://docs.rs/lapin): orchestrators ([`saga_core::Engine`]) send
+//! commands to participant endpoints and consume replies; participants
+//! ([`saga_core::Participant`]) consume their endpoint's commands and send
+//! replies. It passes the saga-core transport conformance suite, the same one
+//! the in-memory transport passes.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use saga_core::memory::InMemoryStore;
+//! use saga_core::{Engine, Participant, Transport};
+//! use saga_rabbitmq::{Config, RabbitTransport};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // RABBITMQ_URL, e.g. amqp://guest:guest@localhost:5672/%2f
+//! let config = Config::from_env()?
+//!     .with_endpoints(["order", "inventory", "payment"]) // declared at every (re)connect
+//!     .with_reply_queue("saga_replies");
+//! let transport = RabbitTransport::connect(config).await?;
+//!
+//! // Orchestrator: Engine::run consumes `saga_replies` and sends commands.
+//! let engine = Engine::builder(InMemoryStore::new(), transport.clone()).build();
+//! tokio::spawn(async move { engine.run(std::future::pending()).await });
+//!
+//! // Participant: consumes `inventory_commands`, replies, then acks.
+//! let inventory = Participant::builder("inventory").build();
+//! let transport: Arc<dyn Transport> = Arc::new(transport);
+//! inventory.run(transport, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Topology
+//!
+//! Declared idempotently at connect, again after every reconnect, and for any
+//! queue before the first publish to it or consume from it (cached per
+//! connection), so a command sent before any participant ever consumed is
+//! kept in its queue.
+//!
+//! ```text
+//!                     routing key = endpoint
+//!  Engine ──publish──▶ [saga.commands] (direct) ──"order"────▶ order_commands ─────┐
+//!                                               ──"inventory"▶ inventory_commands ─┤ consumed by
+//!                                               ──"payment"──▶ payment_commands ───┘ participants
+//!
+//!                     routing key = reply queue
+//!  Participant ─────▶ [saga.replies] (direct) ──"saga_replies"──▶ saga_replies ──▶ every Engine
+//!                                                                 (competing consumers)
+//!
+//!  every queue Q: x-dead-letter-exchange = saga.dead_letter, x-dead-letter-routing-key = Q
+//!  poison / rejected / over the delivery limit
+//!      Q ──────────▶ [saga.dead_letter] (direct) ──"Q"──▶ Q.dlq   (e.g. order_commands.dlq)
+//! ```
+//!
+//! | what | name | settings |
+//! |---|---|---|
+//! | command exchange | `saga.commands` ([`Config::commands_exchange`]) | direct, durable |
+//! | command queue of endpoint `e` | `e_commands` ([`Config::command_queue`]) | durable, quorum, `x-delivery-limit` |
+//! | reply exchange | `saga.replies` ([`Config::replies_exchange`]) | direct, durable |
+//! | reply queue | the engine's `reply_queue` (`saga_replies`) | durable, quorum, shared by all orchestrators |
+//! | dead-letter exchange | `saga.dead_letter` ([`Config::dead_letter_exchange`]) | direct, durable |
+//! | dead-letter queue of `q` | `q.dlq` ([`Config::dead_letter_queue`]) | durable |
+//!
+//! Queues are **quorum queues** by default (RabbitMQ 3.8+): replicated, they
+//! survive the loss of a node in a cluster, and the broker itself counts
+//! deliveries. [`QueueType::Classic`] is the option for brokers or policies
+//! without them. A queue's type cannot change once declared: declaring it with
+//! another type fails with [`Error::TopologyMismatch`] (kind `Invalid`).
+//!
+//! ## Messages
+//!
+//! Bodies are the JSON of [`saga_core::CommandMessage`] /
+//! [`saga_core::ReplyMessage`], readable in the management UI. Properties:
+//! `delivery_mode = 2` (persistent), `content_type = application/json`,
+//! `message_id`, `correlation_id` = saga id, `type` = the command name (or
+//! `saga.reply`), `reply_to`, `timestamp`. Headers: every entry of the
+//! message's `headers` (W3C `traceparent` / `tracestate`), plus
+//! [`x-idempotency-key`](properties::IDEMPOTENCY_KEY_HEADER), `x-saga-id`,
+//! `x-saga-type`, `x-saga-step`, `x-saga-direction` and `x-saga-attempt`.
+//!
+//! ## Delivery guarantees
+//!
+//! - **Publishing is confirmed.** `send_command` / `send_reply` return `Ok`
+//!   only once the broker confirmed the persistent message (publisher
+//!   confirms) and routed it to a queue (`mandatory`). A nack, an unroutable
+//!   message, a lost connection or a missing confirm within
+//!   [`Config::confirm_timeout`] is an error the engine sees (`Unavailable` or
+//!   `Timeout`); the message may then be lost or delivered, so the caller
+//!   retries, and saga-core's step timeouts re-send what was not confirmed.
+//! - **At least once.** A delivery is acknowledged only when the handler calls
+//!   [`Delivery::ack`](saga_core::transport::Delivery::ack) — `Participant`
+//!   does so after its work committed and its reply was confirmed, `Engine`
+//!   after the saga's new state was saved. A delivery dropped unsettled is
+//!   requeued; one whose consumer or connection died is redelivered by the
+//!   broker to another consumer. Duplicates are possible; participants
+//!   deduplicate on the idempotency key.
+//! - **Bounded prefetch.** At most [`Config::prefetch`] unacknowledged
+//!   messages per consumer.
+//! - **Poison messages never block a queue.** A message is dead-lettered to
+//!   `Q.dlq` after [`Config::max_deliveries`] deliveries (quorum queues:
+//!   `x-delivery-limit`, counted by the broker even when the consumer crashes;
+//!   classic queues: a `nack` republishes the message with an
+//!   `x-saga-delivery-count` header, and a crash shows as the `redelivered`
+//!   flag). [`Delivery::reject`](saga_core::transport::Delivery::reject) and
+//!   undecodable messages go straight to the dead-letter queue.
+//! - **Dead letters say why.** A rejected or undecodable message is
+//!   *republished* (confirmed) to the dead-letter exchange with an
+//!   [`x-saga-dead-reason`](properties::DEAD_REASON_HEADER) header and
+//!   [`x-saga-dead-queue`](properties::DEAD_QUEUE_HEADER), and only then is
+//!   the original acknowledged. Chosen over a plain `basic.reject` because
+//!   AMQP cannot attach a reason to a reject; if the republish fails, the
+//!   original is rejected without requeue instead, and the broker
+//!   dead-letters it with its standard `x-death` header. Messages over the
+//!   quorum delivery limit are dead-lettered by the broker (`x-death` reason
+//!   `delivery_limit`).
+//! - **No ordering promise** beyond what one queue and one consumer give:
+//!   requeued and redelivered messages can overtake others, as in every
+//!   competing-consumer setup.
+//!
+//! ## Reconnects
+//!
+//! A supervisor task owns the connection. It checks it every 250 ms and
+//! whenever a publish or consumer hits an error; when it is gone, it
+//! reconnects with exponential backoff and jitter ([`backon`],
+//! [`Config::reconnect_min_delay`] to [`Config::reconnect_max_delay`], without
+//! a limit), declares the topology again, then publishes the new connection.
+//! Each [`Subscription`](saga_core::transport::Subscription) is fed by its own
+//! task, which opens a new channel and consumer on the new connection, so it
+//! keeps yielding across reconnects. Publishes during an outage wait up to
+//! [`Config::connect_timeout`] for the connection, then fail `Unavailable`.
+//! Acks of deliveries from the old connection fail (the broker redelivers
+//! those messages).
+//!
+//! lapin 4's `ConnectionProperties::enable_auto_recover()` is deliberately
+//! not used: it replays the topology lapin recorded and gives up after a
+//! bounded number of attempts, while this loop re-declares queues from our own
+//! configuration (including queues the broker lost), retries without limit,
+//! and lets every consumer and publisher see a plain error and a fresh channel,
+//! which is easier to reason about and to test (the tests close connections
+//! through the management API mid-stream).
+//!
+//! ## Throughput
+//!
+//! Publishes are pipelined: they are spread round robin over
+//! [`Config::publisher_channels`] channels in confirm mode and each awaits its
+//! own confirm, so concurrent senders never wait for each other's confirms
+//! (no lock is held across a publish). See `examples/transport_bench.rs` and
+//! `docs/benchmarks/rabbitmq.md`.
+//!
+//! ## Configuration
+//!
+//! [`Config::from_env`] reads `RABBITMQ_URL` (default [`DEFAULT_URL`]) and the
+//! optional `RABBITMQ_PREFETCH`, `RABBITMQ_MAX_DELIVERIES` and
+//! `RABBITMQ_QUEUE_TYPE`; everything else is a field of [`Config`].
+//!
+//! ## Operations
+//!
+//! - Inspect dead letters in the management UI (queue `<queue>.dlq`, header
+//!   `x-saga-dead-reason`). After fixing the cause, move a message back with
+//!   the management UI's *shovel* / *move messages* or with
+//!   [`RabbitTransport::publish_raw`].
+//! - Errors convert into [`saga_core::Error`] with a kind: `Unavailable`
+//!   (broker down; retried), `Timeout` (no confirm), `Invalid`
+//!   (configuration, topology mismatch).
+//!
+//! ## Testing
+//!
+//! The integration tests in `tests/` run against a real broker, each in its
+//! own vhost created through the management API (`SAGA_TEST_AMQP_URL`,
+//! `SAGA_TEST_RABBITMQ_API`); they fail, never skip, when it is unreachable.
+
+mod config;
+mod connection;
+mod consume;
+mod error;
+pub mod properties;
+mod topology;
+mod transport;
+
+#[doc(inline)]
+pub use config::{
+    Config, DEFAULT_URL, QueueType, URL_ENV, default_command_queue, default_dead_letter_queue,
+};
+#[doc(inline)]
+pub use error::Error;
+#[doc(inline)]
+pub use transport::RabbitTransport;

@@ -1,0 +1,509 @@
+//! Integration tests against a real RabbitMQ, one vhost per test.
+//!
+//! Needs RabbitMQ with the management plugin (see `tests/support`); a test
+//! fails with a clear message when it is unreachable.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::transport::{Delivery, Subscription, Transport};
+use saga_core::{CommandMessage, Direction, ErrorKind, IdempotencyKey, ReplyOutcome, SagaId};
+use saga_rabbitmq::properties::{DEAD_REASON_HEADER, IDEMPOTENCY_KEY_HEADER, header_str};
+use saga_rabbitmq::{Config, QueueType, RabbitTransport};
+use serde_json::json;
+use support::{TestVhost, drain};
+
+const WAIT: Duration = Duration::from_secs(20);
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+fn command(endpoint: &str, n: u64) -> CommandMessage {
+    let saga_id = SagaId::new();
+    CommandMessage {
+        message_id: format!("{saga_id}:step:invoke:1"),
+        idempotency_key: IdempotencyKey::new(saga_id, "step", Direction::Invoke),
+        saga_id,
+        saga_type: "test".to_owned(),
+        step: 0,
+        step_name: "step".to_owned(),
+        direction: Direction::Invoke,
+        attempt: 1,
+        endpoint: endpoint.to_owned(),
+        command: "do_it".to_owned(),
+        payload: json!({ "n": n }),
+        reply_to: Some("test_replies".to_owned()),
+        headers: [("traceparent".to_owned(), TRACEPARENT.to_owned())].into(),
+    }
+}
+
+fn n_of(delivery: &Delivery<CommandMessage>) -> u64 {
+    delivery.message.payload["n"].as_u64().expect("n")
+}
+
+async fn next<T>(sub: &mut Subscription<T>, what: &str) -> Delivery<T> {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("subscription closed while waiting for {what}"))
+}
+
+async fn nothing_more<T>(sub: &mut Subscription<T>, what: &str) {
+    let extra = tokio::time::timeout(Duration::from_millis(700), sub.next()).await;
+    assert!(extra.is_err(), "unexpected delivery: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_on_quorum_queues() {
+    let vhost = TestVhost::new("conf-quorum").await;
+    let transport = vhost.default_transport().await;
+    saga_core::testing::transport_conformance(transport, "conf").await;
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_on_classic_queues() {
+    let vhost = TestVhost::new("conf-classic").await;
+    let transport = vhost
+        .transport(vhost.config().with_queue_type(QueueType::Classic))
+        .await;
+    saga_core::testing::transport_conformance(Arc::new(transport), "conf").await;
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_declared_at_connect_with_the_guide_names() {
+    let vhost = TestVhost::new("topology").await;
+    let config = vhost
+        .config()
+        .with_endpoints(["order", "inventory", "payment"])
+        .with_reply_queue("saga_replies");
+    let transport = vhost.transport(config).await;
+    for queue in [
+        "order_commands",
+        "inventory_commands",
+        "payment_commands",
+        "saga_replies",
+    ] {
+        let q = vhost.queue(queue).await;
+        assert_eq!(q["durable"], json!(true), "{queue}: {q}");
+        assert_eq!(q["type"], json!("quorum"), "{queue}: {q}");
+        assert_eq!(
+            q["arguments"]["x-dead-letter-exchange"],
+            json!("saga.dead_letter"),
+            "{q}"
+        );
+        assert_eq!(q["arguments"]["x-delivery-limit"], json!(4), "{q}");
+        let dlq = vhost.queue(&format!("{queue}.dlq")).await;
+        assert_eq!(dlq["durable"], json!(true), "{dlq}");
+    }
+    assert_eq!(transport.command_queue("order"), "order_commands");
+    assert_eq!(
+        transport.dead_letter_queue("order_commands"),
+        "order_commands.dlq"
+    );
+
+    // A command sent before any participant consumed waits in its queue.
+    transport
+        .send_command(&command("order", 1))
+        .await
+        .expect("send");
+    vhost.wait_ready("order_commands", 1).await;
+    drop(transport);
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_round_trip_carries_ids_trace_context_and_key() {
+    let vhost = TestVhost::new("roundtrip").await;
+    let transport = vhost.default_transport().await;
+
+    // Properties as the management UI and other consumers see them.
+    let sent = command("inventory", 7);
+    transport.send_command(&sent).await.expect("send");
+    let raw = drain(&vhost.amqp_url(), "inventory_commands", 1).await;
+    assert_eq!(raw.len(), 1, "the command is in inventory_commands");
+    let p = &raw[0].delivery.properties;
+    assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.as_str()),
+        Some(sent.message_id.as_str())
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|s| s.as_str()),
+        Some(sent.saga_id.to_string().as_str())
+    );
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("do_it"));
+    assert_eq!(header_str(p, "traceparent"), Some(TRACEPARENT));
+    assert_eq!(
+        header_str(p, IDEMPOTENCY_KEY_HEADER),
+        Some(sent.idempotency_key.as_str())
+    );
+    let body: CommandMessage = serde_json::from_slice(&raw[0].delivery.data).expect("JSON body");
+    assert_eq!(body, sent);
+
+    // Round trip through the transport.
+    let mut replies = transport
+        .consume_replies("test_replies")
+        .await
+        .expect("replies");
+    let mut commands = transport
+        .consume_commands("inventory")
+        .await
+        .expect("commands");
+    let sent = command("inventory", 8);
+    transport.send_command(&sent).await.expect("send");
+    let got = next(&mut commands, "the command").await;
+    assert_eq!(got.message, sent);
+    let reply = got
+        .message
+        .reply(ReplyOutcome::Success(json!({ "reserved": true })));
+    transport.send_reply(&reply).await.expect("reply");
+    got.ack().await.expect("ack");
+    let back = next(&mut replies, "the reply").await;
+    assert_eq!(back.message, reply);
+    assert_eq!(
+        back.message.headers.get("traceparent").map(String::as_str),
+        Some(TRACEPARENT)
+    );
+    back.ack().await.expect("ack");
+    nothing_more(&mut commands, "an acked command came back").await;
+    drop((commands, replies, transport));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_arrive_without_loss_or_duplicates() {
+    const TOTAL: u64 = 10_000;
+    let vhost = TestVhost::new("tenk").await;
+    let transport = vhost.default_transport().await;
+    transport.declare_endpoint("bulk").await.expect("declare");
+
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let mut sub = transport.consume_commands("bulk").await.expect("consume");
+        consumers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                seen.push(n_of(&d));
+                d.ack().await.expect("ack");
+            }
+            seen
+        }));
+    }
+
+    let mut publishers = tokio::task::JoinSet::new();
+    let lanes = 64;
+    for lane in 0..lanes {
+        let t = Arc::clone(&transport);
+        publishers.spawn(async move {
+            let mut n = lane;
+            while n < TOTAL {
+                t.send_command(&command("bulk", n))
+                    .await
+                    .expect("confirmed publish");
+                n += lanes;
+            }
+        });
+    }
+    while let Some(r) = publishers.join_next().await {
+        r.expect("publisher");
+    }
+
+    let mut all = Vec::new();
+    for c in consumers {
+        all.extend(c.await.expect("consumer"));
+    }
+    let unique: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len() as u64, TOTAL, "every message arrived");
+    assert_eq!(all.len() as u64, TOTAL, "no message arrived twice");
+    vhost.wait_stat("bulk_commands", "messages", 0).await;
+    drop(transport);
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_goes_to_the_dlq_with_its_reason_and_later_ones_flow() {
+    let vhost = TestVhost::new("poison").await;
+    let transport = vhost.default_transport().await;
+    let mut sub = transport.consume_commands("poison").await.expect("consume");
+    transport
+        .send_command(&command("poison", 1))
+        .await
+        .expect("send");
+    transport
+        .publish_raw("poison_commands", b"{ this is not a command")
+        .await
+        .expect("raw");
+    transport
+        .send_command(&command("poison", 2))
+        .await
+        .expect("send");
+
+    let first = next(&mut sub, "the message before the poison").await;
+    assert_eq!(n_of(&first), 1);
+    first.ack().await.expect("ack");
+    let second = next(&mut sub, "the message after the poison").await;
+    assert_eq!(
+        n_of(&second),
+        2,
+        "the poison message never reaches the handler"
+    );
+    second.ack().await.expect("ack");
+
+    vhost.wait_ready("poison_commands.dlq", 1).await;
+    let dead = drain(&vhost.amqp_url(), "poison_commands.dlq", 10).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery.data, b"{ this is not a command");
+    let reason =
+        header_str(&dead[0].delivery.properties, DEAD_REASON_HEADER).expect("reason header");
+    assert!(reason.starts_with("undecodable message"), "{reason}");
+    drop((sub, transport));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_message_lands_in_the_dlq_with_the_handlers_reason() {
+    let vhost = TestVhost::new("reject").await;
+    let transport = vhost.default_transport().await;
+    let mut sub = transport
+        .consume_commands("payment")
+        .await
+        .expect("consume");
+    let sent = command("payment", 1);
+    transport.send_command(&sent).await.expect("send");
+    let got = next(&mut sub, "the message").await;
+    got.reject("no handler for command `do_it`")
+        .await
+        .expect("reject");
+    vhost.wait_ready("payment_commands.dlq", 1).await;
+    let dead = drain(&vhost.amqp_url(), "payment_commands.dlq", 10).await;
+    let p = &dead[0].delivery.properties;
+    assert_eq!(
+        header_str(p, DEAD_REASON_HEADER),
+        Some("no handler for command `do_it`")
+    );
+    assert_eq!(header_str(p, "x-saga-dead-queue"), Some("payment_commands"));
+    assert_eq!(
+        header_str(p, IDEMPOTENCY_KEY_HEADER),
+        Some(sent.idempotency_key.as_str())
+    );
+    nothing_more(&mut sub, "a rejected message came back").await;
+    drop((sub, transport));
+    vhost.delete().await;
+}
+
+async fn delivery_limit_dead_letters(queue_type: QueueType, label: &str) {
+    let vhost = TestVhost::new(label).await;
+    let config = vhost
+        .config()
+        .with_queue_type(queue_type)
+        .with_max_deliveries(3);
+    let transport = vhost.transport(config).await;
+    let mut sub = transport.consume_commands("flaky").await.expect("consume");
+    transport
+        .send_command(&command("flaky", 1))
+        .await
+        .expect("send");
+    for expected in 1..=3 {
+        let d = next(&mut sub, "a delivery of the failing message").await;
+        assert_eq!(n_of(&d), 1);
+        assert_eq!(
+            d.delivery_count, expected,
+            "deliveries are counted ({queue_type:?})"
+        );
+        d.nack().await.expect("nack");
+    }
+    transport
+        .send_command(&command("flaky", 2))
+        .await
+        .expect("send");
+    let later = next(&mut sub, "a later message").await;
+    assert_eq!(
+        n_of(&later),
+        2,
+        "the failing message no longer blocks the queue"
+    );
+    later.ack().await.expect("ack");
+    vhost.wait_ready("flaky_commands.dlq", 1).await;
+    nothing_more(&mut sub, "a dead-lettered message came back").await;
+    drop((sub, transport));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_dead_letter_after_the_delivery_limit() {
+    delivery_limit_dead_letters(QueueType::Quorum, "limit-quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_dead_letter_after_the_delivery_limit() {
+    delivery_limit_dead_letters(QueueType::Classic, "limit-classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_disconnect_mid_stream_loses_nothing() {
+    const TOTAL: u64 = 2_000;
+    let vhost = TestVhost::new("disconnect").await;
+    let transport = vhost.default_transport().await;
+    let generation = transport.connection_generation().expect("connected");
+    let mut sub = transport.consume_commands("steady").await.expect("consume");
+    let consumer = tokio::spawn(async move {
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        while seen.len() < TOTAL as usize {
+            let d = tokio::time::timeout(WAIT, sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("stalled after {} of {TOTAL} messages", seen.len()))
+                .expect("the subscription survives reconnects");
+            *seen.entry(n_of(&d)).or_default() += 1;
+            // An ack on the old channel fails; the broker redelivers that message.
+            let _ = d.ack().await;
+        }
+        seen
+    });
+
+    let publisher = {
+        let t = Arc::clone(&transport);
+        tokio::spawn(async move {
+            let mut failures = 0;
+            for n in 0..TOTAL {
+                // At-least-once publishing: a failed publish is retried (the
+                // engine does the same through its step timeouts).
+                loop {
+                    match t.send_command(&command("steady", n)).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            failures
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed = vhost.close_connections().await;
+    assert!(closed >= 1, "the test closed the transport's connection");
+
+    let failures = publisher.await.expect("publisher");
+    let seen = consumer.await.expect("consumer");
+    assert_eq!(
+        seen.len() as u64,
+        TOTAL,
+        "nothing lost across the disconnect"
+    );
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    eprintln!(
+        "disconnect: {failures} publish failures retried, {duplicates} redeliveries deduplicated"
+    );
+    let now = transport.connection_generation().expect("reconnected");
+    assert!(
+        now > generation,
+        "the transport reconnected ({generation} -> {now})"
+    );
+    drop(transport);
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_message_goes_to_another_consumer_when_its_consumer_dies() {
+    let vhost = TestVhost::new("consumer-dies").await;
+    let dying = vhost
+        .transport(vhost.config().with_connection_name("dying"))
+        .await;
+    let survivor = vhost
+        .transport(vhost.config().with_connection_name("survivor"))
+        .await;
+    let mut doomed = dying.consume_commands("work").await.expect("consume");
+    let sent = command("work", 42);
+    survivor.send_command(&sent).await.expect("send");
+    let in_hand = next(&mut doomed, "the message").await;
+    assert_eq!(in_hand.delivery_count, 1);
+
+    let mut sub = survivor.consume_commands("work").await.expect("consume");
+    // The process dies: no ack, no nack, its connection goes away.
+    std::mem::forget(in_hand);
+    drop(doomed);
+    drop(dying);
+
+    let again = next(&mut sub, "the redelivered message").await;
+    assert_eq!(again.message, sent);
+    assert!(
+        again.delivery_count >= 2,
+        "marked as a redelivery: {}",
+        again.delivery_count
+    );
+    again.ack().await.expect("ack");
+    drop((sub, survivor));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_queue_of_another_type_is_a_clear_invalid_error() {
+    let vhost = TestVhost::new("mismatch").await;
+    let classic = vhost
+        .transport(vhost.config().with_queue_type(QueueType::Classic))
+        .await;
+    classic
+        .declare_endpoint("order")
+        .await
+        .expect("classic queue");
+    let quorum = vhost.default_transport().await;
+    let err = quorum
+        .declare_endpoint("order")
+        .await
+        .expect_err("type mismatch");
+    assert_eq!(saga_core::Error::from(err).kind(), ErrorKind::Invalid);
+    let err = quorum
+        .send_command(&command("order", 1))
+        .await
+        .expect_err("cannot publish to a mismatched queue");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("order"), "{err}");
+    drop((classic, quorum));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_an_unavailable_error_naming_the_url() {
+    let config = Config::new("amqp://guest:secret@127.0.0.1:1/%2f")
+        .with_connect_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let err = RabbitTransport::connect(config)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !message.contains("secret"),
+        "the password is redacted: {message}"
+    );
+    assert_eq!(saga_core::Error::from(err).kind(), ErrorKind::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_without_reply_to_is_invalid_before_touching_the_broker() {
+    let vhost = TestVhost::new("noreply").await;
+    let transport = vhost.default_transport().await;
+    let mut reply = command("x", 1).reply(ReplyOutcome::Success(json!(null)));
+    reply.reply_to = None;
+    let err = transport
+        .send_reply(&reply)
+        .await
+        .expect_err("no destination");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    drop(transport);
+    vhost.delete().await;
+}
