@@ -1,0 +1,381 @@
+//! The command line: one binary, a subcommand per service, plus operator tools.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::orchestrator::OrchestratorConfig;
+use crate::order::OrderConfig;
+use crate::payment::PaymentConfig;
+use crate::request::Limits;
+use crate::runtime::{self, Databases, Ports, Service, ServiceConfig, Shutdown, StackConfig};
+use crate::saga::Timing;
+
+/// The e-commerce checkout on the saga engine.
+///
+/// Every setting can also come from the environment or a `.env` file (the
+/// names in capitals).
+#[derive(Debug, Parser)]
+#[command(name = "checkout-app", version, about)]
+pub struct Cli {
+    /// What to run (default: `all`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// All five services in one process. Without DB_URL and RABBITMQ_URL it needs no
+    /// server at all (embedded SQLite and the in-process transport).
+    All(AllArgs),
+    /// The API gateway (port 3000).
+    Gateway(ServiceArgs),
+    /// The orchestrator (port 3004): needs DB_URL and RABBITMQ_URL.
+    Orchestrator(ServiceArgs),
+    /// The order service (port 3001): needs DB_URL and RABBITMQ_URL.
+    OrderService(ServiceArgs),
+    /// The inventory service (port 3002): needs DB_URL and RABBITMQ_URL.
+    InventoryService(ServiceArgs),
+    /// The payment service (port 3003): needs DB_URL and RABBITMQ_URL.
+    PaymentService(ServiceArgs),
+    /// Creates the databases (if missing) and applies every service's migrations.
+    Migrate(DbArgs),
+    /// Loads the 10 catalogue products into the inventory database.
+    Seed(DbArgs),
+    /// Operator commands for sagas (through the orchestrator's HTTP API).
+    Saga {
+        /// The action.
+        #[command(subcommand)]
+        action: SagaAction,
+        /// The orchestrator's URL.
+        #[arg(
+            long,
+            env = "ORCHESTRATOR_URL",
+            default_value = "http://127.0.0.1:3004",
+            global = true
+        )]
+        orchestrator_url: String,
+        /// The operator token (required for retry, cancel and resume).
+        #[arg(long, env = "OPERATOR_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+    },
+}
+
+/// Operator actions.
+#[derive(Debug, Subcommand)]
+pub enum SagaAction {
+    /// A saga's state and log.
+    Show {
+        /// The saga id.
+        id: String,
+    },
+    /// Recent sagas, optionally by status (running, compensating, completed, compensated, failed).
+    List {
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Retries a failed saga.
+    Retry {
+        /// The saga id.
+        id: String,
+    },
+    /// Cancels a running saga that has not reached its pivot.
+    Cancel {
+        /// The saga id.
+        id: String,
+    },
+    /// Re-sends a running saga's in-flight command.
+    Resume {
+        /// The saga id.
+        id: String,
+    },
+}
+
+/// Settings every service shares.
+#[derive(Clone, Debug, Args)]
+pub struct Shared {
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// RabbitMQ URL (e.g. amqp://user:pass@localhost:5672/%2f).
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
+    pub rabbitmq_url: Option<String>,
+    /// Probability that a payment fails (0 to 1).
+    #[arg(long, env = "PAYMENT_FAILURE_RATE", default_value_t = 0.05)]
+    pub payment_failure_rate: f64,
+    /// Seed of the payment simulation (same seed, same declines).
+    #[arg(long, env = "PAYMENT_SEED", default_value_t = 0)]
+    pub payment_seed: u64,
+    /// Fault injection: probability that confirming an order fails, which refunds the payment.
+    #[arg(long, env = "ORDER_CONFIRM_FAILURE_RATE", default_value_t = 0.0)]
+    pub confirm_failure_rate: f64,
+    /// How long POST /api/checkout waits for the saga before answering 202.
+    #[arg(long, env = "CHECKOUT_WAIT_MS", default_value_t = 10_000)]
+    pub checkout_wait_ms: u64,
+    /// How long a saga step waits for its reply before retrying.
+    #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 5_000)]
+    pub step_timeout_ms: u64,
+    /// Token required by operator actions; unset disables them.
+    #[arg(long, env = "OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most line items per order.
+    #[arg(long, env = "MAX_ITEMS", default_value_t = 100)]
+    pub max_items: usize,
+    /// Most units of one product per order.
+    #[arg(long, env = "MAX_QUANTITY", default_value_t = 1_000)]
+    pub max_quantity: u32,
+}
+
+impl Shared {
+    fn validate(&self) -> Result<()> {
+        for (name, rate) in [
+            ("PAYMENT_FAILURE_RATE", self.payment_failure_rate),
+            ("ORDER_CONFIRM_FAILURE_RATE", self.confirm_failure_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(Error::Config(format!(
+                    "{name} must be between 0 and 1, got {rate}"
+                )));
+            }
+        }
+        if self.operator_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(Error::Config(
+                "OPERATOR_TOKEN must be at least 16 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            step_timeout: Duration::from_millis(self.step_timeout_ms.max(1)),
+            ..Timing::default()
+        }
+    }
+
+    fn orchestrator(&self) -> OrchestratorConfig {
+        OrchestratorConfig {
+            wait: Duration::from_millis(self.checkout_wait_ms),
+            operator_token: self.operator_token.clone(),
+            limits: Limits {
+                max_items: self.max_items,
+                max_quantity: self.max_quantity,
+                ..Limits::default()
+            },
+        }
+    }
+
+    fn payment(&self) -> PaymentConfig {
+        PaymentConfig {
+            failure_rate: self.payment_failure_rate,
+            seed: self.payment_seed,
+        }
+    }
+
+    fn order(&self) -> OrderConfig {
+        OrderConfig {
+            confirm_failure_rate: self.confirm_failure_rate,
+            seed: self.payment_seed,
+        }
+    }
+}
+
+/// Arguments of `all`.
+#[derive(Clone, Debug, Args)]
+pub struct AllArgs {
+    /// PostgreSQL server URL; each service uses its own database on it
+    /// (orders, inventory, payments, orchestrator), created if missing.
+    /// Unset: embedded in-memory databases.
+    #[arg(long, env = "DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+    /// Settings every service shares.
+    #[command(flatten)]
+    pub shared: Shared,
+}
+
+/// Arguments of a single service.
+#[derive(Clone, Debug, Args)]
+pub struct ServiceArgs {
+    /// Port (default: the service's port from the seed guide).
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    /// This service's own database URL.
+    #[arg(long, env = "DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+    /// The orchestrator's URL (gateway).
+    #[arg(
+        long,
+        env = "ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:3004"
+    )]
+    pub orchestrator_url: String,
+    /// The order service's URL (gateway).
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:3001"
+    )]
+    pub order_url: String,
+    /// The inventory service's URL (orchestrator: catalogue prices).
+    #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:3002")]
+    pub inventory_url: String,
+    /// Settings every service shares.
+    #[command(flatten)]
+    pub shared: Shared,
+}
+
+/// Arguments of `migrate` and `seed`.
+#[derive(Clone, Debug, Args)]
+pub struct DbArgs {
+    /// PostgreSQL server URL; the seed's database names are used on it.
+    #[arg(long, env = "DB_URL", hide_env_values = true)]
+    pub db_url: String,
+}
+
+fn default_port(service: Service) -> u16 {
+    let ports = Ports::default();
+    match service {
+        Service::Gateway => ports.gateway,
+        Service::Orchestrator => ports.orchestrator,
+        Service::Order => ports.order,
+        Service::Inventory => ports.inventory,
+        Service::Payment => ports.payment,
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever the command fails with; `main` prints it.
+pub async fn run(cli: Cli) -> Result<()> {
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::All(AllArgs::parse_from_env()));
+    match command {
+        Command::All(args) => run_all(args).await,
+        Command::Gateway(args) => run_one(Service::Gateway, args).await,
+        Command::Orchestrator(args) => run_one(Service::Orchestrator, args).await,
+        Command::OrderService(args) => run_one(Service::Order, args).await,
+        Command::InventoryService(args) => run_one(Service::Inventory, args).await,
+        Command::PaymentService(args) => run_one(Service::Payment, args).await,
+        Command::Migrate(args) => migrate(&args.db_url).await,
+        Command::Seed(args) => {
+            let db =
+                runtime::service_db(Some(&args.db_url), &Databases::default().inventory, 2).await?;
+            crate::inventory::migrate(&db).await?;
+            let n = crate::inventory::seed(&db).await?;
+            println!("catalogue ready: {n} product(s) added to the inventory database (existing ones are kept)");
+            Ok(())
+        }
+        Command::Saga {
+            action,
+            orchestrator_url,
+            token,
+        } => crate::operator::run(action, &orchestrator_url, token.as_deref()).await,
+    }
+}
+
+impl AllArgs {
+    /// `all`'s arguments from the environment alone (when no subcommand is given).
+    fn parse_from_env() -> Self {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            all: AllArgs,
+        }
+        Wrapper::parse_from(["checkout-app"]).all
+    }
+}
+
+async fn migrate(db_url: &str) -> Result<()> {
+    let names = Databases::default();
+    let order = runtime::service_db(Some(db_url), &names.orders, 2).await?;
+    crate::order::migrate(&order).await?;
+    let inventory = runtime::service_db(Some(db_url), &names.inventory, 2).await?;
+    crate::inventory::migrate(&inventory).await?;
+    let payment = runtime::service_db(Some(db_url), &names.payments, 2).await?;
+    crate::payment::migrate(&payment).await?;
+    runtime::saga_store(Some(db_url), &names.orchestrator).await?;
+    println!(
+        "migrated databases {}, {}, {} and {} on {}",
+        names.orders,
+        names.inventory,
+        names.payments,
+        names.orchestrator,
+        crate::db::redact(db_url)
+    );
+    Ok(())
+}
+
+async fn run_all(args: AllArgs) -> Result<()> {
+    args.shared.validate()?;
+    let shared = &args.shared;
+    let config = StackConfig {
+        bind: shared.bind,
+        postgres: args.db_url.clone(),
+        rabbitmq: shared.rabbitmq_url.clone(),
+        payment: shared.payment(),
+        order: shared.order(),
+        orchestrator: shared.orchestrator(),
+        timing: shared.timing(),
+        max_body_bytes: shared.max_body_bytes,
+        ..StackConfig::default()
+    };
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let stack = runtime::start_all(config, shutdown).await?;
+    let mode = match (&args.db_url, &shared.rabbitmq_url) {
+        (None, None) => "embedded mode: in-memory databases and in-process messaging; set DB_URL and RABBITMQ_URL for Postgres and RabbitMQ".to_owned(),
+        (db, mq) => format!(
+            "storage: {}, messaging: {}",
+            db.as_deref().map_or("embedded".to_owned(), crate::db::redact),
+            mq.as_deref().map_or("in-process".to_owned(), crate::db::redact)
+        ),
+    };
+    println!("checkout-app is running ({mode})");
+    println!("  gateway       {}", stack.gateway_url());
+    println!("  order         http://{}", stack.order);
+    println!("  inventory     http://{}", stack.inventory);
+    println!("  payment       http://{}", stack.payment);
+    println!("  orchestrator  http://{}", stack.orchestrator);
+    println!();
+    println!("Try:");
+    println!(
+        "  curl -X POST {}/api/checkout -H 'Content-Type: application/json' \\\n    -d '{{\"userId\": \"user-123\", \"items\": [{{\"productId\": \"660facf7-b9cf-417a-8ee1-27afe2fb2c72\", \"quantity\": 2, \"price\": \"29.99\"}}]}}'",
+        stack.gateway_url()
+    );
+    println!("Press Ctrl-C to stop.");
+    stack.wait().await
+}
+
+async fn run_one(service: Service, args: ServiceArgs) -> Result<()> {
+    args.shared.validate()?;
+    let shared = &args.shared;
+    let config = ServiceConfig {
+        bind: shared.bind,
+        port: args.port.unwrap_or_else(|| default_port(service)),
+        db_url: args.db_url.clone(),
+        rabbitmq_url: shared.rabbitmq_url.clone(),
+        orchestrator_url: args.orchestrator_url.clone(),
+        order_url: args.order_url.clone(),
+        inventory_url: args.inventory_url.clone(),
+        payment: shared.payment(),
+        order: shared.order(),
+        orchestrator: shared.orchestrator(),
+        timing: shared.timing(),
+        max_body_bytes: shared.max_body_bytes,
+    };
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    runtime::run_service(service, config, shutdown).await
+}

@@ -1,0 +1,657 @@
+//! The inventory service: the product catalogue, stock with optimistic
+//! locking, and reservations tied to orders.
+//!
+//! Its participant serves the `inventory` endpoint with `reserve_inventory`
+//! and `release_inventory` (the compensation). Both are idempotent per order
+//! id (a unique `order_id` in `reservations`) and run in one transaction:
+//!
+//! - `reserve_inventory` takes stock for every line or for none. Lines are
+//!   merged per product and handled in product-id order (so concurrent
+//!   reservations lock rows in the same order and cannot deadlock). Each
+//!   product is decremented with `UPDATE ... SET stock = stock - q,
+//!   version = version + 1 WHERE id = ? AND version = ?`: if another writer
+//!   got there first the update matches no row, the transaction rolls back and
+//!   the whole reservation is tried again (a bounded number of times, with
+//!   jittered sleeps; then the command fails as retryable). Under PostgreSQL's
+//!   READ COMMITTED the update waits for a concurrent writer and re-checks the
+//!   version, so stock can never be oversold or go negative. An existing
+//!   reservation is answered as is; a `RELEASED` one (a tombstone left by a
+//!   release that arrived first) is refused.
+//! - `release_inventory` flips `RESERVED` to `RELEASED` with a conditional
+//!   update (which serializes concurrent releases) and gives the stock back;
+//!   an already released reservation needs nothing; with no reservation it
+//!   writes a `RELEASED` tombstone so a late `reserve_inventory` is refused.
+
+pub mod entity;
+pub mod migration;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use saga_core::{CommandContext, Participant, StepError};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, Statement, TransactionTrait, TryInsertResult,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use self::entity::products;
+use self::entity::reservations::{self, ReservationStatus, ReservedItem, ReservedItems};
+use crate::error::{Error, Result};
+use crate::http::{ApiError, AppJson};
+use crate::messages::{InventoryReserved, LineItem, ReleaseInventory, ReserveInventory};
+
+/// The endpoint (queue) the inventory participant serves.
+pub const ENDPOINT: &str = "inventory";
+
+/// Advisory lock key serializing concurrent migrations on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x5A6A_0102;
+
+/// How many times a reservation is tried when concurrent writers win the
+/// version check, before the command fails as retryable.
+const RESERVE_ATTEMPTS: u32 = 10;
+
+/// How often release re-reads after losing a race with a concurrent duplicate.
+const RACE_ATTEMPTS: usize = 3;
+
+/// The seed catalogue: id, name, price in cents, initial stock.
+const CATALOGUE: [(Uuid, &str, i64, i32); 10] = [
+    (
+        Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72),
+        "Wireless Mouse",
+        2999,
+        1000,
+    ),
+    (
+        Uuid::from_u128(0xdda60f33_8dfd_4da2_96c8_1a029d72725a),
+        "Limited Stock Item",
+        1999,
+        5,
+    ),
+    (
+        Uuid::from_u128(0xe794067c_2f38_4b12_afa9_d1acb6f4ec6a),
+        "Mechanical Keyboard",
+        8999,
+        250,
+    ),
+    (
+        Uuid::from_u128(0x2e5b2929_ad50_4c73_968e_6d0a6088619c),
+        "USB-C Hub",
+        3999,
+        400,
+    ),
+    (
+        Uuid::from_u128(0x39ec8af0_5c4b_4998_b73d_2063f89e7c0f),
+        "27-inch 4K Monitor",
+        32900,
+        100,
+    ),
+    (
+        Uuid::from_u128(0x4e4f25ec_5a8c_43b2_a2d1_1cec90c121d6),
+        "Aluminium Laptop Stand",
+        3450,
+        300,
+    ),
+    (
+        Uuid::from_u128(0xc752b468_248a_44ae_96a8_2b05fe38e410),
+        "Noise-Cancelling Headphones",
+        19900,
+        150,
+    ),
+    (
+        Uuid::from_u128(0xc8bc5026_e99c_4eee_9f8e_aea542f48cf3),
+        "1080p Webcam",
+        5995,
+        200,
+    ),
+    (
+        Uuid::from_u128(0x4edb7124_b241_4986_acb6_2284298db15d),
+        "Portable SSD 1TB",
+        11999,
+        120,
+    ),
+    (
+        Uuid::from_u128(0x39f2bfc5_efd3_4cc4_83a7_80b6ad831439),
+        "LED Desk Lamp",
+        2499,
+        500,
+    ),
+];
+
+/// Creates or upgrades the `products` and `reservations` tables.
+///
+/// Idempotent; on PostgreSQL concurrent callers serialize on an advisory lock.
+///
+/// # Errors
+/// A database error when the database is unreachable or a migration fails.
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        migration::Migrator::up(db, None).await?;
+    }
+    Ok(())
+}
+
+/// Inserts the ten seed products (fixed ids, as in the seed guide) that do
+/// not exist yet, and returns how many it inserted: 10 on an empty
+/// catalogue, 0 when seeded before.
+///
+/// Idempotent: an existing product is left exactly as it is (its stock, price
+/// and version are not reset). Among the products are
+/// `660facf7-b9cf-417a-8ee1-27afe2fb2c72` (29.99, 1000 units) and
+/// `dda60f33-8dfd-4da2-96c8-1a029d72725a`, "Limited Stock Item" (19.99, 5 units).
+///
+/// # Errors
+/// A database error (nothing is inserted then).
+pub async fn seed(db: &DatabaseConnection) -> Result<usize> {
+    let txn = db.begin().await?;
+    let mut inserted = 0;
+    for (id, name, cents, stock) in CATALOGUE {
+        let product = products::ActiveModel {
+            id: Set(id),
+            name: Set(name.to_owned()),
+            price: Set(Decimal::new(cents, 2)),
+            stock: Set(stock),
+            version: Set(0),
+        };
+        let result = products::Entity::insert(product)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&txn)
+            .await?;
+        if was_inserted(&result) {
+            inserted += 1;
+        }
+    }
+    txn.commit().await?;
+    tracing::info!(inserted, "product catalogue seeded");
+    Ok(inserted)
+}
+
+/// Sets the stock of a product (for tests and benchmarks), bumping its version.
+///
+/// # Errors
+/// [`Error::Config`] for a negative stock; a database error, including
+/// `RecordNotFound` for an unknown product.
+pub async fn set_stock(db: &DatabaseConnection, product_id: Uuid, stock: i32) -> Result<()> {
+    if stock < 0 {
+        return Err(Error::Config(format!(
+            "stock must not be negative (got {stock} for product {product_id})"
+        )));
+    }
+    let updated = products::Entity::update_many()
+        .col_expr(products::Column::Stock, Expr::value(stock))
+        .col_expr(
+            products::Column::Version,
+            Expr::col(products::Column::Version).add(1),
+        )
+        .filter(products::Column::Id.eq(product_id))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(DbErr::RecordNotFound(format!("product {product_id}")).into());
+    }
+    tracing::info!(%product_id, stock, "stock set");
+    Ok(())
+}
+
+/// The inventory participant: endpoint `inventory`, commands
+/// `reserve_inventory` and `release_inventory`.
+pub fn participant(db: DatabaseConnection) -> Participant {
+    let (reserve_db, release_db) = (db.clone(), db);
+    Participant::builder(ENDPOINT)
+        .on(move |cmd: ReserveInventory, ctx: CommandContext| {
+            let db = reserve_db.clone();
+            async move { reserve_inventory(&db, &cmd, &ctx).await }
+        })
+        .on(move |cmd: ReleaseInventory, ctx: CommandContext| {
+            let db = release_db.clone();
+            async move { release_inventory(&db, &cmd, &ctx).await }
+        })
+        .build()
+}
+
+/// A failed database call inside a handler: retry the command later.
+fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
+    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "inventory database call failed; the command will be retried");
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+            StepError::retryable(format!("inventory database unavailable: {e}"))
+        }
+        _ => StepError::retryable(format!("inventory database error: {e}")),
+    }
+}
+
+/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
+fn was_inserted(result: &TryInsertResult<u64>) -> bool {
+    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
+}
+
+/// Merges the lines per product, sorted by product id; a bad line is a
+/// business refusal.
+fn merge_lines(items: &[LineItem]) -> Result<Vec<ReservedItem>, StepError> {
+    if items.is_empty() {
+        return Err(StepError::business("nothing to reserve: no items"));
+    }
+    let mut merged: BTreeMap<Uuid, i32> = BTreeMap::new();
+    for line in items {
+        let quantity = i32::try_from(line.quantity)
+            .ok()
+            .filter(|q| *q > 0)
+            .ok_or_else(|| {
+                StepError::business(format!(
+                    "invalid quantity {} for product {}",
+                    line.quantity, line.product_id
+                ))
+            })?;
+        let total = merged.entry(line.product_id).or_insert(0);
+        *total = total.checked_add(quantity).ok_or_else(|| {
+            StepError::business(format!(
+                "quantity overflows for product {}",
+                line.product_id
+            ))
+        })?;
+    }
+    Ok(merged
+        .into_iter()
+        .map(|(product_id, quantity)| ReservedItem {
+            product_id,
+            quantity,
+        })
+        .collect())
+}
+
+/// The reply an existing reservation gives to `reserve_inventory`.
+fn answer(reservation: &reservations::Model) -> Result<InventoryReserved, StepError> {
+    match reservation.status {
+        ReservationStatus::Reserved => Ok(InventoryReserved {
+            reservation_id: reservation.id,
+        }),
+        ReservationStatus::Released => Err(StepError::business(format!(
+            "reservation for order {} was released",
+            reservation.order_id
+        ))),
+    }
+}
+
+/// What one reservation attempt came to.
+enum Attempt {
+    /// A final answer.
+    Done(Result<InventoryReserved, StepError>),
+    /// A concurrent writer won; the transaction was rolled back: try again.
+    Conflict,
+}
+
+#[tracing::instrument(name = "inventory.reserve", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn reserve_inventory(
+    db: &DatabaseConnection,
+    cmd: &ReserveInventory,
+    ctx: &CommandContext,
+) -> Result<InventoryReserved, StepError> {
+    let lines = merge_lines(&cmd.items)?;
+    for attempt in 1..=RESERVE_ATTEMPTS {
+        match try_reserve(db, cmd.order_id, &lines).await {
+            Ok(Attempt::Done(outcome)) => return outcome,
+            Ok(Attempt::Conflict) => {
+                tracing::debug!(attempt, "stock changed concurrently; trying again");
+                if attempt < RESERVE_ATTEMPTS {
+                    tokio::time::sleep(backoff(attempt, cmd.order_id)).await;
+                }
+            }
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    tracing::warn!(saga_id = %ctx.saga_id, attempts = RESERVE_ATTEMPTS, "reservation gave up under contention");
+    Err(StepError::retryable("inventory contention"))
+}
+
+/// A short jittered pause before reservation attempt `attempt + 1`:
+/// uniform in `[d/2, d)` with `d` = 4 ms doubling to at most 64 ms.
+fn backoff(attempt: u32, order_id: Uuid) -> Duration {
+    let ceiling = 4_u64 << Ord::min(attempt, 4);
+    let (hi, lo) = order_id.as_u64_pair();
+    let jitter = crate::payment::chance::jitter(hi ^ lo ^ u64::from(attempt)) % (ceiling / 2);
+    Duration::from_millis(ceiling / 2 + jitter)
+}
+
+/// One all-or-nothing reservation attempt in one transaction.
+async fn try_reserve(
+    db: &DatabaseConnection,
+    order_id: Uuid,
+    lines: &[ReservedItem],
+) -> Result<Attempt, DbErr> {
+    let txn = db.begin().await?;
+    let existing = reservations::Entity::find()
+        .filter(reservations::Column::OrderId.eq(order_id))
+        .one(&txn)
+        .await?;
+    if let Some(reservation) = existing {
+        txn.commit().await?;
+        tracing::debug!(
+            status = reservation.status.as_str(),
+            "duplicate reserve_inventory answered from the existing reservation"
+        );
+        return Ok(Attempt::Done(answer(&reservation)));
+    }
+    for line in lines {
+        let Some(product) = products::Entity::find_by_id(line.product_id)
+            .one(&txn)
+            .await?
+        else {
+            txn.rollback().await?;
+            return Ok(Attempt::Done(Err(StepError::business(format!(
+                "unknown product {}",
+                line.product_id
+            )))));
+        };
+        if product.stock < line.quantity {
+            txn.rollback().await?;
+            tracing::info!(product_id = %product.id, requested = line.quantity, available = product.stock, "insufficient stock");
+            return Ok(Attempt::Done(Err(StepError::business(format!(
+                "insufficient stock for {}: requested {}, available {}",
+                product.name, line.quantity, product.stock
+            )))));
+        }
+        let updated = products::Entity::update_many()
+            .col_expr(
+                products::Column::Stock,
+                Expr::col(products::Column::Stock).sub(line.quantity),
+            )
+            .col_expr(
+                products::Column::Version,
+                Expr::col(products::Column::Version).add(1),
+            )
+            .filter(products::Column::Id.eq(product.id))
+            .filter(products::Column::Version.eq(product.version))
+            .filter(products::Column::Stock.gte(line.quantity))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(Attempt::Conflict);
+        }
+    }
+    let now = Utc::now();
+    let id = Uuid::now_v7();
+    let reservation = reservations::ActiveModel {
+        id: Set(id),
+        order_id: Set(order_id),
+        status: Set(ReservationStatus::Reserved),
+        items: Set(ReservedItems(lines.to_vec())),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let result = reservations::Entity::insert(reservation)
+        .on_conflict_do_nothing_on([reservations::Column::OrderId])
+        .exec_without_returning(&txn)
+        .await?;
+    if !was_inserted(&result) {
+        // A concurrent duplicate (or a release tombstone) committed first:
+        // undo our stock changes and answer from its row.
+        txn.rollback().await?;
+        return Ok(Attempt::Conflict);
+    }
+    txn.commit().await?;
+    tracing::info!(reservation_id = %id, lines = lines.len(), "inventory reserved");
+    Ok(Attempt::Done(Ok(InventoryReserved { reservation_id: id })))
+}
+
+#[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn release_inventory(
+    db: &DatabaseConnection,
+    cmd: &ReleaseInventory,
+    ctx: &CommandContext,
+) -> Result<(), StepError> {
+    for _ in 0..RACE_ATTEMPTS {
+        match try_release(db, cmd.order_id).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => tracing::debug!("release_inventory raced a concurrent writer; re-reading"),
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    Err(StepError::retryable(format!(
+        "reservation for order {} changed concurrently",
+        cmd.order_id
+    )))
+}
+
+/// One release attempt; `false` when a concurrent writer won a race (try again).
+async fn try_release(db: &DatabaseConnection, order_id: Uuid) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let existing = reservations::Entity::find()
+        .filter(reservations::Column::OrderId.eq(order_id))
+        .one(&txn)
+        .await?;
+    let done = match existing {
+        Some(reservation) if reservation.status == ReservationStatus::Released => {
+            tracing::debug!("reservation already released");
+            true
+        }
+        Some(reservation) => {
+            // The conditional update takes the row lock: of two concurrent
+            // releases, only one gives the stock back.
+            let updated = reservations::Entity::update_many()
+                .col_expr(
+                    reservations::Column::Status,
+                    Expr::value(ReservationStatus::Released.as_str()),
+                )
+                .col_expr(reservations::Column::UpdatedAt, Expr::value(now))
+                .filter(reservations::Column::Id.eq(reservation.id))
+                .filter(reservations::Column::Status.eq(ReservationStatus::Reserved))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected == 1 {
+                let mut items = reservation.items.0;
+                items.sort_by_key(|item| item.product_id);
+                for item in &items {
+                    let restored = products::Entity::update_many()
+                        .col_expr(
+                            products::Column::Stock,
+                            Expr::col(products::Column::Stock).add(item.quantity),
+                        )
+                        .col_expr(
+                            products::Column::Version,
+                            Expr::col(products::Column::Version).add(1),
+                        )
+                        .filter(products::Column::Id.eq(item.product_id))
+                        .exec(&txn)
+                        .await?;
+                    if restored.rows_affected == 0 {
+                        tracing::warn!(product_id = %item.product_id, quantity = item.quantity, "released stock of a product that no longer exists");
+                    }
+                }
+                tracing::info!(lines = items.len(), "inventory released");
+                true
+            } else {
+                false
+            }
+        }
+        None => {
+            // Release before reserve: a tombstone refuses a late reserve_inventory.
+            let tombstone = reservations::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                order_id: Set(order_id),
+                status: Set(ReservationStatus::Released),
+                items: Set(ReservedItems::default()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            let result = reservations::Entity::insert(tombstone)
+                .on_conflict_do_nothing_on([reservations::Column::OrderId])
+                .exec_without_returning(&txn)
+                .await?;
+            let done = was_inserted(&result);
+            if done {
+                tracing::info!("release before any reservation: tombstone written");
+            }
+            done
+        }
+    };
+    if done {
+        txn.commit().await?;
+    } else {
+        txn.rollback().await?;
+    }
+    Ok(done)
+}
+
+/// The HTTP routes of the inventory service: `GET /products` (all, or
+/// `?ids=a,b`), `GET /products/{id}`, `GET /reservations/{order_id}` and
+/// `GET /health`.
+pub fn router(db: DatabaseConnection) -> Router {
+    Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(get_product))
+        .route("/reservations/{order_id}", get(get_reservation))
+        .with_state(db)
+        .merge(crate::http::health("inventory-service"))
+}
+
+/// An amount with exactly two decimal places, whatever the backend returned.
+fn money(amount: Decimal) -> Decimal {
+    let mut amount = amount.round_dp(2);
+    amount.rescale(2);
+    amount
+}
+
+/// A product as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProductView {
+    id: Uuid,
+    name: String,
+    price: Decimal,
+    stock: i32,
+    version: i32,
+}
+
+impl From<products::Model> for ProductView {
+    fn from(p: products::Model) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            price: money(p.price),
+            stock: p.stock,
+            version: p.version,
+        }
+    }
+}
+
+/// A reservation as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReservationView {
+    id: Uuid,
+    order_id: Uuid,
+    status: ReservationStatus,
+    items: Vec<ReservedItemView>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A reserved line as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReservedItemView {
+    product_id: Uuid,
+    quantity: i32,
+}
+
+impl From<reservations::Model> for ReservationView {
+    fn from(r: reservations::Model) -> Self {
+        Self {
+            id: r.id,
+            order_id: r.order_id,
+            status: r.status,
+            items: r
+                .items
+                .0
+                .into_iter()
+                .map(|item| ReservedItemView {
+                    product_id: item.product_id,
+                    quantity: item.quantity,
+                })
+                .collect(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw.trim())
+        .map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
+}
+
+/// Query of `GET /products`.
+#[derive(Debug, Deserialize)]
+struct ProductsParams {
+    /// Comma-separated product ids; absent: all products.
+    ids: Option<String>,
+}
+
+async fn list_products(
+    State(db): State<DatabaseConnection>,
+    Query(params): Query<ProductsParams>,
+) -> Result<AppJson<Vec<ProductView>>, ApiError> {
+    let mut query = products::Entity::find();
+    if let Some(ids) = params.ids.as_deref() {
+        let ids = ids
+            .split(',')
+            .filter(|id| !id.trim().is_empty())
+            .map(|id| parse_id(id, "product id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        query = query.filter(products::Column::Id.is_in(ids));
+    }
+    let products = query
+        .order_by_asc(products::Column::Name)
+        .order_by_asc(products::Column::Id)
+        .all(&db)
+        .await?;
+    Ok(AppJson(products.into_iter().map(Into::into).collect()))
+}
+
+async fn get_product(
+    State(db): State<DatabaseConnection>,
+    Path(id): Path<String>,
+) -> Result<AppJson<ProductView>, ApiError> {
+    let id = parse_id(&id, "product id")?;
+    products::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .map(|p| AppJson(p.into()))
+        .ok_or_else(|| ApiError::not_found(format!("product {id} not found")))
+}
+
+async fn get_reservation(
+    State(db): State<DatabaseConnection>,
+    Path(order_id): Path<String>,
+) -> Result<AppJson<ReservationView>, ApiError> {
+    let order_id = parse_id(&order_id, "order id")?;
+    reservations::Entity::find()
+        .filter(reservations::Column::OrderId.eq(order_id))
+        .one(&db)
+        .await?
+        .map(|r| AppJson(r.into()))
+        .ok_or_else(|| ApiError::not_found(format!("no reservation for order {order_id}")))
+}
+
+#[cfg(test)]
+mod tests;

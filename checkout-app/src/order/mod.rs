@@ -1,0 +1,562 @@
+//! The order service: creates orders (`PENDING`), confirms them
+//! (`CONFIRMED`) and cancels them (`CANCELLED`, the compensation).
+//!
+//! Its participant serves the `order` endpoint with `create_order`,
+//! `confirm_order` and `cancel_order`. Every handler is idempotent per order
+//! id and runs in one database transaction:
+//!
+//! - `create_order` inserts the order and its lines; a redelivery finds the
+//!   order and answers the same reply. An order that exists as `CANCELLED` (a
+//!   tombstone left by a `cancel_order` that arrived first) is refused.
+//! - `cancel_order` sets `CANCELLED` with a reason; for an order that does not
+//!   exist yet it inserts a `CANCELLED` tombstone so a late `create_order` is
+//!   refused. Cancelling a cancelled order succeeds; a confirmed one is refused.
+//! - `confirm_order` moves `PENDING` to `CONFIRMED`; confirming a confirmed
+//!   order succeeds, a cancelled one is refused. [`OrderConfig`] can inject
+//!   confirmation failures to demonstrate the compensation of a payment.
+//!
+//! Concurrent duplicates are safe: inserts use `ON CONFLICT DO NOTHING` on the
+//! primary key and re-read; status changes are conditional updates
+//! (`WHERE status = 'PENDING'`), which PostgreSQL re-evaluates after waiting
+//! for a concurrent writer.
+
+pub mod entity;
+pub mod migration;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use saga_core::{CommandContext, Participant, StepError};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    TryInsertResult,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use self::entity::orders::OrderStatus;
+use self::entity::{order_items, orders};
+use crate::error::Result;
+use crate::http::{ApiError, AppJson};
+use crate::messages::{CancelOrder, ConfirmOrder, CreateOrder, OrderCreated};
+
+/// The endpoint (queue) the order participant serves.
+pub const ENDPOINT: &str = "order";
+
+/// Tuning of the order service.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OrderConfig {
+    /// Probability in `[0, 1]` that `confirm_order` is rejected (fault
+    /// injection, so the refund path can be shown). The choice is
+    /// deterministic per order: a hash of `seed` and the order id.
+    pub confirm_failure_rate: f64,
+    /// Seed of the fault-injection choice.
+    pub seed: u64,
+}
+
+impl Default for OrderConfig {
+    fn default() -> Self {
+        Self {
+            confirm_failure_rate: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Mixed into the seed so confirmation faults do not correlate with payment declines.
+const CONFIRM_SALT: u64 = 0x0C0F_1A3E_D00D_F00D;
+
+/// Advisory lock key serializing concurrent migrations on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x5A6A_0101;
+
+/// How often a handler re-reads after losing a race with a concurrent duplicate.
+const RACE_ATTEMPTS: usize = 3;
+
+/// Creates or upgrades the `orders` and `order_items` tables.
+///
+/// Idempotent; on PostgreSQL concurrent callers serialize on an advisory lock.
+///
+/// # Errors
+/// A database error when the database is unreachable or a migration fails.
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        migration::Migrator::up(db, None).await?;
+    }
+    Ok(())
+}
+
+/// The order participant: endpoint `order`, commands `create_order`,
+/// `confirm_order` and `cancel_order`.
+pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Participant {
+    let (create_db, confirm_db, cancel_db) = (db.clone(), db.clone(), db);
+    Participant::builder(ENDPOINT)
+        .on(move |cmd: CreateOrder, ctx: CommandContext| {
+            let db = create_db.clone();
+            async move { create_order(&db, &cmd, &ctx).await }
+        })
+        .on(move |cmd: ConfirmOrder, ctx: CommandContext| {
+            let db = confirm_db.clone();
+            async move { confirm_order(&db, config, &cmd, &ctx).await }
+        })
+        .on(move |cmd: CancelOrder, ctx: CommandContext| {
+            let db = cancel_db.clone();
+            async move { cancel_order(&db, &cmd, &ctx).await }
+        })
+        .build()
+}
+
+/// A failed database call inside a handler: retry the command later.
+fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
+    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "order database call failed; the command will be retried");
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+            StepError::retryable(format!("order database unavailable: {e}"))
+        }
+        _ => StepError::retryable(format!("order database error: {e}")),
+    }
+}
+
+/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
+fn inserted(result: &TryInsertResult<u64>) -> bool {
+    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
+}
+
+/// A business refusal for an amount a `decimal(12, 2)` column cannot hold exactly.
+fn check_money(what: &str, amount: Decimal) -> Result<(), StepError> {
+    let limit = Decimal::from(10_000_000_000_i64);
+    if amount.is_sign_negative() && !amount.is_zero() {
+        Err(StepError::business(format!("{what} {amount} is negative")))
+    } else if amount >= limit {
+        Err(StepError::business(format!("{what} {amount} is too large")))
+    } else if amount.normalize().scale() > 2 {
+        Err(StepError::business(format!(
+            "{what} {amount} has more than 2 decimal places"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a `create_order` command; a bad one is a business refusal.
+fn validate(cmd: &CreateOrder) -> Result<(), StepError> {
+    if cmd.items.is_empty() {
+        return Err(StepError::business("an order needs at least one item"));
+    }
+    let mut sum = Decimal::ZERO;
+    for line in &cmd.items {
+        if line.quantity == 0 || i32::try_from(line.quantity).is_err() {
+            return Err(StepError::business(format!(
+                "invalid quantity {} for product {}",
+                line.quantity, line.product_id
+            )));
+        }
+        check_money("unit price", line.unit_price)?;
+        sum = Decimal::from(line.quantity)
+            .checked_mul(line.unit_price)
+            .and_then(|amount| sum.checked_add(amount))
+            .ok_or_else(|| StepError::business("order total overflows"))?;
+    }
+    check_money("order total", cmd.total)?;
+    if sum != cmd.total {
+        return Err(StepError::business(format!(
+            "order total {} does not match its items ({sum})",
+            cmd.total
+        )));
+    }
+    Ok(())
+}
+
+#[tracing::instrument(name = "order.create", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn create_order(
+    db: &DatabaseConnection,
+    cmd: &CreateOrder,
+    ctx: &CommandContext,
+) -> Result<OrderCreated, StepError> {
+    validate(cmd)?;
+    try_create_order(db, cmd)
+        .await
+        .unwrap_or_else(|e| Err(db_failure(ctx, cmd.order_id, &e)))
+}
+
+async fn try_create_order(
+    db: &DatabaseConnection,
+    cmd: &CreateOrder,
+) -> Result<Result<OrderCreated, StepError>, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let order = orders::ActiveModel {
+        id: Set(cmd.order_id),
+        user_id: Set(cmd.user_id.clone()),
+        status: Set(OrderStatus::Pending),
+        total: Set(cmd.total),
+        reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let result = orders::Entity::insert(order)
+        .on_conflict_do_nothing()
+        .exec_without_returning(&txn)
+        .await?;
+    if inserted(&result) {
+        let items = cmd.items.iter().map(|line| order_items::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            order_id: Set(cmd.order_id),
+            product_id: Set(line.product_id),
+            quantity: Set(i32::try_from(line.quantity).unwrap_or(i32::MAX)),
+            unit_price: Set(line.unit_price),
+        });
+        order_items::Entity::insert_many(items)
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        tracing::info!(total = %cmd.total, "order created");
+        return Ok(Ok(OrderCreated {
+            order_id: cmd.order_id,
+        }));
+    }
+    // A redelivery, or a concurrent duplicate that committed first.
+    let existing = orders::Entity::find_by_id(cmd.order_id).one(&txn).await?;
+    txn.commit().await?;
+    match existing {
+        Some(order) if order.status == OrderStatus::Cancelled => {
+            tracing::info!("create_order refused: the order was cancelled");
+            Ok(Err(StepError::business(format!(
+                "order {} was cancelled",
+                cmd.order_id
+            ))))
+        }
+        Some(_) => {
+            tracing::debug!("duplicate create_order answered from the existing order");
+            Ok(Ok(OrderCreated {
+                order_id: cmd.order_id,
+            }))
+        }
+        None => Err(DbErr::RecordNotFound(format!(
+            "order {} conflicted on insert but cannot be read",
+            cmd.order_id
+        ))),
+    }
+}
+
+#[tracing::instrument(name = "order.cancel", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn cancel_order(
+    db: &DatabaseConnection,
+    cmd: &CancelOrder,
+    ctx: &CommandContext,
+) -> Result<(), StepError> {
+    for _ in 0..RACE_ATTEMPTS {
+        match try_cancel_order(db, cmd).await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => tracing::debug!("cancel_order raced a concurrent writer; re-reading"),
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    Err(StepError::retryable(format!(
+        "order {} changed concurrently",
+        cmd.order_id
+    )))
+}
+
+/// One attempt; `None` when a concurrent writer won a race (try again).
+async fn try_cancel_order(
+    db: &DatabaseConnection,
+    cmd: &CancelOrder,
+) -> Result<Option<Result<(), StepError>>, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let updated = orders::Entity::update_many()
+        .col_expr(
+            orders::Column::Status,
+            Expr::value(OrderStatus::Cancelled.as_str()),
+        )
+        .col_expr(orders::Column::Reason, Expr::value(cmd.reason.clone()))
+        .col_expr(orders::Column::UpdatedAt, Expr::value(now))
+        .filter(orders::Column::Id.eq(cmd.order_id))
+        .filter(orders::Column::Status.eq(OrderStatus::Pending))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 1 {
+        txn.commit().await?;
+        tracing::info!(reason = %cmd.reason, "order cancelled");
+        return Ok(Some(Ok(())));
+    }
+    let existing = orders::Entity::find_by_id(cmd.order_id).one(&txn).await?;
+    let outcome = match existing.map(|o| o.status) {
+        Some(OrderStatus::Cancelled) => {
+            tracing::debug!("order already cancelled");
+            Some(Ok(()))
+        }
+        Some(OrderStatus::Confirmed) => {
+            tracing::warn!("cancel_order refused: the order is confirmed");
+            Some(Err(StepError::business(format!(
+                "order {} is CONFIRMED and cannot be cancelled",
+                cmd.order_id
+            ))))
+        }
+        // Inserted by a concurrent create after our update looked.
+        Some(OrderStatus::Pending) => None,
+        None => {
+            // Cancel before create: a tombstone refuses a late create_order.
+            let tombstone = orders::ActiveModel {
+                id: Set(cmd.order_id),
+                user_id: Set(String::new()),
+                status: Set(OrderStatus::Cancelled),
+                total: Set(Decimal::ZERO),
+                reason: Set(Some(cmd.reason.clone())),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            let result = orders::Entity::insert(tombstone)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&txn)
+                .await?;
+            if inserted(&result) {
+                tracing::info!("order cancelled before it was created: tombstone written");
+                Some(Ok(()))
+            } else {
+                None
+            }
+        }
+    };
+    if outcome.is_some() {
+        txn.commit().await?;
+    } else {
+        txn.rollback().await?;
+    }
+    Ok(outcome)
+}
+
+#[tracing::instrument(name = "order.confirm", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn confirm_order(
+    db: &DatabaseConnection,
+    config: OrderConfig,
+    cmd: &ConfirmOrder,
+    ctx: &CommandContext,
+) -> Result<(), StepError> {
+    if crate::payment::chance::fails(
+        config.confirm_failure_rate,
+        config.seed ^ CONFIRM_SALT,
+        cmd.order_id,
+    ) {
+        tracing::info!("confirm_order rejected by fault injection");
+        return Err(StepError::business(
+            "confirmation rejected (fault injection)",
+        ));
+    }
+    for _ in 0..RACE_ATTEMPTS {
+        match try_confirm_order(db, cmd).await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => tracing::debug!("confirm_order raced a concurrent writer; re-reading"),
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    Err(StepError::retryable(format!(
+        "order {} changed concurrently",
+        cmd.order_id
+    )))
+}
+
+async fn try_confirm_order(
+    db: &DatabaseConnection,
+    cmd: &ConfirmOrder,
+) -> Result<Option<Result<(), StepError>>, DbErr> {
+    let txn = db.begin().await?;
+    let updated = orders::Entity::update_many()
+        .col_expr(
+            orders::Column::Status,
+            Expr::value(OrderStatus::Confirmed.as_str()),
+        )
+        .col_expr(orders::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(orders::Column::Id.eq(cmd.order_id))
+        .filter(orders::Column::Status.eq(OrderStatus::Pending))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 1 {
+        txn.commit().await?;
+        tracing::info!("order confirmed");
+        return Ok(Some(Ok(())));
+    }
+    let existing = orders::Entity::find_by_id(cmd.order_id).one(&txn).await?;
+    txn.commit().await?;
+    Ok(match existing.map(|o| o.status) {
+        Some(OrderStatus::Confirmed) => Some(Ok(())),
+        Some(OrderStatus::Cancelled) => Some(Err(StepError::business(format!(
+            "order {} was cancelled",
+            cmd.order_id
+        )))),
+        Some(OrderStatus::Pending) => None,
+        None => Some(Err(StepError::business(format!(
+            "order {} does not exist",
+            cmd.order_id
+        )))),
+    })
+}
+
+/// The HTTP routes of the order service:
+/// `GET /orders/{id}`, `GET /orders?status=&limit=` and `GET /health`.
+pub fn router(db: DatabaseConnection) -> Router {
+    Router::new()
+        .route("/orders", get(list_orders))
+        .route("/orders/{id}", get(get_order))
+        .with_state(db)
+        .merge(crate::http::health("order-service"))
+}
+
+/// An amount with exactly two decimal places, whatever the backend returned.
+fn money(amount: Decimal) -> Decimal {
+    let mut amount = amount.round_dp(2);
+    amount.rescale(2);
+    amount
+}
+
+/// An order as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderView {
+    id: Uuid,
+    user_id: String,
+    status: OrderStatus,
+    total: Decimal,
+    items: Vec<ItemView>,
+    reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// An order line as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemView {
+    product_id: Uuid,
+    quantity: i32,
+    unit_price: Decimal,
+}
+
+impl OrderView {
+    fn new(order: orders::Model, items: Vec<ItemView>) -> Self {
+        Self {
+            id: order.id,
+            user_id: order.user_id,
+            status: order.status,
+            total: money(order.total),
+            items,
+            reason: order.reason,
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
+/// Loads the lines of `orders`, in insertion order, and builds their views.
+async fn with_items(
+    db: &DatabaseConnection,
+    orders: Vec<orders::Model>,
+) -> Result<Vec<OrderView>, DbErr> {
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+    let items = order_items::Entity::find()
+        .filter(order_items::Column::OrderId.is_in(ids))
+        .order_by_asc(order_items::Column::Id)
+        .all(db)
+        .await?;
+    let mut by_order: HashMap<Uuid, Vec<ItemView>> = HashMap::new();
+    for item in items {
+        by_order.entry(item.order_id).or_default().push(ItemView {
+            product_id: item.product_id,
+            quantity: item.quantity,
+            unit_price: money(item.unit_price),
+        });
+    }
+    Ok(orders
+        .into_iter()
+        .map(|order| {
+            let items = by_order.remove(&order.id).unwrap_or_default();
+            OrderView::new(order, items)
+        })
+        .collect())
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
+}
+
+async fn get_order(
+    State(db): State<DatabaseConnection>,
+    Path(id): Path<String>,
+) -> Result<AppJson<OrderView>, ApiError> {
+    let id = parse_id(&id, "order id")?;
+    let order = orders::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("order {id} not found")))?;
+    let mut views = with_items(&db, vec![order]).await?;
+    views
+        .pop()
+        .map(AppJson)
+        .ok_or_else(|| ApiError::internal("order view missing"))
+}
+
+/// Query of `GET /orders`.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+/// Default and maximum page size of the list endpoints.
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 500;
+
+fn parse_limit(raw: Option<&str>) -> Result<u64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be an integer from 1 to {MAX_LIMIT}, got `{raw}`"
+            ))),
+        },
+    }
+}
+
+async fn list_orders(
+    State(db): State<DatabaseConnection>,
+    Query(params): Query<ListParams>,
+) -> Result<AppJson<Vec<OrderView>>, ApiError> {
+    let limit = parse_limit(params.limit.as_deref())?;
+    let mut query = orders::Entity::find();
+    if let Some(status) = params.status.as_deref() {
+        let status = OrderStatus::parse(status).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status `{status}`; expected PENDING, CONFIRMED or CANCELLED"
+            ))
+        })?;
+        query = query.filter(orders::Column::Status.eq(status));
+    }
+    let orders = query
+        .order_by_desc(orders::Column::CreatedAt)
+        .order_by_desc(orders::Column::Id)
+        .limit(limit)
+        .all(&db)
+        .await?;
+    Ok(AppJson(with_items(&db, orders).await?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The payment service: simulated charges (`SUCCESS` or `FAILED`) and refunds
+//! (`REFUNDED`, the compensation), at most one payment per order.
+//!
+//! Its participant serves the `payment` endpoint with `process_payment` and
+//! `refund_payment`. Both are idempotent per order id (a unique `order_id`)
+//! and run in one database transaction:
+//!
+//! - `process_payment` answers an existing payment's outcome (`SUCCESS`: the
+//!   same reply; `FAILED`: "payment declined"; `REFUNDED`: refused). Otherwise
+//!   it decides deterministically from the seed and the order id whether the
+//!   payment is declined ([`PaymentConfig::failure_rate`], 5% by default),
+//!   and records the payment.
+//! - `refund_payment` moves `SUCCESS` to `REFUNDED`; a refunded or failed
+//!   payment needs nothing; with no payment at all it inserts a `REFUNDED`
+//!   tombstone (amount 0) so a late `process_payment` is refused.
+//!
+//! Concurrent duplicates are safe: inserts use `ON CONFLICT (order_id) DO
+//! NOTHING` and re-read; the refund is a conditional update
+//! (`WHERE status = 'SUCCESS'`).
+
+pub(crate) mod chance;
+pub mod entity;
+pub mod migration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use saga_core::{CommandContext, Participant, StepError};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    TryInsertResult,
+};
+use sea_orm_migration::MigratorTrait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use self::entity::payments::{self, PaymentStatus};
+use crate::error::Result;
+use crate::http::{ApiError, AppJson};
+use crate::messages::{PaymentProcessed, ProcessPayment, RefundPayment};
+
+/// The endpoint (queue) the payment participant serves.
+pub const ENDPOINT: &str = "payment";
+
+/// Tuning of the simulated payment provider.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PaymentConfig {
+    /// Probability in `[0, 1]` that a payment is declined (0.05 by default,
+    /// like the original system). The choice is deterministic per order: a
+    /// hash of `seed` and the order id, so redeliveries agree.
+    pub failure_rate: f64,
+    /// Seed of the decline choice.
+    pub seed: u64,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate: 0.05,
+            seed: 0,
+        }
+    }
+}
+
+/// Advisory lock key serializing concurrent migrations on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x5A6A_0103;
+
+/// How often a handler re-reads after losing a race with a concurrent duplicate.
+const RACE_ATTEMPTS: usize = 3;
+
+/// The reason a declined payment gives.
+const DECLINED: &str = "payment declined";
+
+/// Creates or upgrades the `payments` table.
+///
+/// Idempotent; on PostgreSQL concurrent callers serialize on an advisory lock.
+///
+/// # Errors
+/// A database error when the database is unreachable or a migration fails.
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        migration::Migrator::up(db, None).await?;
+    }
+    Ok(())
+}
+
+/// The payment participant: endpoint `payment`, commands `process_payment`
+/// and `refund_payment`.
+pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Participant {
+    let (process_db, refund_db) = (db.clone(), db);
+    Participant::builder(ENDPOINT)
+        .on(move |cmd: ProcessPayment, ctx: CommandContext| {
+            let db = process_db.clone();
+            async move { process_payment(&db, config, &cmd, &ctx).await }
+        })
+        .on(move |cmd: RefundPayment, ctx: CommandContext| {
+            let db = refund_db.clone();
+            async move { refund_payment(&db, &cmd, &ctx).await }
+        })
+        .build()
+}
+
+/// A failed database call inside a handler: retry the command later.
+fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
+    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "payment database call failed; the command will be retried");
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+            StepError::retryable(format!("payment database unavailable: {e}"))
+        }
+        _ => StepError::retryable(format!("payment database error: {e}")),
+    }
+}
+
+/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
+fn inserted(result: &TryInsertResult<u64>) -> bool {
+    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
+}
+
+/// The reply an existing payment gives to `process_payment`.
+fn answer(payment: &payments::Model) -> Result<PaymentProcessed, StepError> {
+    match payment.status {
+        PaymentStatus::Success => Ok(PaymentProcessed {
+            payment_id: payment.id,
+        }),
+        PaymentStatus::Failed => Err(StepError::business(DECLINED)),
+        PaymentStatus::Refunded => Err(StepError::business(format!(
+            "payment for order {} was refunded",
+            payment.order_id
+        ))),
+    }
+}
+
+/// A business refusal for an amount a `decimal(12, 2)` column cannot hold exactly.
+fn check_amount(amount: Decimal) -> Result<(), StepError> {
+    if amount.is_sign_negative() && !amount.is_zero() {
+        Err(StepError::business(format!("amount {amount} is negative")))
+    } else if amount >= Decimal::from(10_000_000_000_i64) {
+        Err(StepError::business(format!("amount {amount} is too large")))
+    } else if amount.normalize().scale() > 2 {
+        Err(StepError::business(format!(
+            "amount {amount} has more than 2 decimal places"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+#[tracing::instrument(name = "payment.process", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn process_payment(
+    db: &DatabaseConnection,
+    config: PaymentConfig,
+    cmd: &ProcessPayment,
+    ctx: &CommandContext,
+) -> Result<PaymentProcessed, StepError> {
+    check_amount(cmd.amount)?;
+    for _ in 0..RACE_ATTEMPTS {
+        match try_process_payment(db, config, cmd).await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => tracing::debug!("process_payment raced a concurrent writer; re-reading"),
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    Err(StepError::retryable(format!(
+        "payment for order {} changed concurrently",
+        cmd.order_id
+    )))
+}
+
+/// One attempt; `None` when a concurrent duplicate won the insert (re-read).
+async fn try_process_payment(
+    db: &DatabaseConnection,
+    config: PaymentConfig,
+    cmd: &ProcessPayment,
+) -> Result<Option<Result<PaymentProcessed, StepError>>, DbErr> {
+    let txn = db.begin().await?;
+    let existing = payments::Entity::find()
+        .filter(payments::Column::OrderId.eq(cmd.order_id))
+        .one(&txn)
+        .await?;
+    if let Some(payment) = existing {
+        txn.commit().await?;
+        tracing::debug!(
+            status = payment.status.as_str(),
+            "duplicate process_payment answered from the existing payment"
+        );
+        return Ok(Some(answer(&payment)));
+    }
+    let declined = chance::fails(config.failure_rate, config.seed, cmd.order_id);
+    let now = Utc::now();
+    let payment = payments::Model {
+        id: Uuid::now_v7(),
+        order_id: cmd.order_id,
+        user_id: cmd.user_id.clone(),
+        amount: cmd.amount,
+        status: if declined {
+            PaymentStatus::Failed
+        } else {
+            PaymentStatus::Success
+        },
+        created_at: now,
+        updated_at: now,
+    };
+    let result = payments::Entity::insert(payments::ActiveModel {
+        id: Set(payment.id),
+        order_id: Set(payment.order_id),
+        user_id: Set(payment.user_id.clone()),
+        amount: Set(payment.amount),
+        status: Set(payment.status),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .on_conflict_do_nothing_on([payments::Column::OrderId])
+    .exec_without_returning(&txn)
+    .await?;
+    if !inserted(&result) {
+        txn.rollback().await?;
+        return Ok(None);
+    }
+    txn.commit().await?;
+    if declined {
+        tracing::info!(amount = %cmd.amount, "payment declined");
+    } else {
+        tracing::info!(amount = %cmd.amount, "payment succeeded");
+    }
+    Ok(Some(answer(&payment)))
+}
+
+#[tracing::instrument(name = "payment.refund", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
+async fn refund_payment(
+    db: &DatabaseConnection,
+    cmd: &RefundPayment,
+    ctx: &CommandContext,
+) -> Result<(), StepError> {
+    for _ in 0..RACE_ATTEMPTS {
+        match try_refund_payment(db, cmd).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => tracing::debug!("refund_payment raced a concurrent writer; re-reading"),
+            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+        }
+    }
+    Err(StepError::retryable(format!(
+        "payment for order {} changed concurrently",
+        cmd.order_id
+    )))
+}
+
+/// One attempt; `false` when a concurrent writer won a race (try again).
+async fn try_refund_payment(db: &DatabaseConnection, cmd: &RefundPayment) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let updated = payments::Entity::update_many()
+        .col_expr(
+            payments::Column::Status,
+            Expr::value(PaymentStatus::Refunded.as_str()),
+        )
+        .col_expr(payments::Column::UpdatedAt, Expr::value(now))
+        .filter(payments::Column::OrderId.eq(cmd.order_id))
+        .filter(payments::Column::Status.eq(PaymentStatus::Success))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 1 {
+        txn.commit().await?;
+        tracing::info!("payment refunded");
+        return Ok(true);
+    }
+    let existing = payments::Entity::find()
+        .filter(payments::Column::OrderId.eq(cmd.order_id))
+        .one(&txn)
+        .await?;
+    let done = match existing.map(|p| p.status) {
+        Some(PaymentStatus::Refunded) => {
+            tracing::debug!("payment already refunded");
+            true
+        }
+        Some(PaymentStatus::Failed) => {
+            tracing::debug!("payment failed: nothing to refund");
+            true
+        }
+        // Inserted by a concurrent process_payment after our update looked.
+        Some(PaymentStatus::Success) => false,
+        None => {
+            // Refund before payment: a tombstone refuses a late process_payment.
+            let tombstone = payments::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                order_id: Set(cmd.order_id),
+                user_id: Set(String::new()),
+                amount: Set(Decimal::ZERO),
+                status: Set(PaymentStatus::Refunded),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            let result = payments::Entity::insert(tombstone)
+                .on_conflict_do_nothing_on([payments::Column::OrderId])
+                .exec_without_returning(&txn)
+                .await?;
+            let done = inserted(&result);
+            if done {
+                tracing::info!("refund before any payment: tombstone written");
+            }
+            done
+        }
+    };
+    if done {
+        txn.commit().await?;
+    } else {
+        txn.rollback().await?;
+    }
+    Ok(done)
+}
+
+/// The HTTP routes of the payment service: `GET /payments/{order_id}`,
+/// `GET /payments?status=&limit=` and `GET /health`.
+pub fn router(db: DatabaseConnection) -> Router {
+    Router::new()
+        .route("/payments", get(list_payments))
+        .route("/payments/{order_id}", get(get_payment))
+        .with_state(db)
+        .merge(crate::http::health("payment-service"))
+}
+
+/// An amount with exactly two decimal places, whatever the backend returned.
+fn money(amount: Decimal) -> Decimal {
+    let mut amount = amount.round_dp(2);
+    amount.rescale(2);
+    amount
+}
+
+/// A payment as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentView {
+    id: Uuid,
+    order_id: Uuid,
+    user_id: String,
+    amount: Decimal,
+    status: PaymentStatus,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<payments::Model> for PaymentView {
+    fn from(p: payments::Model) -> Self {
+        Self {
+            id: p.id,
+            order_id: p.order_id,
+            user_id: p.user_id,
+            amount: money(p.amount),
+            status: p.status,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+async fn get_payment(
+    State(db): State<DatabaseConnection>,
+    Path(order_id): Path<String>,
+) -> Result<AppJson<PaymentView>, ApiError> {
+    let order_id = Uuid::parse_str(&order_id)
+        .map_err(|_| ApiError::bad_request(format!("invalid order id `{order_id}`")))?;
+    payments::Entity::find()
+        .filter(payments::Column::OrderId.eq(order_id))
+        .one(&db)
+        .await?
+        .map(|p| AppJson(p.into()))
+        .ok_or_else(|| ApiError::not_found(format!("no payment for order {order_id}")))
+}
+
+/// Query of `GET /payments`.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+/// Default and maximum page size of the list endpoint.
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 500;
+
+async fn list_payments(
+    State(db): State<DatabaseConnection>,
+    Query(params): Query<ListParams>,
+) -> Result<AppJson<Vec<PaymentView>>, ApiError> {
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be an integer from 1 to {MAX_LIMIT}, got `{raw}`"
+                )));
+            }
+        },
+    };
+    let mut query = payments::Entity::find();
+    if let Some(status) = params.status.as_deref() {
+        let status = PaymentStatus::parse(status).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status `{status}`; expected SUCCESS, FAILED or REFUNDED"
+            ))
+        })?;
+        query = query.filter(payments::Column::Status.eq(status));
+    }
+    let payments = query
+        .order_by_desc(payments::Column::CreatedAt)
+        .order_by_desc(payments::Column::Id)
+        .limit(limit)
+        .all(&db)
+        .await?;
+    Ok(AppJson(payments.into_iter().map(Into::into).collect()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! The checkout saga: create order, reserve inventory, process payment,
+//! confirm order; compensation cancels, releases and refunds.
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use saga_core::{RetryPolicy, Saga};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::messages::{
+    CancelOrder, ConfirmOrder, CreateOrder, LineItem, ProcessPayment, RefundPayment,
+    ReleaseInventory, ReserveInventory,
+};
+
+/// The saga's name in the store.
+pub const NAME: &str = "checkout";
+
+/// Everything the checkout saga carries. The order id is generated before the
+/// saga starts, so every command, first delivery or redelivery, names the same order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckoutData {
+    /// The order's id.
+    pub order_id: Uuid,
+    /// The buyer.
+    pub user_id: String,
+    /// Lines with catalogue prices.
+    pub items: Vec<LineItem>,
+    /// Sum of the lines.
+    pub total: Decimal,
+    /// Set when inventory is reserved.
+    pub reservation_id: Option<Uuid>,
+    /// Set when the payment succeeded.
+    pub payment_id: Option<Uuid>,
+}
+
+impl CheckoutData {
+    /// A new checkout for `user_id` buying `items`; computes the total.
+    #[must_use]
+    pub fn new(order_id: Uuid, user_id: String, items: Vec<LineItem>) -> Self {
+        let total = items
+            .iter()
+            .map(|i| i.unit_price * Decimal::from(i.quantity))
+            .sum();
+        Self {
+            order_id,
+            user_id,
+            items,
+            total,
+            reservation_id: None,
+            payment_id: None,
+        }
+    }
+}
+
+/// Timing knobs of the saga (tests shorten them).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long a step waits for its reply before the attempt times out.
+    pub step_timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Largest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            step_timeout: Duration::from_secs(5),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The checkout saga definition.
+///
+/// # Errors
+/// Never in practice: the definition is valid; an error would name the rule it breaks.
+pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
+    let retry = RetryPolicy::exponential(timing.retry_initial, timing.retry_max).max_attempts(5);
+    let compensation_retry =
+        RetryPolicy::exponential(timing.retry_initial, timing.retry_max * 6).max_attempts(20);
+    Saga::<CheckoutData>::builder(NAME)
+        .default_timeout(timing.step_timeout)
+        .step("create_order")
+        .invoke("order", |d: &CheckoutData| CreateOrder {
+            order_id: d.order_id,
+            user_id: d.user_id.clone(),
+            items: d.items.clone(),
+            total: d.total,
+        })
+        .compensate("order", |d: &CheckoutData| CancelOrder {
+            order_id: d.order_id,
+            reason: "checkout compensated".to_owned(),
+        })
+        .retry(retry)
+        .compensation_retry(compensation_retry)
+        .step("reserve_inventory")
+        .invoke("inventory", |d: &CheckoutData| ReserveInventory {
+            order_id: d.order_id,
+            items: d.items.clone(),
+        })
+        .on_reply(|d, r| d.reservation_id = Some(r.reservation_id))
+        .compensate("inventory", |d: &CheckoutData| ReleaseInventory {
+            order_id: d.order_id,
+        })
+        .retry(retry)
+        .compensation_retry(compensation_retry)
+        .step("process_payment")
+        .invoke("payment", |d: &CheckoutData| ProcessPayment {
+            order_id: d.order_id,
+            user_id: d.user_id.clone(),
+            amount: d.total,
+        })
+        .on_reply(|d, r| d.payment_id = Some(r.payment_id))
+        .compensate("payment", |d: &CheckoutData| RefundPayment {
+            order_id: d.order_id,
+        })
+        .retry(retry)
+        .compensation_retry(compensation_retry)
+        .step("confirm_order")
+        .invoke("order", |d: &CheckoutData| ConfirmOrder {
+            order_id: d.order_id,
+        })
+        .retry(retry)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_is_the_sum_of_the_lines() {
+        let item = |q, p: &str| LineItem {
+            product_id: Uuid::new_v4(),
+            quantity: q,
+            unit_price: p.parse().expect("decimal"),
+        };
+        let data = CheckoutData::new(
+            Uuid::new_v4(),
+            "u".into(),
+            vec![item(2, "29.99"), item(3, "0.10")],
+        );
+        assert_eq!(data.total, "60.28".parse::<Decimal>().expect("decimal"));
+    }
+
+    #[test]
+    fn the_definition_is_valid_and_has_four_steps() {
+        let saga = definition(Timing::default()).expect("valid");
+        let names: Vec<&str> = saga.definition().steps().iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "create_order",
+                "reserve_inventory",
+                "process_payment",
+                "confirm_order"
+            ]
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The inventory participant on real PostgreSQL: concurrent buyers of the
+//! 5-unit "Limited Stock Item" never oversell it, and concurrent duplicate
+//! deliveries take and give back stock once.
+//!
+//! `SAGA_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! is an admin URL: each test creates `checkout_test_<uuid>` through it and
+//! drops it afterwards (best effort, `WITH (FORCE)`). The tests fail, never
+//! skip, when the server is unreachable.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::future::Future;
+
+use checkout_app::inventory;
+use checkout_app::inventory::entity::{products, reservations};
+use checkout_app::messages::{LineItem, ReleaseInventory, ReserveInventory};
+use rust_decimal::Decimal;
+use saga_core::{
+    Command, CommandMessage, Direction, IdempotencyKey, Participant, ReplyOutcome, SagaId,
+    StepErrorKind,
+};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LIMITED: Uuid = Uuid::from_u128(0xdda60f33_8dfd_4da2_96c8_1a029d72725a);
+const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
+
+fn admin_url() -> String {
+    std::env::var("SAGA_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+/// Runs `test` against a fresh, migrated and seeded database, then drops it
+/// (also when the test panics).
+async fn with_fresh_database<F, Fut>(test: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let admin_url = admin_url();
+    let admin = checkout_app::db::connect(&admin_url, 1)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {}: {e}\nThese tests need a real server: start one \
+                 or point SAGA_TEST_DATABASE_URL at an admin URL.",
+                checkout_app::db::redact(&admin_url)
+            )
+        });
+    let name = format!("checkout_test_{}", Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+    let db = checkout_app::db::connect(&with_database(&admin_url, &name), 16)
+        .await
+        .expect("connect to the test database");
+    inventory::migrate(&db).await.expect("migrations apply");
+    assert_eq!(inventory::seed(&db).await.expect("seed"), 10);
+
+    let outcome = tokio::spawn(test(db.clone())).await;
+
+    let _ = db.close().await;
+    let _ = admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+fn message<C: Command>(
+    command: &C,
+    saga_id: SagaId,
+    step: &str,
+    direction: Direction,
+) -> CommandMessage {
+    CommandMessage {
+        message_id: format!("{saga_id}:{step}:{direction}:1"),
+        idempotency_key: IdempotencyKey::new(saga_id, step, direction),
+        saga_id,
+        saga_type: "checkout".into(),
+        step: 1,
+        step_name: step.into(),
+        direction,
+        attempt: 1,
+        endpoint: "inventory".into(),
+        command: C::NAME.into(),
+        payload: serde_json::to_value(command).unwrap(),
+        reply_to: Some("checkout_replies".into()),
+        headers: Default::default(),
+    }
+}
+
+fn reserve_one(order_id: Uuid, product_id: Uuid) -> ReserveInventory {
+    ReserveInventory {
+        order_id,
+        items: vec![LineItem {
+            product_id,
+            quantity: 1,
+            unit_price: Decimal::new(1999, 2),
+        }],
+    }
+}
+
+/// Sends every message at once, each from its own task; returns the outcomes.
+async fn handle_concurrently(p: &Participant, messages: Vec<CommandMessage>) -> Vec<ReplyOutcome> {
+    let tasks: Vec<_> = messages
+        .into_iter()
+        .map(|message| {
+            let p = p.clone();
+            tokio::spawn(async move { p.handle(&message, 1).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        let reply = task.await.expect("task").expect("handled");
+        assert_eq!(reply.reply_to.as_deref(), Some("checkout_replies"));
+        outcomes.push(reply.outcome);
+    }
+    outcomes
+}
+
+async fn product(db: &DatabaseConnection, id: Uuid) -> products::Model {
+    products::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .unwrap()
+        .expect("seeded product")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_concurrent_buyers_get_exactly_five_units() {
+    with_fresh_database(|db| async move {
+        let before = product(&db, LIMITED).await;
+        assert_eq!(before.stock, 5);
+        let p = inventory::participant(db.clone());
+        let orders: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+        let messages = orders
+            .iter()
+            .map(|order| {
+                message(
+                    &reserve_one(*order, LIMITED),
+                    SagaId::new(),
+                    "reserve_inventory",
+                    Direction::Invoke,
+                )
+            })
+            .collect();
+        let outcomes = handle_concurrently(&p, messages).await;
+
+        let mut reserved = 0;
+        for outcome in &outcomes {
+            match outcome {
+                ReplyOutcome::Success(_) => reserved += 1,
+                ReplyOutcome::Failure(e) => assert!(
+                    (e.kind == StepErrorKind::Business
+                        && e.message
+                            == "insufficient stock for Limited Stock Item: requested 1, available 0")
+                        || (e.kind == StepErrorKind::Retryable && e.message == "inventory contention"),
+                    "unexpected failure: {e}"
+                ),
+            }
+        }
+        assert_eq!(reserved, 5, "outcomes: {outcomes:?}");
+        let after = product(&db, LIMITED).await;
+        assert_eq!(after.stock, 0);
+        assert_eq!(after.version, before.version + 5, "one version bump per unit sold");
+        let rows = reservations::Entity::find()
+            .filter(reservations::Column::OrderId.is_in(orders))
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(rows.iter().all(|r| r.status == reservations::ReservationStatus::Reserved));
+        // Other products are untouched.
+        assert_eq!(product(&db, STANDARD).await.version, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicate_deliveries_take_and_return_stock_once() {
+    with_fresh_database(|db| async move {
+        let p = inventory::participant(db.clone());
+        let order = Uuid::new_v4();
+        let saga = SagaId::new();
+        let reserve = message(
+            &reserve_one(order, LIMITED),
+            saga,
+            "reserve_inventory",
+            Direction::Invoke,
+        );
+        let outcomes = handle_concurrently(&p, vec![reserve; 10]).await;
+        let ids: Vec<_> = outcomes
+            .iter()
+            .map(|o| match o {
+                ReplyOutcome::Success(v) => v["reservationId"].clone(),
+                ReplyOutcome::Failure(e) => panic!("duplicate refused: {e}"),
+            })
+            .collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let reserved = product(&db, LIMITED).await;
+        assert_eq!((reserved.stock, reserved.version), (4, 1));
+
+        let release = message(
+            &ReleaseInventory { order_id: order },
+            saga,
+            "reserve_inventory",
+            Direction::Compensate,
+        );
+        let outcomes = handle_concurrently(&p, vec![release; 10]).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, ReplyOutcome::Success(_))),
+            "{outcomes:?}"
+        );
+        let released = product(&db, LIMITED).await;
+        assert_eq!((released.stock, released.version), (5, 2));
+
+        // Release racing reserve for a new order: either the reservation is
+        // released, or the tombstone refuses it; stock ends where it began.
+        let late = Uuid::new_v4();
+        let saga = SagaId::new();
+        let both = vec![
+            message(
+                &reserve_one(late, LIMITED),
+                saga,
+                "reserve_inventory",
+                Direction::Invoke,
+            ),
+            message(
+                &ReleaseInventory { order_id: late },
+                saga,
+                "reserve_inventory",
+                Direction::Compensate,
+            ),
+        ];
+        let outcomes = handle_concurrently(&p, both).await;
+        assert!(matches!(outcomes[1], ReplyOutcome::Success(_)));
+        let row = reservations::Entity::find()
+            .filter(reservations::Column::OrderId.eq(late))
+            .one(&db)
+            .await
+            .unwrap()
+            .expect("a reservation or tombstone");
+        assert_eq!(row.status, reservations::ReservationStatus::Released);
+        assert_eq!(product(&db, LIMITED).await.stock, 5);
+    })
+    .await;
+}
