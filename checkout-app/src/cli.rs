@@ -274,7 +274,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 runtime::service_db(Some(&args.db_url), &Databases::default().inventory, 2).await?;
             crate::inventory::migrate(&db).await?;
             let n = crate::inventory::seed(&db).await?;
-            println!("catalogue ready: {n} product(s) added to the inventory database (existing ones are kept)");
+            println!(
+                "catalogue ready: {n} product(s) added to the inventory database (existing ones are kept)"
+            );
             Ok(())
         }
         Command::Saga {
