@@ -102,8 +102,9 @@
 //!
 //! ## Guarantees
 //!
-//! - Steps run in order; compensation runs for every step that succeeded (or
-//!   whose outcome is uncertain), in reverse order.
+//! - Steps run in order; compensation runs for every step that was started
+//!   (succeeded, uncertain, or failed: the failed one's compensation makes the
+//!   participant refuse a late redelivered copy of its command), in reverse order.
 //! - No step action is dispatched after compensation began; after the pivot
 //!   nothing is compensated.
 //! - Retries, timeouts and deadlines are persisted (`next_wake_at`): a restart

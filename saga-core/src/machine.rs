@@ -11,9 +11,12 @@
 //!   is retried per the step's policy, then compensates. An unknown outcome
 //!   follows the step's [`OnUnknown`]. A step whose effect may exist (it timed
 //!   out, or reported an unknown outcome) is compensated too.
-//! - Compensation undoes every succeeded or uncertain step that has a
-//!   compensation, in reverse order; each compensation is retried per its own
-//!   policy and past that the saga ends [`SagaStatus::Failed`].
+//! - Compensation runs for every started step that has a compensation
+//!   (succeeded, uncertain or failed: a late redelivered copy of a failed
+//!   step's command must be refused), in reverse order; each compensation is
+//!   retried per its own policy and past that the saga ends
+//!   [`SagaStatus::Failed`]. A step whose retries ran out is uncertain; a pivot
+//!   whose retries ran out stops the saga `Failed` for an operator.
 //! - After the pivot succeeded nothing is compensated: a failure there ends
 //!   the saga `Failed` for an operator.
 //! - Replies for another step, direction or a superseded attempt are logged
@@ -426,23 +429,25 @@ impl<'a> Machine<'a> {
     }
 
     /// Stops retrying the cursor's forward step.
+    ///
+    /// Its outcome is uncertain even when every attempt reported a retryable
+    /// failure: a redelivered copy of one of its commands may still run and
+    /// succeed. So it is compensated like a succeeded step (the compensation
+    /// makes the participant refuse such a late copy), and a pivot, which
+    /// cannot be compensated, stops the saga for an operator.
     fn give_up(&mut self, c: Cursor, reason: &str) {
         let step = &self.def.steps[c.step];
         let reason = format!(
             "step `{}` failed after {} attempt(s): {reason}",
             step.name, c.attempt
         );
-        if c.uncertain && step.kind == StepKind::Pivot {
-            // The pivot may have happened and cannot be undone: an operator decides.
-            self.s.steps[c.step] = StepStatus::Uncertain;
-            self.saga_failed(format!("{reason}; the pivot's outcome is unknown"));
+        self.s.steps[c.step] = StepStatus::Uncertain;
+        if step.kind == StepKind::Pivot {
+            self.saga_failed(format!(
+                "{reason}; the pivot may still take effect and cannot be compensated (give it an unlimited retry policy)"
+            ));
             return;
         }
-        self.s.steps[c.step] = if c.uncertain {
-            StepStatus::Uncertain
-        } else {
-            StepStatus::Failed
-        };
         self.fail_forward(reason);
     }
 

@@ -97,10 +97,15 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    /// Whether the step's effect may exist and must be undone on compensation.
+    /// Whether compensation must run for the step: every step that was
+    /// started. A succeeded or uncertain step may have an effect to undo; a
+    /// failed one has none, but its compensation still tells the participant
+    /// to refuse a redelivered copy of the command that may arrive later
+    /// (delivery is at least once). Compensations must therefore accept
+    /// "nothing to undo".
     #[must_use]
     pub const fn needs_compensation(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Uncertain)
+        matches!(self, Self::Succeeded | Self::Uncertain | Self::Failed)
     }
 }
 

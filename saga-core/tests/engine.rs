@@ -112,7 +112,8 @@ fn travel(journal: Journal) -> Participant {
             let journal = journal.clone();
             async move {
                 let left = journal.undo_failures_left.load(Ordering::SeqCst);
-                if left > 0 {
+                // Only undoing the hotel fails, `undo_failures_left` times.
+                if left > 0 && cmd.what == "hotel" {
                     journal.undo_failures_left.store(left - 1, Ordering::SeqCst);
                     return Err(StepError::retryable("undo backend down"));
                 }
@@ -416,14 +417,7 @@ async fn an_operator_retries_a_saga_whose_compensation_failed() {
     assert_eq!(retried.status, SagaStatus::Compensating);
     let done = stack.engine.wait(id, WAIT).await.expect("finishes");
     assert_eq!(done.status, SagaStatus::Compensated);
-    assert_eq!(
-        done.steps[..3],
-        [
-            StepStatus::Compensated,
-            StepStatus::Compensated,
-            StepStatus::Failed
-        ]
-    );
+    assert_eq!(done.steps[..3], [StepStatus::Compensated; 3]);
     let err = stack.engine.retry(id).await.expect_err("nothing to retry");
     assert_eq!(err.kind(), ErrorKind::Invalid);
     stack.shutdown().await;
@@ -607,7 +601,11 @@ async fn the_instance_diagram_shows_progress() {
     let done = stack.engine.wait(id, WAIT).await.expect("finishes");
     let diagram = stack.engine.mermaid(&done).expect("registered");
     assert!(diagram.starts_with("flowchart LR"));
-    assert!(diagram.contains("class s2 failed"), "{diagram}");
+    assert!(diagram.contains("class s2 compensated"), "{diagram}");
+    assert!(
+        !diagram.contains("class s3 "),
+        "the pivot never ran: {diagram}"
+    );
     assert!(diagram.contains("class s0 compensated"), "{diagram}");
     assert!(diagram.contains("class done compensated"), "{diagram}");
     assert!(trip().to_mermaid().contains("pay (pivot)"));

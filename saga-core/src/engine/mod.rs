@@ -10,7 +10,7 @@ mod run;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -46,6 +46,10 @@ pub struct EngineConfig {
     pub conflict_retries: u32,
     /// How often [`Engine::wait`] re-reads the store when no notification comes.
     pub wait_poll: Duration,
+    /// How many unfinished sagas this engine keeps in memory after saving
+    /// them, so a reply needs no load first (0 disables). A stale entry costs
+    /// one version conflict and a reload, never a wrong transition.
+    pub cache_capacity: usize,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
             max_in_flight: 64,
             conflict_retries: 16,
             wait_poll: Duration::from_millis(250),
+            cache_capacity: 4096,
         }
     }
 }
@@ -145,6 +150,7 @@ impl EngineBuilder {
                 definitions: self.definitions,
                 config: self.config,
                 finished,
+                cache: Mutex::default(),
             }),
         }
     }
@@ -157,6 +163,8 @@ struct Inner {
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
     config: EngineConfig,
     finished: broadcast::Sender<SagaId>,
+    /// Last saved state of unfinished sagas this engine worked on.
+    cache: Mutex<HashMap<SagaId, SagaInstance>>,
 }
 
 /// Runs sagas. Cheap to clone; clones share everything.
@@ -244,6 +252,7 @@ impl Engine {
             match self.inner.store.create(&t.instance, &t.logs).await? {
                 Created::New => {
                     tracing::info!("saga started");
+                    self.remember(&t.instance);
                     self.perform(&def, &t.instance, t.effects).await;
                     Ok(id)
                 }
@@ -271,7 +280,8 @@ impl Engine {
             outcome: reply.outcome.into_result(),
         };
         let step_name = reply.step_name;
-        self.apply_checked(id, event, move |def, _| {
+        let cached = self.cached(id);
+        self.apply_to(cached, id, &event, move |def, _| {
             match def.steps().get(reply.step as usize) {
                 Some(step) if step.name() == step_name => Ok(()),
                 _ => Err(Error::MalformedMessage(format!(
@@ -471,7 +481,10 @@ impl Engine {
         event: &Event,
         check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
     ) -> Result<(SagaInstance, SagaInstance)> {
-        for _ in 0..=self.inner.config.conflict_retries {
+        for attempt in 0..=self.inner.config.conflict_retries {
+            if attempt > 0 {
+                self.forget(id);
+            }
             let instance = match loaded.take() {
                 Some(instance) => instance,
                 None => self
@@ -502,6 +515,7 @@ impl Engine {
                 .await
             {
                 Ok(()) => {
+                    self.remember(&t.instance);
                     self.perform(&def, &t.instance, t.effects)
                         .instrument(span)
                         .await;
@@ -514,6 +528,36 @@ impl Engine {
             }
         }
         Err(Error::Conflict { id, expected: 0 })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, SagaInstance>> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, id: SagaId) -> Option<SagaInstance> {
+        self.cache().get(&id).cloned()
+    }
+
+    fn forget(&self, id: SagaId) {
+        self.cache().remove(&id);
+    }
+
+    /// Keeps an unfinished saga's last saved state; drops finished ones.
+    fn remember(&self, instance: &SagaInstance) {
+        let capacity = self.inner.config.cache_capacity;
+        let mut cache = self.cache();
+        if instance.is_terminal() || capacity == 0 {
+            cache.remove(&instance.id);
+            return;
+        }
+        if cache.len() >= capacity && !cache.contains_key(&instance.id) {
+            // Crude but bounded: start over rather than track recency.
+            cache.clear();
+        }
+        cache.insert(instance.id, instance.clone());
     }
 
     async fn perform(

@@ -229,7 +229,7 @@ fn business_failure_compensates_succeeded_steps_in_reverse_order() {
 }
 
 #[test]
-fn business_failure_of_the_first_step_compensates_nothing() {
+fn a_failed_step_is_compensated_too_so_a_late_copy_of_its_command_is_refused() {
     let mut r = Run::new();
     r.reply(
         0,
@@ -237,8 +237,11 @@ fn business_failure_of_the_first_step_compensates_nothing() {
         1,
         Err(StepError::business("no seats")),
     );
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
+    r.comp_ok(0);
     assert_eq!(r.inst.status, SagaStatus::Compensated);
-    assert!(r.sent().is_empty());
+    assert_eq!(r.inst.steps[0], StepStatus::Compensated);
 }
 
 #[test]
@@ -294,14 +297,48 @@ fn exhausted_retries_after_timeouts_compensate_the_uncertain_step_too() {
 }
 
 #[test]
-fn exhausted_retryable_failures_compensate_only_earlier_steps() {
+fn exhausted_retryable_failures_leave_the_step_uncertain_and_compensate_it() {
+    // Every attempt said "retryable", but a redelivered copy may still succeed later.
     let mut r = Run::new();
     r.ok(0);
     r.reply(1, Direction::Invoke, 1, Err(StepError::retryable("busy")));
     r.apply(Event::WakeUp, at(100));
     r.reply(1, Direction::Invoke, 2, Err(StepError::retryable("busy")));
-    assert_eq!(r.inst.steps[1], StepStatus::Failed);
+    assert_eq!(r.inst.steps[1], StepStatus::Compensating);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+    r.comp_ok(1);
     assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
+}
+
+#[test]
+fn a_pivot_that_runs_out_of_retries_needs_an_operator() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::retryable("bank busy")),
+    );
+    r.apply(Event::WakeUp, at(100));
+    r.reply(
+        2,
+        Direction::Invoke,
+        2,
+        Err(StepError::retryable("bank busy")),
+    );
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    assert!(
+        r.sent().is_empty(),
+        "nothing is compensated while the pivot may still happen"
+    );
+    assert!(
+        r.inst
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pivot")
+    );
 }
 
 #[test]
@@ -531,6 +568,7 @@ fn success_of_an_earlier_attempt_is_accepted() {
 fn replies_after_the_end_are_ignored() {
     let mut r = Run::new();
     r.reply(0, Direction::Invoke, 1, Err(StepError::business("no")));
+    r.comp_ok(0);
     assert_eq!(r.inst.status, SagaStatus::Compensated);
     r.reply(0, Direction::Invoke, 1, Ok(json!("late")));
     assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
@@ -549,6 +587,7 @@ fn resume_redispatches_the_in_flight_attempt() {
 fn resume_of_a_finished_saga_is_a_noop() {
     let mut r = Run::new();
     r.reply(0, Direction::Invoke, 1, Err(StepError::business("no")));
+    r.comp_ok(0);
     r.apply(Event::Resume, t0());
     assert!(r.logs.is_empty() && r.effects.is_empty());
 }

@@ -92,6 +92,8 @@ pub struct SimReport {
     pub dropped: usize,
     /// Broken guarantees, one line each. Empty when all held.
     pub violations: Vec<String>,
+    /// Why sagas compensated, with how many did for each reason.
+    pub reasons: std::collections::BTreeMap<String, usize>,
 }
 
 /// The saga data of the simulated definition.
@@ -378,12 +380,13 @@ impl World {
             }
             return;
         }
-        match self.rng.below(3) {
-            0 => {
+        // Deliveries outnumber clock moves, so most attempts are answered in time.
+        match self.rng.below(5) {
+            0 | 1 => {
                 let dup = self.rng.chance(c.duplicate);
                 self.deliver_command(dup);
             }
-            1 => {
+            2 | 3 => {
                 let dup = self.rng.chance(c.duplicate);
                 self.deliver_reply(dup).await;
             }
@@ -483,6 +486,8 @@ impl World {
                 }
                 SagaStatus::Compensated => {
                     self.report.compensated += 1;
+                    let reason = saga.error.clone().unwrap_or_default();
+                    *self.report.reasons.entry(reason).or_default() += 1;
                     if count(PIVOT, Direction::Invoke) != 0
                         || count(PIVOT + 1, Direction::Invoke) != 0
                     {
