@@ -1,7 +1,12 @@
 //! The inventory catalogue, read over HTTP: the only source of prices.
+//!
+//! Prices are cached for a short time (`ttl`, 2 s by default) so a checkout
+//! does not cost an extra HTTP call and query; an id missing from the cache
+//! forces a refresh, so new products are seen at once.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -23,11 +28,16 @@ pub struct Product {
     pub stock: i64,
 }
 
-/// A client of the inventory service's catalogue.
+/// The cached catalogue and when it was fetched.
+type Cached = Option<(Instant, HashMap<Uuid, Product>)>;
+
+/// A client of the inventory service's catalogue, with a short-lived cache.
 #[derive(Clone, Debug)]
 pub struct Catalogue {
     http: reqwest::Client,
     base: String,
+    ttl: Duration,
+    cache: Arc<Mutex<Cached>>,
 }
 
 impl Catalogue {
@@ -44,19 +54,56 @@ impl Catalogue {
         Ok(Self {
             http,
             base: base.into().trim_end_matches('/').to_owned(),
+            ttl: Duration::from_secs(2),
+            cache: Arc::default(),
         })
     }
 
-    /// The products among `ids` that exist.
+    /// Sets how long fetched prices are reused (zero: always ask the inventory service).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The products among `ids` that exist, from the cache when it is fresh
+    /// and knows every id, else from the inventory service.
     ///
     /// # Errors
     /// [`Error::Upstream`] when the inventory service does not answer properly.
     pub async fn products(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>> {
-        let list = ids
+        if let Some(found) = self.cached(ids) {
+            return Ok(found);
+        }
+        let all = self.fetch_all().await?;
+        let found = ids
             .iter()
-            .map(Uuid::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+            .filter_map(|id| all.get(id).map(|p| (*id, p.clone())))
+            .collect();
+        if !self.ttl.is_zero() {
+            *self.lock() = Some((Instant::now(), all));
+        }
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, ids: &[Uuid]) -> Option<HashMap<Uuid, Product>> {
+        let cache = self.lock();
+        let (fetched, products) = cache.as_ref()?;
+        if fetched.elapsed() > self.ttl {
+            return None;
+        }
+        ids.iter()
+            .map(|id| products.get(id).map(|p| (*id, p.clone())))
+            .collect()
+    }
+
+    async fn fetch_all(&self) -> Result<HashMap<Uuid, Product>> {
         let upstream = |message: String| Error::Upstream {
             service: "inventory",
             message,
@@ -64,7 +111,6 @@ impl Catalogue {
         let response = self
             .http
             .get(format!("{}/products", self.base))
-            .query(&[("ids", list)])
             .send()
             .await
             .map_err(|e| upstream(e.to_string()))?;
