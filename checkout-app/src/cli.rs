@@ -45,6 +45,9 @@ pub enum Command {
     Migrate(DbArgs),
     /// Loads the 10 catalogue products into the inventory database.
     Seed(DbArgs),
+    /// Load generator and benchmark report (closed loop against the gateway,
+    /// a spawned stack, or the engine alone); see docs/benchmarks.md.
+    Bench(Box<crate::bench::BenchArgs>),
     /// Operator commands for sagas (through the orchestrator's HTTP API).
     Saga {
         /// The action.
@@ -122,6 +125,18 @@ pub struct Shared {
     /// How long a saga step waits for its reply before retrying.
     #[arg(long, env = "STEP_TIMEOUT_MS", default_value_t = 5_000)]
     pub step_timeout_ms: u64,
+    /// Longest delay between two retries of a step (compensations wait up to 6 times this).
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 5_000)]
+    pub retry_max_delay_ms: u64,
+    /// Attempts of a saga step (first try included) before the saga compensates.
+    #[arg(long, env = "STEP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub step_max_attempts: u32,
+    /// Attempts of a compensation before the saga ends Failed for an operator.
+    #[arg(long, env = "COMPENSATION_MAX_ATTEMPTS", default_value_t = 20)]
+    pub compensation_max_attempts: u32,
+    /// Most database connections this process opens (per database).
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
     /// Token required by operator actions; unset disables them.
     #[arg(long, env = "OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
@@ -159,6 +174,9 @@ impl Shared {
     fn timing(&self) -> Timing {
         Timing {
             step_timeout: Duration::from_millis(self.step_timeout_ms.max(1)),
+            retry_max: Duration::from_millis(self.retry_max_delay_ms.max(1)),
+            step_attempts: self.step_max_attempts.max(1),
+            compensation_attempts: self.compensation_max_attempts.max(1),
             ..Timing::default()
         }
     }
@@ -269,6 +287,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::InventoryService(args) => run_one(Service::Inventory, args).await,
         Command::PaymentService(args) => run_one(Service::Payment, args).await,
         Command::Migrate(args) => migrate(&args.db_url).await,
+        Command::Bench(args) => crate::bench::run(*args).await.map(|_| ()),
         Command::Seed(args) => {
             let db =
                 runtime::service_db(Some(&args.db_url), &Databases::default().inventory, 2).await?;
@@ -376,6 +395,7 @@ async fn run_one(service: Service, args: ServiceArgs) -> Result<()> {
         orchestrator: shared.orchestrator(),
         timing: shared.timing(),
         max_body_bytes: shared.max_body_bytes,
+        db_max_connections: shared.db_max_connections.max(1),
     };
     let shutdown = Shutdown::new();
     shutdown.on_signals();

@@ -296,11 +296,24 @@ pub async fn transport(url: Option<&str>) -> Result<Arc<dyn Transport>> {
 /// # Errors
 /// When the database is unreachable.
 pub async fn saga_store(postgres: Option<&str>, database: &str) -> Result<Arc<dyn SagaStore>> {
+    saga_store_with_pool(postgres, database, 10).await
+}
+
+/// [`saga_store`] with at most `max_connections` database connections.
+///
+/// # Errors
+/// When the database is unreachable.
+pub async fn saga_store_with_pool(
+    postgres: Option<&str>,
+    database: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn SagaStore>> {
     match postgres {
         Some(url) => {
             ensure_database(url, database).await?;
             let config = saga_postgres::PgConfig::new(with_database(url, database))
-                .application_name("orchestrator");
+                .application_name("orchestrator")
+                .max_connections(max_connections);
             let db = config.connect().await.map_err(|e| Error::Saga(e.into()))?;
             saga_postgres::migrate(&db)
                 .await
@@ -610,6 +623,8 @@ pub struct ServiceConfig {
     pub timing: Timing,
     /// Gateway body limit.
     pub max_body_bytes: usize,
+    /// `DB_MAX_CONNECTIONS`: the size of this service's database pool.
+    pub db_max_connections: u32,
 }
 
 /// Runs one service until `shutdown`.
@@ -659,7 +674,8 @@ pub async fn run_service(
                 .next()
                 .unwrap_or("orchestrator")
                 .to_owned();
-            let store = saga_store(Some(&db_url), &database).await?;
+            let store =
+                saga_store_with_pool(Some(&db_url), &database, config.db_max_connections).await?;
             let engine = orchestrator_engine(store, transport, config.timing)?;
             let orchestrator = Orchestrator::new(
                 engine.clone(),
@@ -679,7 +695,7 @@ pub async fn run_service(
         Service::Order | Service::Inventory | Service::Payment => {
             let db_url = needs("DB_URL", &config.db_url)?;
             let transport = transport(Some(&needs("RABBITMQ_URL", &config.rabbitmq_url)?)).await?;
-            let db = db::connect(&db_url, 16).await?;
+            let db = db::connect(&db_url, config.db_max_connections).await?;
             let (participant, router) = match service {
                 Service::Order => {
                     order::migrate(&db).await?;

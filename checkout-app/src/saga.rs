@@ -63,6 +63,10 @@ pub struct Timing {
     pub retry_initial: Duration,
     /// Largest retry delay.
     pub retry_max: Duration,
+    /// Attempts of a forward step (first try included) before it compensates.
+    pub step_attempts: u32,
+    /// Attempts of a compensation before the saga ends `Failed` for an operator.
+    pub compensation_attempts: u32,
 }
 
 impl Default for Timing {
@@ -71,6 +75,8 @@ impl Default for Timing {
             step_timeout: Duration::from_secs(5),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            step_attempts: 5,
+            compensation_attempts: 20,
         }
     }
 }
@@ -80,9 +86,10 @@ impl Default for Timing {
 /// # Errors
 /// Never in practice: the definition is valid; an error would name the rule it breaks.
 pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
-    let retry = RetryPolicy::exponential(timing.retry_initial, timing.retry_max).max_attempts(5);
-    let compensation_retry =
-        RetryPolicy::exponential(timing.retry_initial, timing.retry_max * 6).max_attempts(20);
+    let retry = RetryPolicy::exponential(timing.retry_initial, timing.retry_max)
+        .max_attempts(timing.step_attempts.max(1));
+    let compensation_retry = RetryPolicy::exponential(timing.retry_initial, timing.retry_max * 6)
+        .max_attempts(timing.compensation_attempts.max(1));
     Saga::<CheckoutData>::builder(NAME)
         .default_timeout(timing.step_timeout)
         .step("create_order")

@@ -234,6 +234,63 @@ async fn bad_input_is_refused_with_a_json_error_and_creates_nothing() {
             json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": "two"}]}),
             "must be a number",
         ),
+        // Wrong types, missing and empty fields.
+        (json!([]), "must be a JSON object"),
+        (Value::Null, "must be a JSON object"),
+        (
+            json!({"userId": 42, "items": [{"productId": PRODUCT, "quantity": 1}]}),
+            "userId must be a string",
+        ),
+        (
+            json!({"userId": "   ", "items": [{"productId": PRODUCT, "quantity": 1}]}),
+            "userId must not be empty",
+        ),
+        (json!({"userId": "u"}), "items is required"),
+        (
+            json!({"userId": "u", "items": {"0": 1}}),
+            "must be an array",
+        ),
+        (json!({"userId": "u", "items": [7]}), "must be an object"),
+        (
+            json!({"userId": "u", "items": [{"quantity": 1}]}),
+            "productId is required",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": "", "quantity": 1}]}),
+            "must be a UUID",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": 12, "quantity": 1}]}),
+            "productId must be a string",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT}]}),
+            "quantity is required",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": 1.5}]}),
+            "whole number",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": -9223372036854775808i64}]}),
+            "at least 1",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": 1}, {"productId": PRODUCT, "quantity": 1}]}),
+            "repeats",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": 1, "price": "-29.99"}]}),
+            "must not be negative",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": PRODUCT, "quantity": 1, "price": "free"}]}),
+            "decimal",
+        ),
+        (
+            json!({"userId": "u", "items": [{"productId": "1; DELETE FROM products", "quantity": 1}]}),
+            "must be a UUID",
+        ),
     ];
     for (body, expected) in cases {
         let (status, answer) = client.checkout(body.clone(), None).await;
@@ -269,6 +326,17 @@ async fn bad_input_is_refused_with_a_json_error_and_creates_nothing() {
             .contains("does not match the catalogue price 29.99")
     );
     let (status, answer) = client.raw("{not json", "application/json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    // A quantity past 64 bits does not fit any integer type.
+    let (status, answer) = client
+        .raw(
+            format!(r#"{{"userId":"u","items":[{{"productId":"{PRODUCT}","quantity":18446744073709551616}}]}}"#),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["success"], false);
+    let (status, answer) = client.raw("", "application/json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     let (status, answer) = client
         .raw(order(PRODUCT, 1, "29.99").to_string(), "text/plain")

@@ -1,6 +1,8 @@
 //! Shared helpers of the end-to-end tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod processes;
+
 use std::time::Duration;
 
 use checkout_app::runtime::{Ports, RunningStack, Shutdown, StackConfig, start_all};
@@ -176,6 +178,68 @@ impl Infra {
             .json()
             .await
             .expect("JSON")
+    }
+
+    /// The AMQP URL of this vhost for another user.
+    pub fn amqp_for(&self, user: &str, password: &str) -> String {
+        let base = env_or(
+            "SAGA_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        let host = match (base.find("://"), base.rfind('@')) {
+            (Some(_), Some(at)) => base[at + 1..].to_owned(),
+            (Some(scheme), None) => base[scheme + 3..].to_owned(),
+            _ => base.clone(),
+        };
+        let host = host
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:5672")
+            .to_owned();
+        format!("amqp://{user}:{password}@{host}/{}", self.vhost)
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (user, pass) = api_user(&self.api);
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}/{path}", api_base(&self.api)))
+            .basic_auth(user, Some(pass));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ management API {method} {path}: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success()
+                || (method == reqwest::Method::DELETE && status == StatusCode::NOT_FOUND),
+            "RabbitMQ management API {method} {path}: {status} {text}"
+        );
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// GET on the management API.
+    pub async fn api_get(&self, path: &str) -> Value {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
+    /// PUT on the management API.
+    pub async fn api_put(&self, path: &str, body: Value) -> Value {
+        self.api(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// POST on the management API.
+    pub async fn api_post(&self, path: &str, body: Value) -> Value {
+        self.api(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// DELETE on the management API (a missing object is fine).
+    pub async fn api_delete(&self, path: &str) -> Value {
+        self.api(reqwest::Method::DELETE, path, None).await
     }
 
     /// Drops the databases and the vhost (best effort).
