@@ -229,19 +229,29 @@ impl Participant {
     }
 
     /// Consumes the endpoint's queue until `shutdown` resolves, then finishes
-    /// the commands in hand.
+    /// the commands in hand. A transient failure to subscribe (the broker is
+    /// restarting) is retried with backoff.
     ///
     /// # Errors
-    /// When the subscription cannot be opened.
+    /// When the subscription cannot be opened for a reason that is not transient.
     pub async fn run(
         &self,
         transport: Arc<dyn Transport>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let mut commands = transport.consume_commands(&self.inner.endpoint).await?;
+        tokio::pin!(shutdown);
+        let endpoint = &self.inner.endpoint;
+        let subscribed = crate::transport::subscribe_with_retry(
+            endpoint,
+            || transport.consume_commands(endpoint),
+            &mut shutdown,
+        )
+        .await?;
+        let Some(mut commands) = subscribed else {
+            return Ok(());
+        };
         let permits = Arc::new(Semaphore::new(self.inner.concurrency));
         let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break,

@@ -32,6 +32,39 @@ pub trait Transport: Send + Sync + 'static {
     async fn consume_replies(&self, queue: &str) -> Result<Subscription<ReplyMessage>>;
 }
 
+/// Calls `subscribe` until it succeeds, retrying transient failures (the
+/// broker restarting, a queue not ready yet) with backoff from 100 ms to 5 s,
+/// until `shutdown` resolves (then `None`). Other errors are returned at once.
+///
+/// # Errors
+/// The first error that is not transient.
+pub async fn subscribe_with_retry<T, F, Fut>(
+    what: &str,
+    mut subscribe: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> crate::Result<Option<Subscription<T>>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<Subscription<T>>>,
+{
+    tokio::pin!(shutdown);
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match subscribe().await {
+            Ok(subscription) => return Ok(Some(subscription)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(queue = what, error = %e, ?delay, "cannot consume yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A stream of deliveries from one queue; dropping it stops consuming, and
 /// unacknowledged deliveries go back to the queue.
 pub struct Subscription<T> {

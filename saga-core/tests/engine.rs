@@ -611,3 +611,69 @@ async fn the_instance_diagram_shows_progress() {
     assert!(trip().to_mermaid().contains("pay (pivot)"));
     stack.shutdown().await;
 }
+
+/// A transport whose first subscriptions fail as if the broker were restarting.
+struct FlakySubscribe {
+    inner: InMemoryTransport,
+    failures_left: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Transport for FlakySubscribe {
+    async fn send_command(&self, command: &saga_core::CommandMessage) -> saga_core::Result<()> {
+        self.inner.send_command(command).await
+    }
+    async fn send_reply(&self, reply: &saga_core::ReplyMessage) -> saga_core::Result<()> {
+        self.inner.send_reply(reply).await
+    }
+    async fn consume_commands(
+        &self,
+        endpoint: &str,
+    ) -> saga_core::Result<saga_core::transport::Subscription<saga_core::CommandMessage>> {
+        self.inner.consume_commands(endpoint).await
+    }
+    async fn consume_replies(
+        &self,
+        queue: &str,
+    ) -> saga_core::Result<saga_core::transport::Subscription<saga_core::ReplyMessage>> {
+        if self.failures_left.load(Ordering::SeqCst) > 0 {
+            self.failures_left.fetch_sub(1, Ordering::SeqCst);
+            return Err(saga_core::Error::backend(
+                ErrorKind::Unavailable,
+                "queue not ready",
+            ));
+        }
+        self.inner.consume_replies(queue).await
+    }
+}
+
+#[tokio::test]
+async fn the_engine_keeps_trying_to_subscribe_while_the_broker_is_unavailable() {
+    let transport = InMemoryTransport::new();
+    let flaky = FlakySubscribe {
+        inner: transport.clone(),
+        failures_left: AtomicU32::new(2),
+    };
+    let store = InMemoryStore::new();
+    let engine = Engine::builder(store, flaky).register(&trip()).build();
+    let (stop, rx) = watch::channel(false);
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(stopped(rx)).await })
+    };
+    let journal = Journal::default();
+    let participant = travel(journal.clone());
+    let shared: Arc<dyn Transport> = Arc::new(transport);
+    let (pstop, prx) = watch::channel(false);
+    let serving = tokio::spawn(async move { participant.run(shared, stopped(prx)).await });
+    let id = engine.start(&trip(), Trip::default()).await.expect("start");
+    let done = engine
+        .wait(id, WAIT)
+        .await
+        .expect("finishes once subscribed");
+    assert_eq!(done.status, SagaStatus::Completed);
+    let _ = stop.send(true);
+    let _ = pstop.send(true);
+    runner.await.expect("task").expect("engine");
+    serving.await.expect("task").expect("participant");
+}

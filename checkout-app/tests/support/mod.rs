@@ -26,8 +26,12 @@ pub fn config() -> StackConfig {
     config
 }
 
-/// Starts a stack.
+/// Starts a stack. `RUST_LOG` shows the services' logs (test output is captured).
 pub async fn start(config: StackConfig) -> RunningStack {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     start_all(config, Shutdown::new())
         .await
         .expect("the stack starts")

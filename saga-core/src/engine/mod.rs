@@ -453,10 +453,11 @@ impl Engine {
 
     /// Runs the engine until `shutdown` resolves: consumes replies and polls
     /// for due sagas. On shutdown it stops taking replies, finishes the ones in
-    /// hand, and returns.
+    /// hand, and returns. A transient failure to subscribe to the reply queue
+    /// (the broker is restarting) is retried with backoff.
     ///
     /// # Errors
-    /// When the reply queue cannot be consumed.
+    /// When the reply queue cannot be consumed for a reason that is not transient.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         run::run(self, shutdown).await
     }

@@ -13,17 +13,22 @@ use crate::transport::Delivery;
 
 pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let config = engine.config().clone();
-    let mut replies = engine
-        .inner
-        .transport
-        .consume_replies(&config.reply_queue)
-        .await?;
+    tokio::pin!(shutdown);
+    let transport = &engine.inner.transport;
+    let subscribed = crate::transport::subscribe_with_retry(
+        &config.reply_queue,
+        || transport.consume_replies(&config.reply_queue),
+        &mut shutdown,
+    )
+    .await?;
+    let Some(mut replies) = subscribed else {
+        return Ok(());
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(poll(engine.clone(), stop_rx));
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tracing::info!(instance = %config.instance_name, queue = %config.reply_queue, "engine running");
-    tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
