@@ -35,7 +35,7 @@ async fn verify(
     dead: u64,
 ) -> Figures {
     let settle = cluster.await_terminal(SETTLE).await;
-    let figures = cluster.figures().await;
+    let figures = cluster.figures(dead).await;
     println!("{}", figures.table(scenario, report, settle));
     assert_eq!(
         report.other, 0,

@@ -407,20 +407,28 @@ impl Cluster {
     /// Closes every AMQP connection of this cluster's vhost (the per-vhost
     /// form of `rabbitmqctl close_all_connections`). Returns how many.
     pub async fn close_amqp_connections(&self) -> usize {
-        let connections = self
-            .infra
-            .api_get(&format!("vhosts/{}/connections", self.infra.vhost))
-            .await;
-        let mut closed = 0;
-        for connection in connections.as_array().into_iter().flatten() {
-            if let Some(name) = connection["name"].as_str() {
-                self.infra
-                    .api_delete(&format!("connections/{}", encode(name)))
-                    .await;
-                closed += 1;
+        // The management API lists a new connection only after its next stats
+        // emission: ask again for a while before concluding there is none.
+        for _ in 0..50 {
+            let connections = self
+                .infra
+                .api_get(&format!("vhosts/{}/connections", self.infra.vhost))
+                .await;
+            let mut closed = 0;
+            for connection in connections.as_array().into_iter().flatten() {
+                if let Some(name) = connection["name"].as_str() {
+                    self.infra
+                        .api_delete(&format!("connections/{}", encode(name)))
+                        .await;
+                    closed += 1;
+                }
             }
+            if closed > 0 {
+                return closed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        closed
+        0
     }
 
     /// Terminates every Postgres backend connected to this cluster's databases.
@@ -438,18 +446,26 @@ impl Cluster {
 
     /// Publishes `body` straight to `queue` (the default exchange), as a poison message would arrive.
     pub async fn publish_raw(&self, queue: &str, body: &str) {
-        let response = self
-            .infra
-            .api_post(
-                &format!("exchanges/{}/amq.default/publish", self.infra.vhost),
-                json!({
-                    "properties": { "delivery_mode": 2, "message_id": format!("poison-{}", uuid::Uuid::new_v4()) },
-                    "routing_key": queue,
-                    "payload": body,
-                    "payload_encoding": "string"
-                }),
-            )
-            .await;
+        // The queue may not be declared yet right after the services start.
+        let mut response = Value::Null;
+        for _ in 0..50 {
+            response = self
+                .infra
+                .api_post(
+                    &format!("exchanges/{}/amq.default/publish", self.infra.vhost),
+                    json!({
+                        "properties": { "delivery_mode": 2, "message_id": format!("poison-{}", uuid::Uuid::new_v4()) },
+                        "routing_key": queue,
+                        "payload": body,
+                        "payload_encoding": "string"
+                    }),
+                )
+                .await;
+            if response["routed"] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert_eq!(
             response["routed"], true,
             "poison message to {queue} not routed: {response}"
@@ -501,8 +517,9 @@ impl Cluster {
     }
 
     /// Waits (at most `limit`) until the command and reply queues are empty
-    /// (the management API refreshes its counts every few seconds).
-    pub async fn await_drained(&self, limit: Duration) -> BTreeMap<String, u64> {
+    /// and the dead-letter queues hold `dead` messages (the management API
+    /// refreshes its counts only every few seconds).
+    pub async fn await_drained(&self, limit: Duration, dead: u64) -> BTreeMap<String, u64> {
         let started = Instant::now();
         loop {
             let depths = self.queue_depths().await;
@@ -511,7 +528,12 @@ impl Cluster {
                 .filter(|(name, _)| !name.ends_with(".dlq"))
                 .map(|(_, n)| *n)
                 .sum();
-            if busy == 0 || started.elapsed() > limit {
+            let dead_letters: u64 = depths
+                .iter()
+                .filter(|(name, _)| name.ends_with(".dlq"))
+                .map(|(_, n)| *n)
+                .sum();
+            if (busy == 0 && dead_letters == dead) || started.elapsed() > limit {
                 return depths;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -534,8 +556,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Reads every figure the fault suite asserts on.
-    pub async fn figures(&self) -> Figures {
+    /// Reads every figure the fault suite asserts on; `dead` is how many
+    /// dead letters the scenario expects (the queue counts are awaited).
+    pub async fn figures(&self, dead: u64) -> Figures {
         let orchestrator = connect(&self.infra.postgres, &self.databases.orchestrator).await;
         let mut sagas = BTreeMap::new();
         for row in rows(
@@ -648,7 +671,7 @@ impl Cluster {
             .count();
         let orders_with_two_payments = payments.values().filter(|p| p.len() > 1).count();
 
-        let queues = self.await_drained(Duration::from_secs(15)).await;
+        let queues = self.await_drained(Duration::from_secs(15), dead).await;
         Figures {
             sagas,
             timed_out,
