@@ -31,3 +31,4 @@ pub mod payment;
 pub mod request;
 pub mod runtime;
 pub mod saga;
+mod service;

@@ -37,7 +37,7 @@ use saga_core::{CommandContext, Participant, StepError};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Statement, TransactionTrait, TryInsertResult,
+    EntityTrait, QueryFilter, QueryOrder, Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,7 @@ use self::entity::reservations::{self, ReservationStatus, ReservedItem, Reserved
 use crate::error::{Error, Result};
 use crate::http::{ApiError, AppJson};
 use crate::messages::{InventoryReserved, LineItem, ReleaseInventory, ReserveInventory};
+use crate::service::{db_failure, inserted, money, parse_id};
 
 /// The endpoint (queue) the inventory participant serves.
 pub const ENDPOINT: &str = "inventory";
@@ -162,7 +163,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 /// A database error (nothing is inserted then).
 pub async fn seed(db: &DatabaseConnection) -> Result<usize> {
     let txn = db.begin().await?;
-    let mut inserted = 0;
+    let mut added = 0;
     for (id, name, cents, stock) in CATALOGUE {
         let product = products::ActiveModel {
             id: Set(id),
@@ -175,13 +176,13 @@ pub async fn seed(db: &DatabaseConnection) -> Result<usize> {
             .on_conflict_do_nothing()
             .exec_without_returning(&txn)
             .await?;
-        if was_inserted(&result) {
-            inserted += 1;
+        if inserted(&result) {
+            added += 1;
         }
     }
     txn.commit().await?;
-    tracing::info!(inserted, "product catalogue seeded");
-    Ok(inserted)
+    tracing::info!(inserted = added, "product catalogue seeded");
+    Ok(added)
 }
 
 /// Sets the stock of a product (for tests and benchmarks), bumping its version.
@@ -225,22 +226,6 @@ pub fn participant(db: DatabaseConnection) -> Participant {
             async move { release_inventory(&db, &cmd, &ctx).await }
         })
         .build()
-}
-
-/// A failed database call inside a handler: retry the command later.
-fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
-    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "inventory database call failed; the command will be retried");
-    match e {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
-            StepError::retryable(format!("inventory database unavailable: {e}"))
-        }
-        _ => StepError::retryable(format!("inventory database error: {e}")),
-    }
-}
-
-/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
-fn was_inserted(result: &TryInsertResult<u64>) -> bool {
-    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
 }
 
 /// Merges the lines per product, sorted by product id; a bad line is a
@@ -314,7 +299,7 @@ async fn reserve_inventory(
                     tokio::time::sleep(backoff(attempt, cmd.order_id)).await;
                 }
             }
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("inventory", ctx, cmd.order_id, &e)),
         }
     }
     tracing::warn!(saga_id = %ctx.saga_id, attempts = RESERVE_ATTEMPTS, "reservation gave up under contention");
@@ -401,7 +386,7 @@ async fn try_reserve(
         .on_conflict_do_nothing_on([reservations::Column::OrderId])
         .exec_without_returning(&txn)
         .await?;
-    if !was_inserted(&result) {
+    if !inserted(&result) {
         // A concurrent duplicate (or a release tombstone) committed first:
         // undo our stock changes and answer from its row.
         txn.rollback().await?;
@@ -422,7 +407,7 @@ async fn release_inventory(
         match try_release(db, cmd.order_id).await {
             Ok(true) => return Ok(()),
             Ok(false) => tracing::debug!("release_inventory raced a concurrent writer; re-reading"),
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("inventory", ctx, cmd.order_id, &e)),
         }
     }
     Err(StepError::retryable(format!(
@@ -497,7 +482,7 @@ async fn try_release(db: &DatabaseConnection, order_id: Uuid) -> Result<bool, Db
                 .on_conflict_do_nothing_on([reservations::Column::OrderId])
                 .exec_without_returning(&txn)
                 .await?;
-            let done = was_inserted(&result);
+            let done = inserted(&result);
             if done {
                 tracing::info!("release before any reservation: tombstone written");
             }
@@ -522,13 +507,6 @@ pub fn router(db: DatabaseConnection) -> Router {
         .route("/reservations/{order_id}", get(get_reservation))
         .with_state(db)
         .merge(crate::http::health("inventory-service"))
-}
-
-/// An amount with exactly two decimal places, whatever the backend returned.
-fn money(amount: Decimal) -> Decimal {
-    let mut amount = amount.round_dp(2);
-    amount.rescale(2);
-    amount
 }
 
 /// A product as the HTTP API shows it.
@@ -593,11 +571,6 @@ impl From<reservations::Model> for ReservationView {
             updated_at: r.updated_at,
         }
     }
-}
-
-fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw.trim())
-        .map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
 }
 
 /// Query of `GET /products`.

@@ -35,7 +35,6 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
-    TryInsertResult,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
@@ -46,6 +45,7 @@ use self::entity::{order_items, orders};
 use crate::error::Result;
 use crate::http::{ApiError, AppJson};
 use crate::messages::{CancelOrder, ConfirmOrder, CreateOrder, OrderCreated};
+use crate::service::{db_failure, inserted, money, parse_id};
 
 /// The endpoint (queue) the order participant serves.
 pub const ENDPOINT: &str = "order";
@@ -122,22 +122,6 @@ pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Participant {
         .build()
 }
 
-/// A failed database call inside a handler: retry the command later.
-fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
-    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "order database call failed; the command will be retried");
-    match e {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
-            StepError::retryable(format!("order database unavailable: {e}"))
-        }
-        _ => StepError::retryable(format!("order database error: {e}")),
-    }
-}
-
-/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
-fn inserted(result: &TryInsertResult<u64>) -> bool {
-    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
-}
-
 /// A business refusal for an amount a `decimal(12, 2)` column cannot hold exactly.
 fn check_money(what: &str, amount: Decimal) -> Result<(), StepError> {
     let limit = Decimal::from(10_000_000_000_i64);
@@ -192,7 +176,7 @@ async fn create_order(
     validate(cmd)?;
     try_create_order(db, cmd)
         .await
-        .unwrap_or_else(|e| Err(db_failure(ctx, cmd.order_id, &e)))
+        .unwrap_or_else(|e| Err(db_failure("order", ctx, cmd.order_id, &e)))
 }
 
 async fn try_create_order(
@@ -265,7 +249,7 @@ async fn cancel_order(
         match try_cancel_order(db, cmd).await {
             Ok(Some(outcome)) => return outcome,
             Ok(None) => tracing::debug!("cancel_order raced a concurrent writer; re-reading"),
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("order", ctx, cmd.order_id, &e)),
         }
     }
     Err(StepError::retryable(format!(
@@ -364,7 +348,7 @@ async fn confirm_order(
         match try_confirm_order(db, cmd).await {
             Ok(Some(outcome)) => return outcome,
             Ok(None) => tracing::debug!("confirm_order raced a concurrent writer; re-reading"),
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("order", ctx, cmd.order_id, &e)),
         }
     }
     Err(StepError::retryable(format!(
@@ -417,13 +401,6 @@ pub fn router(db: DatabaseConnection) -> Router {
         .route("/orders/{id}", get(get_order))
         .with_state(db)
         .merge(crate::http::health("order-service"))
-}
-
-/// An amount with exactly two decimal places, whatever the backend returned.
-fn money(amount: Decimal) -> Decimal {
-    let mut amount = amount.round_dp(2);
-    amount.rescale(2);
-    amount
 }
 
 /// An order as the HTTP API shows it.
@@ -490,10 +467,6 @@ async fn with_items(
             OrderView::new(order, items)
         })
         .collect())
-}
-
-fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
 }
 
 async fn get_order(

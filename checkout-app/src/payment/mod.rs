@@ -32,7 +32,6 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
-    TryInsertResult,
 };
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
@@ -42,6 +41,7 @@ use self::entity::payments::{self, PaymentStatus};
 use crate::error::Result;
 use crate::http::{ApiError, AppJson};
 use crate::messages::{PaymentProcessed, ProcessPayment, RefundPayment};
+use crate::service::{db_failure, inserted, money};
 
 /// The endpoint (queue) the payment participant serves.
 pub const ENDPOINT: &str = "payment";
@@ -114,22 +114,6 @@ pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Participant
         .build()
 }
 
-/// A failed database call inside a handler: retry the command later.
-fn db_failure(ctx: &CommandContext, order_id: Uuid, e: &DbErr) -> StepError {
-    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "payment database call failed; the command will be retried");
-    match e {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
-            StepError::retryable(format!("payment database unavailable: {e}"))
-        }
-        _ => StepError::retryable(format!("payment database error: {e}")),
-    }
-}
-
-/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
-fn inserted(result: &TryInsertResult<u64>) -> bool {
-    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
-}
-
 /// The reply an existing payment gives to `process_payment`.
 fn answer(payment: &payments::Model) -> Result<PaymentProcessed, StepError> {
     match payment.status {
@@ -171,7 +155,7 @@ async fn process_payment(
         match try_process_payment(db, config, cmd).await {
             Ok(Some(outcome)) => return outcome,
             Ok(None) => tracing::debug!("process_payment raced a concurrent writer; re-reading"),
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("payment", ctx, cmd.order_id, &e)),
         }
     }
     Err(StepError::retryable(format!(
@@ -249,7 +233,7 @@ async fn refund_payment(
         match try_refund_payment(db, cmd).await {
             Ok(true) => return Ok(()),
             Ok(false) => tracing::debug!("refund_payment raced a concurrent writer; re-reading"),
-            Err(e) => return Err(db_failure(ctx, cmd.order_id, &e)),
+            Err(e) => return Err(db_failure("payment", ctx, cmd.order_id, &e)),
         }
     }
     Err(StepError::retryable(format!(
@@ -330,13 +314,6 @@ pub fn router(db: DatabaseConnection) -> Router {
         .route("/payments/{order_id}", get(get_payment))
         .with_state(db)
         .merge(crate::http::health("payment-service"))
-}
-
-/// An amount with exactly two decimal places, whatever the backend returned.
-fn money(amount: Decimal) -> Decimal {
-    let mut amount = amount.round_dp(2);
-    amount.rescale(2);
-    amount
 }
 
 /// A payment as the HTTP API shows it.

@@ -1,0 +1,43 @@
+//! Small pieces the order, inventory and payment services share.
+
+use rust_decimal::Decimal;
+use saga_core::{CommandContext, StepError};
+use sea_orm::{DbErr, TryInsertResult};
+use uuid::Uuid;
+
+use crate::http::ApiError;
+
+/// A failed database call inside a handler: the command is retried later
+/// (the saga's retry policy decides how often).
+pub(crate) fn db_failure(
+    service: &str,
+    ctx: &CommandContext,
+    order_id: Uuid,
+    e: &DbErr,
+) -> StepError {
+    tracing::warn!(saga_id = %ctx.saga_id, %order_id, error = %e, "{service} database call failed; the command will be retried");
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+            StepError::retryable(format!("{service} database unavailable: {e}"))
+        }
+        _ => StepError::retryable(format!("{service} database error: {e}")),
+    }
+}
+
+/// Whether an `ON CONFLICT DO NOTHING` insert inserted its row.
+pub(crate) fn inserted(result: &TryInsertResult<u64>) -> bool {
+    matches!(result, TryInsertResult::Inserted(n) if *n > 0)
+}
+
+/// An amount with exactly two decimals, as the HTTP answers show money.
+pub(crate) fn money(amount: Decimal) -> Decimal {
+    let mut amount = amount.round_dp(2);
+    amount.rescale(2);
+    amount
+}
+
+/// A UUID path parameter, or a 400 naming what was expected.
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw.trim())
+        .map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
+}
