@@ -41,3 +41,27 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw.trim())
         .map_err(|_| ApiError::bad_request(format!("invalid {what} `{raw}`")))
 }
+
+/// Applies migrator `M` to `db`. On PostgreSQL concurrent callers (several
+/// replicas starting at once) serialize on the advisory lock `lock`, inside
+/// one transaction.
+pub(crate) async fn migrate<M: sea_orm_migration::MigratorTrait>(
+    db: &sea_orm::DatabaseConnection,
+    lock: i64,
+) -> crate::error::Result<()> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [lock.into()],
+        ))
+        .await?;
+        M::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        M::up(db, None).await?;
+    }
+    Ok(())
+}

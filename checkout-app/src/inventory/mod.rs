@@ -36,10 +36,9 @@ use rust_decimal::Decimal;
 use saga_core::{CommandContext, Participant, StepError};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
 };
-use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -134,20 +133,7 @@ const CATALOGUE: [(Uuid, &str, i64, i32); 10] = [
 /// # Errors
 /// A database error when the database is unreachable or a migration fails.
 pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
-    if db.get_database_backend() == DbBackend::Postgres {
-        let txn = db.begin().await?;
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [MIGRATION_LOCK.into()],
-        ))
-        .await?;
-        migration::Migrator::up(&txn, None).await?;
-        txn.commit().await?;
-    } else {
-        migration::Migrator::up(db, None).await?;
-    }
-    Ok(())
+    crate::service::migrate::<migration::Migrator>(db, MIGRATION_LOCK).await
 }
 
 /// Inserts the ten seed products (fixed ids, as in the seed guide) that do
