@@ -65,3 +65,48 @@ pub(crate) async fn migrate<M: sea_orm_migration::MigratorTrait>(
     }
     Ok(())
 }
+
+/// What the three services' unit tests share.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_support {
+    use saga_core::{
+        Command, CommandMessage, Direction, IdempotencyKey, Participant, SagaId, StepError,
+    };
+
+    /// Hands `command` to `participant` as step `step` of a fresh saga would
+    /// (a compensation when its name is `compensation`), and decodes the reply.
+    pub(crate) async fn send<C: Command>(
+        participant: &Participant,
+        step: &str,
+        compensation: &str,
+        command: &C,
+    ) -> Result<C::Reply, StepError> {
+        let direction = if C::NAME == compensation {
+            Direction::Compensate
+        } else {
+            Direction::Invoke
+        };
+        let saga_id = SagaId::new();
+        let message = CommandMessage {
+            message_id: format!("{saga_id}:{step}:{direction}:1"),
+            idempotency_key: IdempotencyKey::new(saga_id, step, direction),
+            saga_id,
+            saga_type: "checkout".into(),
+            step: 0,
+            step_name: step.into(),
+            direction,
+            attempt: 1,
+            endpoint: participant.endpoint().into(),
+            command: C::NAME.into(),
+            payload: serde_json::to_value(command).unwrap(),
+            reply_to: Some("replies".into()),
+            headers: Default::default(),
+        };
+        let reply = participant.handle(&message, 1).await.unwrap();
+        reply
+            .outcome
+            .into_result()
+            .map(|v| serde_json::from_value(v).unwrap())
+    }
+}

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use saga_core::{Command, CommandMessage, Direction, IdempotencyKey, SagaId, StepErrorKind};
+use saga_core::{Command, StepErrorKind};
 use sea_orm::PaginatorTrait;
 use tower::ServiceExt;
 
@@ -15,39 +15,8 @@ async fn db() -> DatabaseConnection {
     db
 }
 
-fn message<C: Command>(command: &C, saga_id: SagaId, direction: Direction) -> CommandMessage {
-    let step = "order_step";
-    CommandMessage {
-        message_id: format!("{saga_id}:{step}:{direction}:1"),
-        idempotency_key: IdempotencyKey::new(saga_id, step, direction),
-        saga_id,
-        saga_type: "checkout".into(),
-        step: 0,
-        step_name: step.into(),
-        direction,
-        attempt: 1,
-        endpoint: ENDPOINT.into(),
-        command: C::NAME.into(),
-        payload: serde_json::to_value(command).unwrap(),
-        reply_to: Some("replies".into()),
-        headers: Default::default(),
-    }
-}
-
 async fn send<C: Command>(p: &Participant, command: &C) -> Result<C::Reply, StepError> {
-    let direction = if C::NAME == "cancel_order" {
-        Direction::Compensate
-    } else {
-        Direction::Invoke
-    };
-    let reply = p
-        .handle(&message(command, SagaId::new(), direction), 1)
-        .await
-        .unwrap();
-    reply
-        .outcome
-        .into_result()
-        .map(|v| serde_json::from_value(v).unwrap())
+    crate::service::test_support::send(p, "order_step", "cancel_order", command).await
 }
 
 fn create(order_id: Uuid) -> CreateOrder {
