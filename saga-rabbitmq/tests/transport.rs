@@ -407,7 +407,16 @@ async fn a_forced_disconnect_mid_stream_loses_nothing() {
     eprintln!(
         "disconnect: {failures} publish failures retried, {duplicates} redeliveries deduplicated"
     );
-    let now = transport.connection_generation().expect("reconnected");
+    // The supervisor may be between connections right now: give it a moment.
+    let mut now = transport.connection_generation();
+    for _ in 0..100 {
+        if now.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = transport.connection_generation();
+    }
+    let now = now.expect("reconnected");
     assert!(
         now > generation,
         "the transport reconnected ({generation} -> {now})"
