@@ -75,6 +75,11 @@ struct LogRow<'a> {
 /// Log entries as one JSON array for `jsonb_to_recordset`: one bind
 /// parameter, one round trip, whatever the number of entries.
 pub(crate) fn logs_json(saga: SagaId, logs: &[LogEntry]) -> Result<Value, Error> {
+    Ok(log_rows(saga, logs)?.into())
+}
+
+/// [`logs_json`] as a plain JSON array.
+fn log_rows(saga: SagaId, logs: &[LogEntry]) -> Result<serde_json::Value, Error> {
     let rows = logs
         .iter()
         .map(|log| {
@@ -90,12 +95,51 @@ pub(crate) fn logs_json(saga: SagaId, logs: &[LogEntry]) -> Result<Value, Error>
                 step: log.step.as_deref(),
                 attempt: log.attempt,
                 payload: &log.payload,
-                // Microseconds, truncated like a bound timestamp.
-                created_at: log.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                created_at: timestamp(Some(log.at)).unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(serde_json::to_value(rows)?.into())
+    Ok(serde_json::to_value(rows)?)
+}
+
+fn timestamp(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    // Microseconds, truncated like a bound timestamp.
+    at.map(|at| at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// One saga's save as a JSON object for the batched save statement
+/// ([`crate::batch`]): the 19 `saga_state` columns, the expected version and
+/// the log entries, read back in SQL with `jsonb_to_recordset`.
+pub(crate) fn save_row(
+    instance: &SagaInstance,
+    expected_version: u64,
+    logs: &[LogEntry],
+) -> Result<serde_json::Value, Error> {
+    let cursor = instance.cursor;
+    let logs = log_rows(instance.id, logs)?;
+    Ok(serde_json::json!({
+        "id": instance.id.as_uuid(),
+        "saga_type": instance.saga_type,
+        "definition_version": int("definition version", instance.definition_version)?,
+        "status": instance.status.as_str(),
+        "current_step": cursor.map(|c| int("step index", c.step)).transpose()?,
+        "phase": cursor.map(|c| c.direction.as_str()),
+        "attempt": cursor.map(|c| int("attempt", c.attempt)).transpose()?,
+        "waiting": cursor.map(|c| waiting_str(c.waiting)),
+        "uncertain": cursor.is_some_and(|c| c.uncertain),
+        "steps": instance.steps,
+        "data": instance.data,
+        "error": instance.error,
+        "idempotency_key": instance.idempotency_key,
+        "version": big("version", instance.version)?,
+        "next_wake_at": timestamp(instance.next_wake_at),
+        "deadline_at": timestamp(instance.deadline_at),
+        "log_seq": i64::from(instance.log_seq),
+        "created_at": timestamp(Some(instance.created_at)),
+        "updated_at": timestamp(Some(instance.updated_at)),
+        "expected": big("expected version", expected_version)?,
+        "logs": logs,
+    }))
 }
 
 fn parse<T: std::str::FromStr>(id: &uuid::Uuid, what: &str, value: &str) -> Result<T, Error> {

@@ -98,6 +98,12 @@
 //!   entries, and releases the lease, in one statement (one implicit
 //!   transaction, one round trip). A stale writer gets
 //!   [`saga_core::Error::Conflict`] and writes nothing, logs included.
+//! - **Group commit.** Saves that arrive while earlier ones are running go
+//!   to the database together: one statement and one commit for up to
+//!   [`StoreConfig::save_batch`] sagas, each row still checked against its
+//!   own expected version and written with its own log entries. A batch never
+//!   holds two saves of one saga; a batch that fails as a whole is retried
+//!   row by row, so one bad row fails only its own save.
 //! - **Idempotent start.** [`create`](saga_core::SagaStore::create) inserts
 //!   with `ON CONFLICT (idempotency_key) DO NOTHING`; a duplicate key returns
 //!   the first saga, even when the two starts race, and writes no log.
@@ -137,6 +143,7 @@
 //! None. The crate needs PostgreSQL 11 or later and is tested on 15 (the
 //! tests themselves need 13 or later for `DROP DATABASE … WITH (FORCE)`).
 
+mod batch;
 mod config;
 mod convert;
 pub mod entity;

@@ -13,8 +13,9 @@ use sea_orm::{
 };
 use tokio::sync::broadcast;
 
+use crate::batch::SaveBatcher;
 use crate::config::PgConfig;
-use crate::convert::{logs_json, state_values, to_instance, to_log};
+use crate::convert::{logs_json, save_row, state_values, to_instance, to_log};
 use crate::entity::{saga_logs, saga_state};
 use crate::error::Error;
 use crate::notify::{self, ListenerTask};
@@ -38,26 +39,6 @@ WITH created AS (
         AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
 )
 SELECT id FROM created";
-
-/// Replaces the saga if its version is the expected one, releases the lease,
-/// and appends the log entries only if the update happened: one statement
-/// (so one implicit transaction), one round trip. The `saga_state_finished`
-/// trigger sends the NOTIFY of a terminal status within it.
-const SAVE_SQL: &str = "\
-WITH updated AS (
-    UPDATE saga_state SET saga_type = $2, definition_version = $3, status = $4, current_step = $5,
-        phase = $6, attempt = $7, waiting = $8, uncertain = $9, steps = $10, data = $11, error = $12,
-        idempotency_key = $13, version = $14, next_wake_at = $15, deadline_at = $16, log_seq = $17,
-        created_at = $18, updated_at = $19, lease_owner = NULL, lease_until = NULL
-    WHERE id = $1 AND version = $21
-    RETURNING id
-), logged AS (
-    INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
-    SELECT updated.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
-    FROM updated CROSS JOIN jsonb_to_recordset($20)
-        AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
-)
-SELECT id FROM updated";
 
 /// Leases due sagas whose lease is free or expired; `SKIP LOCKED` makes
 /// concurrent claimers take disjoint sets without waiting on each other.
@@ -83,6 +64,14 @@ pub struct StoreConfig {
     pub notifications: bool,
     /// How many finished-saga ids a slow waiter may lag behind (default 1024).
     pub notification_capacity: usize,
+    /// Most saves written by one statement (default 64; 1 turns group commit
+    /// off). Saves that arrive while earlier ones run are written together:
+    /// one round trip and one commit for all of them, each still checked
+    /// against its own expected version.
+    pub save_batch: usize,
+    /// Most save statements running at once (default 4). Fewer means larger
+    /// batches under load; a lone save never waits for company.
+    pub save_batches_in_flight: usize,
 }
 
 impl Default for StoreConfig {
@@ -91,6 +80,8 @@ impl Default for StoreConfig {
             check_schema: true,
             notifications: true,
             notification_capacity: 1024,
+            save_batch: 64,
+            save_batches_in_flight: 4,
         }
     }
 }
@@ -109,6 +100,15 @@ impl StoreConfig {
         self.notifications = listen;
         self
     }
+
+    /// Sets the most saves per statement and the most statements in flight
+    /// (see [`save_batch`](Self::save_batch)).
+    #[must_use]
+    pub fn save_batching(mut self, batch: usize, in_flight: usize) -> Self {
+        self.save_batch = batch;
+        self.save_batches_in_flight = in_flight;
+        self
+    }
 }
 
 /// The production [`SagaStore`]: sagas in `saga_state`, their logs in
@@ -123,6 +123,7 @@ pub struct PgSagaStore {
 
 struct Inner {
     db: DatabaseConnection,
+    saves: SaveBatcher,
     finished: broadcast::Sender<SagaId>,
     _listener: Option<ListenerTask>,
 }
@@ -166,8 +167,11 @@ impl PgSagaStore {
         } else {
             None
         };
+        let saves =
+            SaveBatcher::start(db.clone(), config.save_batch, config.save_batches_in_flight);
         Ok(Self {
             inner: Arc::new(Inner {
+                saves,
                 db,
                 finished,
                 _listener: listener,
@@ -220,25 +224,8 @@ impl PgSagaStore {
         expected_version: u64,
         logs: &[LogEntry],
     ) -> Result<bool, Error> {
-        let mut values = state_values(instance)?;
-        values.push(logs_json(instance.id, logs)?);
-        values.push(Value::from(i64::try_from(expected_version).map_err(
-            |_| {
-                Error::OutOfRange(format!(
-                    "expected version {expected_version} does not fit a bigint"
-                ))
-            },
-        )?));
-        let rows = self
-            .inner
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                SAVE_SQL,
-                values,
-            ))
-            .await?;
-        Ok(!rows.is_empty())
+        let row = save_row(instance, expected_version, logs)?;
+        self.inner.saves.save(*instance.id.as_uuid(), &row).await
     }
 
     async fn exists(&self, id: SagaId) -> Result<bool, Error> {

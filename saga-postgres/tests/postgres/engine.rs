@@ -156,9 +156,15 @@ fn participants(
 }
 
 fn engine(store: PgSagaStore, transport: &InMemoryTransport, saga: &Saga<Order>) -> Engine {
+    // A short lease: when a loaded machine makes sagas due before the first
+    // engine "crashes", the sagas it had claimed come free again in seconds,
+    // well inside the tests' waits (the default lease is 30 s).
+    let mut config = EngineConfig::default();
+    config.poll_interval = Duration::from_millis(50);
+    config.lease = Duration::from_secs(2);
     Engine::builder(store, transport.clone())
         .register(saga)
-        .poll_interval(Duration::from_millis(50))
+        .config(config)
         .build()
 }
 

@@ -484,3 +484,84 @@ async fn a_saga_finished_through_one_store_is_announced_on_another() {
         "nothing announced for a rolled-back save"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_saves_are_each_checked_on_their_own() {
+    let test = TestDb::new().await;
+    // One statement at a time: saves issued together pile up into batches.
+    let config = saga_postgres::StoreConfig::default().save_batching(16, 1);
+    let store = saga_postgres::PgSagaStore::with_config(test.db.clone(), config)
+        .await
+        .expect("store");
+    let mut sagas = Vec::new();
+    for _ in 0..30 {
+        let saga = instance("grouped", None, None);
+        store
+            .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+            .await
+            .expect("create");
+        sagas.push(saga);
+    }
+    // Per saga, all at once: two writers racing from the same version (one
+    // must win, whatever batch each lands in), and a writer with a stale
+    // version. Saga 0's second writer also repeats log entry 0, a primary key
+    // violation that fails its batch: only that save may fail.
+    let mut saves = tokio::task::JoinSet::new();
+    for (i, saga) in sagas.iter().enumerate() {
+        for writer in 0..3u32 {
+            let store = store.clone();
+            // Writers 1 and 2 write no log entry, so that no log key can
+            // stop a wrong update (except saga 0's second writer).
+            let entries = match (i, writer) {
+                (_, 0) | (0, 1) => 1,
+                _ => 0,
+            };
+            let mut after = next(saga, entries);
+            after.data = json!({ "writer": writer });
+            let seq = if i == 0 && writer == 1 {
+                0
+            } else {
+                saga.log_seq
+            };
+            let entries: Vec<_> = (0..entries)
+                .map(|_| log(&after, seq, LogEvent::StepSucceeded))
+                .collect();
+            let expected = if writer == 2 {
+                saga.version - 1
+            } else {
+                saga.version
+            };
+            saves.spawn(async move {
+                let result = store.save(&after, expected, &entries).await;
+                (i, writer, after, result)
+            });
+        }
+    }
+    let mut winners = vec![None; sagas.len()];
+    while let Some(joined) = saves.join_next().await {
+        let (i, writer, after, result) = joined.expect("save task");
+        match (writer, result) {
+            (2, Err(Error::Conflict { .. })) => {}
+            (2, other) => panic!("a stale version must conflict: {other:?}"),
+            (_, Ok(())) => {
+                assert!(winners[i].is_none(), "saga {i}: two writers won");
+                winners[i] = Some(after);
+            }
+            (_, Err(Error::Conflict { .. })) => {}
+            (1, Err(e)) if i == 0 => assert_ne!(e.kind(), ErrorKind::Conflict),
+            (_, Err(e)) => panic!("saga {i} writer {writer}: unexpected {e}"),
+        }
+    }
+    for (i, (saga, winner)) in sagas.iter().zip(winners).enumerate() {
+        let winner = winner.unwrap_or_else(|| panic!("saga {i}: no writer won"));
+        let stored = store.load(saga.id).await.expect("load").expect("exists");
+        assert_eq!(stored, winner, "saga {i}: the winner's state is stored");
+        let logs = store.logs(saga.id).await.expect("logs");
+        let expected: Vec<u32> = (0..stored.log_seq).collect();
+        assert_eq!(
+            logs.iter().map(|l| l.seq).collect::<Vec<_>>(),
+            expected,
+            "saga {i}: the start entry and the winner's, nothing else"
+        );
+    }
+}

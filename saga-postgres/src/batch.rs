@@ -1,0 +1,241 @@
+//! Group commit for saves: the `save` calls that arrive while the database is
+//! busy go to it together, as one statement and one commit.
+//!
+//! Every transition of every saga is a version-checked save. One statement per
+//! save means one round trip, one plan start-up and one WAL flush each; under
+//! load those, not the rows, are most of the database's work (see
+//! docs/benchmarks.md). The batcher is a task in front of the pool: a save
+//! hands its row to the task and waits for its own answer. The task sends at
+//! once what is waiting, up to [`StoreConfig::save_batch`] rows in one
+//! statement, with at most [`StoreConfig::save_batches_in_flight`] statements
+//! running, so a lone save goes out immediately and saves pile into the next
+//! statement only while earlier ones are running.
+//!
+//! Guarantees are those of a single save: each row is updated only if its
+//! version is the expected one, and its log entries are written in the same
+//! statement (so the same transaction) as its row. A batch never holds two
+//! saves of one saga, and no saga is in two running batches: a later save of
+//! a saga waits for the earlier one. If a batch fails as a whole (a database
+//! error), every save in it is tried again on its own, so one bad row cannot
+//! fail the others.
+//!
+//! [`StoreConfig::save_batch`]: crate::StoreConfig::save_batch
+//! [`StoreConfig::save_batches_in_flight`]: crate::StoreConfig::save_batches_in_flight
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Updates every row of the batch whose version is the expected one, and
+/// appends the log entries of exactly those rows; returns their ids.
+/// (`jsonb_to_recordset` turns a JSON `null` into SQL NULL; the COALESCEs
+/// store it back as the JSON `null` it was.)
+const SAVE_BATCH_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
+        id uuid, saga_type text, definition_version integer, status text, current_step integer,
+        phase text, attempt integer, waiting text, uncertain boolean, steps jsonb, data jsonb,
+        error text, idempotency_key text, version bigint, next_wake_at timestamptz,
+        deadline_at timestamptz, log_seq bigint, created_at timestamptz, updated_at timestamptz,
+        expected bigint, logs jsonb)
+), updated AS (
+    UPDATE saga_state s SET saga_type = i.saga_type, definition_version = i.definition_version,
+        status = i.status, current_step = i.current_step, phase = i.phase, attempt = i.attempt,
+        waiting = i.waiting, uncertain = i.uncertain, steps = i.steps,
+        data = COALESCE(i.data, 'null'), error = i.error, idempotency_key = i.idempotency_key,
+        version = i.version, next_wake_at = i.next_wake_at, deadline_at = i.deadline_at,
+        log_seq = i.log_seq, created_at = i.created_at, updated_at = i.updated_at,
+        lease_owner = NULL, lease_until = NULL
+    FROM input i
+    -- `= ANY(ARRAY(...))` makes the planner find the rows by primary key;
+    -- joining on `s.id = i.id` alone gets a sequential scan of saga_state
+    -- (it cannot tell how few rows `input` holds).
+    WHERE s.id = ANY(ARRAY(SELECT id FROM input)) AND s.id = i.id AND s.version = i.expected
+    RETURNING s.id
+), logged AS (
+    INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
+    SELECT i.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
+    FROM input i JOIN updated u ON u.id = i.id
+    CROSS JOIN LATERAL jsonb_to_recordset(i.logs)
+        AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
+)
+SELECT id FROM updated";
+
+/// One save waiting for its batch.
+struct Request {
+    id: Uuid,
+    /// The row as [`crate::convert::save_row`] encodes it, as JSON text.
+    row: String,
+    /// Whether the row was updated (`false`: wrong version or no such saga).
+    reply: oneshot::Sender<Result<bool, Error>>,
+}
+
+/// The handle `save` uses; the task stops when the last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct SaveBatcher {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl SaveBatcher {
+    /// Starts the batching task on `db`.
+    pub(crate) fn start(db: DatabaseConnection, max_batch: usize, in_flight: usize) -> Self {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let batcher = Batcher {
+            db,
+            max_batch: max_batch.max(1),
+            permits: Arc::new(Semaphore::new(in_flight.max(1))),
+            busy: Arc::new(Mutex::new(HashSet::new())),
+            finished: Arc::new(Notify::new()),
+        };
+        tokio::spawn(batcher.run(rx));
+        Self { requests }
+    }
+
+    /// Saves `row` (saga `id`) in the next batch; `true` if it was updated.
+    pub(crate) async fn save(&self, id: Uuid, row: &serde_json::Value) -> Result<bool, Error> {
+        let row = serde_json::to_string(row)?;
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { id, row, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+struct Batcher {
+    db: DatabaseConnection,
+    max_batch: usize,
+    /// One permit per statement allowed to run at once.
+    permits: Arc<Semaphore>,
+    /// Sagas in running batches.
+    busy: Arc<Mutex<HashSet<Uuid>>>,
+    /// Signalled whenever a batch finishes.
+    finished: Arc<Notify>,
+}
+
+impl Batcher {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut waiting: VecDeque<Request> = VecDeque::new();
+        loop {
+            if waiting.is_empty() {
+                match rx.recv().await {
+                    Some(request) => waiting.push_back(request),
+                    None => return,
+                }
+            }
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                return;
+            };
+            // Whatever arrived while we waited for a free statement joins in.
+            while let Ok(request) = rx.try_recv() {
+                waiting.push_back(request);
+            }
+            let batch = self.take_batch(&mut waiting);
+            if batch.is_empty() {
+                // Every waiting save is of a saga whose earlier save is running.
+                drop(permit);
+                self.finished.notified().await;
+                continue;
+            }
+            let db = self.db.clone();
+            let busy = Arc::clone(&self.busy);
+            let finished = Arc::clone(&self.finished);
+            tokio::spawn(execute(db, batch, permit, busy, finished));
+        }
+    }
+
+    /// Up to `max_batch` waiting saves, in arrival order, of distinct sagas
+    /// none of which is in a running batch; marks those sagas busy.
+    fn take_batch(&self, waiting: &mut VecDeque<Request>) -> Vec<Request> {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = Vec::new();
+        let mut later = VecDeque::new();
+        while let Some(request) = waiting.pop_front() {
+            if batch.len() < self.max_batch && busy.insert(request.id) {
+                batch.push(request);
+            } else {
+                later.push_back(request);
+            }
+        }
+        *waiting = later;
+        batch
+    }
+}
+
+async fn execute(
+    db: DatabaseConnection,
+    batch: Vec<Request>,
+    _permit: OwnedSemaphorePermit,
+    busy: Arc<Mutex<HashSet<Uuid>>>,
+    finished: Arc<Notify>,
+) {
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+    let size = batch.len();
+    match save_rows(&db, batch.iter().map(|r| r.row.as_str())).await {
+        Ok(updated) => {
+            tracing::trace!(size, "save batch committed");
+            for request in batch {
+                let _ = request.reply.send(Ok(updated.contains(&request.id)));
+            }
+        }
+        Err(e) if size > 1 => {
+            tracing::debug!(size, error = %e, "save batch failed; saving its rows one by one");
+            for request in batch {
+                let result = save_rows(&db, std::iter::once(request.row.as_str()))
+                    .await
+                    .map(|updated| updated.contains(&request.id));
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(e) => {
+            if let Some(request) = batch.into_iter().next() {
+                let _ = request.reply.send(Err(e));
+            }
+        }
+    }
+    let mut busy = busy.lock().unwrap_or_else(PoisonError::into_inner);
+    for id in &ids {
+        busy.remove(id);
+    }
+    drop(busy);
+    finished.notify_one();
+}
+
+/// The batcher's task is gone (the runtime is shutting down).
+fn stopped() -> Error {
+    Error::Unavailable {
+        context: " (the store's save batcher has stopped)".to_owned(),
+        source: sea_orm::DbErr::Custom("save batcher stopped".to_owned()),
+    }
+}
+
+/// Runs one batch statement; the ids of the rows it updated.
+async fn save_rows<'a>(
+    db: &DatabaseConnection,
+    rows: impl Iterator<Item = &'a str>,
+) -> Result<HashSet<Uuid>, Error> {
+    let mut array = String::from("[");
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str(row);
+    }
+    array.push(']');
+    let updated = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SAVE_BATCH_SQL,
+            [array.into()],
+        ))
+        .await?;
+    updated
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id").map_err(Error::from))
+        .collect()
+}
