@@ -162,9 +162,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
     config: EngineConfig,
-    finished: broadcast::Sender<SagaId>,
+    /// Sagas this engine finished, with their final saved state.
+    finished: broadcast::Sender<Arc<SagaInstance>>,
     /// Last saved state of unfinished sagas this engine worked on.
-    cache: Mutex<HashMap<SagaId, SagaInstance>>,
+    cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
 }
 
 /// Runs sagas. Cheap to clone; clones share everything.
@@ -252,8 +253,9 @@ impl Engine {
             match self.inner.store.create(&t.instance, &t.logs).await? {
                 Created::New => {
                     tracing::info!("saga started");
-                    self.remember(&t.instance);
-                    self.perform(&def, &t.instance, t.effects).await;
+                    let instance = Arc::new(t.instance);
+                    self.remember(&instance);
+                    self.perform(&def, &instance, t.effects).await;
                     Ok(id)
                 }
                 Created::Existing(existing) => {
@@ -317,7 +319,7 @@ impl Engine {
         for instance in due {
             let id = instance.id;
             if let Err(e) = self
-                .apply_to(Some(instance), id, &Event::WakeUp, |_, _| Ok(()))
+                .apply_to(Some(Arc::new(instance)), id, &Event::WakeUp, |_, _| Ok(()))
                 .await
             {
                 tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
@@ -383,7 +385,7 @@ impl Engine {
             })
         })
         .await
-        .map(|(_, after)| after)
+        .map(|(_, after)| SagaInstance::clone(&after))
     }
 
     /// Loads a saga.
@@ -440,7 +442,11 @@ impl Engine {
             let until = deadline.min(now + self.inner.config.wait_poll);
             loop {
                 let notified = tokio::select! {
-                    r = local.recv() => matches!(r, Ok(done) if done == id) || r.is_err(),
+                    r = local.recv() => match r {
+                        Ok(done) if done.id == id => return Ok(SagaInstance::clone(&done)),
+                        Ok(_) => false,
+                        Err(_) => true,
+                    },
                     r = recv_remote(&mut remote) => matches!(r, Some(Ok(done)) if done == id) || !matches!(r, Some(Ok(_))),
                     () = tokio::time::sleep_until(until) => true,
                 };
@@ -469,7 +475,7 @@ impl Engine {
         id: SagaId,
         event: Event,
         check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
-    ) -> Result<(SagaInstance, SagaInstance)> {
+    ) -> Result<(Arc<SagaInstance>, Arc<SagaInstance>)> {
         self.apply_to(None, id, &event, check).await
     }
 
@@ -477,11 +483,11 @@ impl Engine {
     /// Returns the instance before and after.
     async fn apply_to(
         &self,
-        mut loaded: Option<SagaInstance>,
+        mut loaded: Option<Arc<SagaInstance>>,
         id: SagaId,
         event: &Event,
         check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
-    ) -> Result<(SagaInstance, SagaInstance)> {
+    ) -> Result<(Arc<SagaInstance>, Arc<SagaInstance>)> {
         for attempt in 0..=self.inner.config.conflict_retries {
             if attempt > 0 {
                 self.forget(id);
@@ -493,6 +499,7 @@ impl Engine {
                     .store
                     .load(id)
                     .await?
+                    .map(Arc::new)
                     .ok_or(Error::NotFound(id))?,
             };
             let def =
@@ -506,7 +513,7 @@ impl Engine {
             let span = tracing::debug_span!("saga.transition", saga_id = %id, saga_type = %def.name(), step = %step);
             let t = machine::transition(&def, &instance, event.clone(), self.inner.clock.now());
             if t.is_noop() {
-                return Ok((instance, t.instance));
+                return Ok((instance, Arc::new(t.instance)));
             }
             match self
                 .inner
@@ -516,11 +523,10 @@ impl Engine {
                 .await
             {
                 Ok(()) => {
-                    self.remember(&t.instance);
-                    self.perform(&def, &t.instance, t.effects)
-                        .instrument(span)
-                        .await;
-                    return Ok((instance, t.instance));
+                    let after = Arc::new(t.instance);
+                    self.remember(&after);
+                    self.perform(&def, &after, t.effects).instrument(span).await;
+                    return Ok((instance, after));
                 }
                 Err(Error::Conflict { .. }) => {
                     tracing::debug!(saga_id = %id, "version conflict; reloading");
@@ -531,14 +537,14 @@ impl Engine {
         Err(Error::Conflict { id, expected: 0 })
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, SagaInstance>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, Arc<SagaInstance>>> {
         self.inner
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn cached(&self, id: SagaId) -> Option<SagaInstance> {
+    fn cached(&self, id: SagaId) -> Option<Arc<SagaInstance>> {
         self.cache().get(&id).cloned()
     }
 
@@ -547,7 +553,7 @@ impl Engine {
     }
 
     /// Keeps an unfinished saga's last saved state; drops finished ones.
-    fn remember(&self, instance: &SagaInstance) {
+    fn remember(&self, instance: &Arc<SagaInstance>) {
         let capacity = self.inner.config.cache_capacity;
         let mut cache = self.cache();
         if instance.is_terminal() || capacity == 0 {
@@ -558,13 +564,13 @@ impl Engine {
             // Crude but bounded: start over rather than track recency.
             cache.clear();
         }
-        cache.insert(instance.id, instance.clone());
+        cache.insert(instance.id, Arc::clone(instance));
     }
 
     async fn perform(
         &self,
         def: &Arc<SagaDefinition>,
-        instance: &SagaInstance,
+        instance: &Arc<SagaInstance>,
         effects: Vec<Effect>,
     ) {
         for effect in effects {
@@ -586,7 +592,7 @@ impl Engine {
                 } => self.spawn_local(def, instance.id, step, direction, attempt, data),
                 Effect::Finished(status) => {
                     tracing::info!(saga_id = %instance.id, saga_type = %instance.saga_type, %status, "saga finished");
-                    let _ = self.inner.finished.send(instance.id);
+                    let _ = self.inner.finished.send(Arc::clone(instance));
                 }
             }
         }
