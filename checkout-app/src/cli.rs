@@ -25,6 +25,26 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl Cli {
+    /// Whether the command runs one service of the five on its own (one
+    /// process per service): such a process is best served by a single-threaded
+    /// runtime, since several processes share the machine's cores and a
+    /// thread hand-off costs more than the work of one message.
+    #[must_use]
+    pub fn is_single_service(&self) -> bool {
+        matches!(
+            self.command,
+            Some(
+                Command::Gateway(_)
+                    | Command::Orchestrator(_)
+                    | Command::OrderService(_)
+                    | Command::InventoryService(_)
+                    | Command::PaymentService(_)
+            )
+        )
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

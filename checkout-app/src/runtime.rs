@@ -281,10 +281,19 @@ pub async fn service_db(
 pub async fn transport(url: Option<&str>) -> Result<Arc<dyn Transport>> {
     match url {
         Some(url) => {
-            let transport =
-                saga_rabbitmq::RabbitTransport::connect(saga_rabbitmq::Config::new(url))
-                    .await
-                    .map_err(|e| Error::Saga(e.into()))?;
+            // The URL given here, the tuning (`RABBITMQ_PREFETCH`,
+            // `RABBITMQ_QUEUE_TYPE`, ...) from the environment.
+            let config = saga_rabbitmq::Config::from_lookup(|name| {
+                if name == saga_rabbitmq::URL_ENV {
+                    Some(url.to_owned())
+                } else {
+                    std::env::var(name).ok()
+                }
+            })
+            .map_err(|e| Error::Saga(e.into()))?;
+            let transport = saga_rabbitmq::RabbitTransport::connect(config)
+                .await
+                .map_err(|e| Error::Saga(e.into()))?;
             Ok(Arc::new(transport))
         }
         None => Ok(Arc::new(InMemoryTransport::new())),
