@@ -97,8 +97,7 @@ impl SaveBatcher {
     }
 
     /// Saves `row` (saga `id`) in the next batch; `true` if it was updated.
-    pub(crate) async fn save(&self, id: Uuid, row: &serde_json::Value) -> Result<bool, Error> {
-        let row = serde_json::to_string(row)?;
+    pub(crate) async fn save(&self, id: Uuid, row: String) -> Result<bool, Error> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request { id, row, reply })

@@ -107,39 +107,65 @@ fn timestamp(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
     at.map(|at| at.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
-/// One saga's save as a JSON object for the batched save statement
+#[derive(Serialize)]
+struct SaveRow<'a> {
+    id: &'a uuid::Uuid,
+    saga_type: &'a str,
+    definition_version: i32,
+    status: &'static str,
+    current_step: Option<i32>,
+    phase: Option<&'static str>,
+    attempt: Option<i32>,
+    waiting: Option<&'static str>,
+    uncertain: bool,
+    steps: &'a [StepStatus],
+    data: &'a serde_json::Value,
+    error: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+    version: i64,
+    next_wake_at: Option<String>,
+    deadline_at: Option<String>,
+    log_seq: i64,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    expected: i64,
+    logs: serde_json::Value,
+}
+
+/// One saga's save as JSON text for the batched save statement
 /// ([`crate::batch`]): the 19 `saga_state` columns, the expected version and
-/// the log entries, read back in SQL with `jsonb_to_recordset`.
+/// the log entries, read back in SQL with `jsonb_to_recordset`. Written
+/// straight from borrowed fields: the saga's data is not copied first.
 pub(crate) fn save_row(
     instance: &SagaInstance,
     expected_version: u64,
     logs: &[LogEntry],
-) -> Result<serde_json::Value, Error> {
+) -> Result<String, Error> {
     let cursor = instance.cursor;
-    let logs = log_rows(instance.id, logs)?;
-    Ok(serde_json::json!({
-        "id": instance.id.as_uuid(),
-        "saga_type": instance.saga_type,
-        "definition_version": int("definition version", instance.definition_version)?,
-        "status": instance.status.as_str(),
-        "current_step": cursor.map(|c| int("step index", c.step)).transpose()?,
-        "phase": cursor.map(|c| c.direction.as_str()),
-        "attempt": cursor.map(|c| int("attempt", c.attempt)).transpose()?,
-        "waiting": cursor.map(|c| waiting_str(c.waiting)),
-        "uncertain": cursor.is_some_and(|c| c.uncertain),
-        "steps": instance.steps,
-        "data": instance.data,
-        "error": instance.error,
-        "idempotency_key": instance.idempotency_key,
-        "version": big("version", instance.version)?,
-        "next_wake_at": timestamp(instance.next_wake_at),
-        "deadline_at": timestamp(instance.deadline_at),
-        "log_seq": i64::from(instance.log_seq),
-        "created_at": timestamp(Some(instance.created_at)),
-        "updated_at": timestamp(Some(instance.updated_at)),
-        "expected": big("expected version", expected_version)?,
-        "logs": logs,
-    }))
+    let row = SaveRow {
+        id: instance.id.as_uuid(),
+        saga_type: &instance.saga_type,
+        definition_version: int("definition version", instance.definition_version)?,
+        status: instance.status.as_str(),
+        current_step: cursor.map(|c| int("step index", c.step)).transpose()?,
+        phase: cursor.map(|c| c.direction.as_str()),
+        attempt: cursor.map(|c| int("attempt", c.attempt)).transpose()?,
+        waiting: cursor.map(|c| waiting_str(c.waiting)),
+        uncertain: cursor.is_some_and(|c| c.uncertain),
+        steps: &instance.steps,
+        data: &instance.data,
+        error: instance.error.as_deref(),
+        idempotency_key: instance.idempotency_key.as_deref(),
+        version: big("version", instance.version)?,
+        next_wake_at: timestamp(instance.next_wake_at),
+        deadline_at: timestamp(instance.deadline_at),
+        log_seq: i64::from(instance.log_seq),
+        created_at: timestamp(Some(instance.created_at)),
+        updated_at: timestamp(Some(instance.updated_at)),
+        expected: big("expected version", expected_version)?,
+        logs: log_rows(instance.id, logs)?,
+    };
+    Ok(serde_json::to_string(&row)?)
 }
 
 fn parse<T: std::str::FromStr>(id: &uuid::Uuid, what: &str, value: &str) -> Result<T, Error> {

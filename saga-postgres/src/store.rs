@@ -225,7 +225,7 @@ impl PgSagaStore {
         logs: &[LogEntry],
     ) -> Result<bool, Error> {
         let row = save_row(instance, expected_version, logs)?;
-        self.inner.saves.save(*instance.id.as_uuid(), &row).await
+        self.inner.saves.save(*instance.id.as_uuid(), row).await
     }
 
     async fn exists(&self, id: SagaId) -> Result<bool, Error> {
