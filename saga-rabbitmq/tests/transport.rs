@@ -348,30 +348,50 @@ async fn classic_queues_dead_letter_after_the_delivery_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_disconnect_mid_stream_loses_nothing() {
-    const TOTAL: u64 = 2_000;
+    // Messages the publisher still sends once it has seen the new connection.
+    const AFTER_RECONNECT: u64 = 500;
     let vhost = TestVhost::new("disconnect").await;
     let transport = vhost.default_transport().await;
     let generation = transport.connection_generation().expect("connected");
     let mut sub = transport.consume_commands("steady").await.expect("consume");
+    // The publisher tells the consumer how many it sent once it is done.
+    let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
     let consumer = tokio::spawn(async move {
         let mut seen: HashMap<u64, u32> = HashMap::new();
-        while seen.len() < TOTAL as usize {
-            let d = tokio::time::timeout(WAIT, sub.next())
-                .await
-                .unwrap_or_else(|_| panic!("stalled after {} of {TOTAL} messages", seen.len()))
-                .expect("the subscription survives reconnects");
+        loop {
+            let total = *total_rx.borrow_and_update();
+            if total.is_some_and(|total| seen.len() as u64 >= total) {
+                return (seen, total.unwrap_or_default());
+            }
+            let next = tokio::time::timeout(WAIT, sub.next());
+            let d = if total.is_some() {
+                next.await
+            } else {
+                tokio::select! {
+                    d = next => d,
+                    // The total is in (or the publisher died): look again.
+                    _ = total_rx.changed() => continue,
+                }
+            }
+            .unwrap_or_else(|_| panic!("stalled after {} messages", seen.len()))
+            .expect("the subscription survives reconnects");
             *seen.entry(n_of(&d)).or_default() += 1;
             // An ack on the old channel fails; the broker redelivers that message.
             let _ = d.ack().await;
         }
-        seen
     });
 
+    // The publisher streams at a steady pace until it has seen the transport
+    // reconnect, and then some more, so the close always falls mid-stream
+    // however long the management API takes to list the connection.
     let publisher = {
         let t = Arc::clone(&transport);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let mut failures = 0;
-            for n in 0..TOTAL {
+            let mut reconnected_at = None;
+            let mut n = 0;
+            while reconnected_at.is_none_or(|at| n < at + AFTER_RECONNECT) {
                 // At-least-once publishing: a failed publish is retried (the
                 // engine does the same through its step timeouts).
                 loop {
@@ -384,11 +404,22 @@ async fn a_forced_disconnect_mid_stream_loses_nothing() {
                         }
                     }
                 }
-                if n % 100 == 0 {
+                n += 1;
+                if reconnected_at.is_none()
+                    && t.connection_generation().is_some_and(|g| g > generation)
+                {
+                    reconnected_at = Some(n);
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the transport did not reconnect within a minute"
+                );
+                if n % 20 == 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            failures
+            total_tx.send(Some(n)).expect("the consumer is running");
+            (n, reconnected_at.unwrap_or(n), failures)
         })
     };
 
@@ -396,27 +427,25 @@ async fn a_forced_disconnect_mid_stream_loses_nothing() {
     let closed = vhost.close_connections().await;
     assert!(closed >= 1, "the test closed the transport's connection");
 
-    let failures = publisher.await.expect("publisher");
-    let seen = consumer.await.expect("consumer");
+    let (sent, reconnected_at, failures) = publisher.await.expect("publisher");
+    let (seen, total) = consumer.await.expect("consumer");
+    assert_eq!(total, sent);
+    assert!(
+        reconnected_at > 0 && reconnected_at < sent,
+        "messages went out on both connections ({reconnected_at} of {sent} before the reconnect)"
+    );
     assert_eq!(
         seen.len() as u64,
-        TOTAL,
+        sent,
         "nothing lost across the disconnect"
     );
+    assert!(seen.keys().all(|&n| n < sent), "only what was sent arrived");
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
     eprintln!(
-        "disconnect: {failures} publish failures retried, {duplicates} redeliveries deduplicated"
+        "disconnect: {sent} sent, {reconnected_at} before the reconnect; \
+         {failures} publish failures retried, {duplicates} redeliveries deduplicated"
     );
-    // The supervisor may be between connections right now: give it a moment.
-    let mut now = transport.connection_generation();
-    for _ in 0..100 {
-        if now.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        now = transport.connection_generation();
-    }
-    let now = now.expect("reconnected");
+    let now = transport.connection_generation().expect("still connected");
     assert!(
         now > generation,
         "the transport reconnected ({generation} -> {now})"
