@@ -302,62 +302,19 @@ fn backoff(attempt: u32, order_id: Uuid) -> Duration {
 }
 
 /// One all-or-nothing reservation attempt in one transaction.
+///
+/// The reservation row goes in first (`ON CONFLICT (order_id) DO NOTHING`):
+/// a duplicate or a release tombstone is found at once, and a concurrent
+/// twin waits on the unique index until this transaction ends. Then every
+/// product is read in one query and decremented in product-id order with the
+/// version check. Round trips: `BEGIN`, insert, read, one update per
+/// product, `COMMIT`.
 async fn try_reserve(
     db: &DatabaseConnection,
     order_id: Uuid,
     lines: &[ReservedItem],
 ) -> Result<Attempt, DbErr> {
     let txn = db.begin().await?;
-    let existing = reservations::Entity::find()
-        .filter(reservations::Column::OrderId.eq(order_id))
-        .one(&txn)
-        .await?;
-    if let Some(reservation) = existing {
-        txn.commit().await?;
-        tracing::debug!(
-            status = reservation.status.as_str(),
-            "duplicate reserve_inventory answered from the existing reservation"
-        );
-        return Ok(Attempt::Done(answer(&reservation)));
-    }
-    for line in lines {
-        let Some(product) = products::Entity::find_by_id(line.product_id)
-            .one(&txn)
-            .await?
-        else {
-            txn.rollback().await?;
-            return Ok(Attempt::Done(Err(StepError::business(format!(
-                "unknown product {}",
-                line.product_id
-            )))));
-        };
-        if product.stock < line.quantity {
-            txn.rollback().await?;
-            tracing::info!(product_id = %product.id, requested = line.quantity, available = product.stock, "insufficient stock");
-            return Ok(Attempt::Done(Err(StepError::business(format!(
-                "insufficient stock for {}: requested {}, available {}",
-                product.name, line.quantity, product.stock
-            )))));
-        }
-        let updated = products::Entity::update_many()
-            .col_expr(
-                products::Column::Stock,
-                Expr::col(products::Column::Stock).sub(line.quantity),
-            )
-            .col_expr(
-                products::Column::Version,
-                Expr::col(products::Column::Version).add(1),
-            )
-            .filter(products::Column::Id.eq(product.id))
-            .filter(products::Column::Version.eq(product.version))
-            .filter(products::Column::Stock.gte(line.quantity))
-            .exec(&txn)
-            .await?;
-        if updated.rows_affected != 1 {
-            txn.rollback().await?;
-            return Ok(Attempt::Conflict);
-        }
-    }
     let now = Utc::now();
     let id = Uuid::now_v7();
     let reservation = reservations::ActiveModel {
@@ -373,10 +330,66 @@ async fn try_reserve(
         .exec_without_returning(&txn)
         .await?;
     if !inserted(&result) {
-        // A concurrent duplicate (or a release tombstone) committed first:
-        // undo our stock changes and answer from its row.
-        txn.rollback().await?;
-        return Ok(Attempt::Conflict);
+        let existing = reservations::Entity::find()
+            .filter(reservations::Column::OrderId.eq(order_id))
+            .one(&txn)
+            .await?;
+        txn.commit().await?;
+        let Some(reservation) = existing else {
+            // Cannot happen (reservations are never deleted): try again.
+            return Ok(Attempt::Conflict);
+        };
+        tracing::debug!(
+            status = reservation.status.as_str(),
+            "duplicate reserve_inventory answered from the existing reservation"
+        );
+        return Ok(Attempt::Done(answer(&reservation)));
+    }
+    let products: BTreeMap<Uuid, products::Model> = products::Entity::find()
+        .filter(products::Column::Id.is_in(lines.iter().map(|line| line.product_id)))
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|product| (product.id, product))
+        .collect();
+    let mut checked = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(product) = products.get(&line.product_id) else {
+            txn.rollback().await?;
+            return Ok(Attempt::Done(Err(StepError::business(format!(
+                "unknown product {}",
+                line.product_id
+            )))));
+        };
+        if product.stock < line.quantity {
+            txn.rollback().await?;
+            tracing::info!(product_id = %product.id, requested = line.quantity, available = product.stock, "insufficient stock");
+            return Ok(Attempt::Done(Err(StepError::business(format!(
+                "insufficient stock for {}: requested {}, available {}",
+                product.name, line.quantity, product.stock
+            )))));
+        }
+        checked.push((line, product.version));
+    }
+    for (line, version) in checked {
+        let updated = products::Entity::update_many()
+            .col_expr(
+                products::Column::Stock,
+                Expr::col(products::Column::Stock).sub(line.quantity),
+            )
+            .col_expr(
+                products::Column::Version,
+                Expr::col(products::Column::Version).add(1),
+            )
+            .filter(products::Column::Id.eq(line.product_id))
+            .filter(products::Column::Version.eq(version))
+            .filter(products::Column::Stock.gte(line.quantity))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(Attempt::Conflict);
+        }
     }
     txn.commit().await?;
     tracing::info!(reservation_id = %id, lines = lines.len(), "inventory reserved");

@@ -3,7 +3,8 @@
 //!
 //! Its participant serves the `order` endpoint with `create_order`,
 //! `confirm_order` and `cancel_order`. Every handler is idempotent per order
-//! id and runs in one database transaction:
+//! id and commits its change atomically (`confirm_order` as one conditional
+//! update, the others in one transaction):
 //!
 //! - `create_order` inserts the order and its lines; a redelivery finds the
 //!   order and answers the same reply. An order that exists as `CANCELLED` (a
@@ -347,7 +348,8 @@ async fn try_confirm_order(
     db: &DatabaseConnection,
     cmd: &ConfirmOrder,
 ) -> Result<Option<Result<(), StepError>>, DbErr> {
-    let txn = db.begin().await?;
+    // One conditional update, committed on its own: the common case is one
+    // statement. Only when it matched no row is the order read.
     let updated = orders::Entity::update_many()
         .col_expr(
             orders::Column::Status,
@@ -356,15 +358,13 @@ async fn try_confirm_order(
         .col_expr(orders::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(orders::Column::Id.eq(cmd.order_id))
         .filter(orders::Column::Status.eq(OrderStatus::Pending))
-        .exec(&txn)
+        .exec(db)
         .await?;
     if updated.rows_affected == 1 {
-        txn.commit().await?;
         tracing::info!("order confirmed");
         return Ok(Some(Ok(())));
     }
-    let existing = orders::Entity::find_by_id(cmd.order_id).one(&txn).await?;
-    txn.commit().await?;
+    let existing = orders::Entity::find_by_id(cmd.order_id).one(db).await?;
     Ok(match existing.map(|o| o.status) {
         Some(OrderStatus::Confirmed) => Some(Ok(())),
         Some(OrderStatus::Cancelled) => Some(Err(StepError::business(format!(

@@ -2,8 +2,9 @@
 //! (`REFUNDED`, the compensation), at most one payment per order.
 //!
 //! Its participant serves the `payment` endpoint with `process_payment` and
-//! `refund_payment`. Both are idempotent per order id (a unique `order_id`)
-//! and run in one database transaction:
+//! `refund_payment`. Both are idempotent per order id (a unique `order_id`);
+//! each commits its change atomically (a refund in one transaction, a new
+//! payment as one statement):
 //!
 //! - `process_payment` answers an existing payment's outcome (`SUCCESS`: the
 //!   same reply; `FAILED`: "payment declined"; `REFUNDED`: refused). Otherwise
@@ -150,25 +151,19 @@ async fn process_payment(
     )))
 }
 
-/// One attempt; `None` when a concurrent duplicate won the insert (re-read).
+/// One attempt; `None` when the payment that won the insert is gone again
+/// (it cannot be, payments are never deleted; try again all the same).
+///
+/// The common case is one statement and one commit: the new payment is
+/// inserted with `ON CONFLICT (order_id) DO NOTHING`. Only a duplicate (a
+/// redelivery, a concurrent twin, or a refund tombstone) reads the row that
+/// is there and answers from it. The decline is a function of the seed and
+/// the order id, so inserting before looking cannot decide differently.
 async fn try_process_payment(
     db: &DatabaseConnection,
     config: PaymentConfig,
     cmd: &ProcessPayment,
 ) -> Result<Option<Result<PaymentProcessed, StepError>>, DbErr> {
-    let txn = db.begin().await?;
-    let existing = payments::Entity::find()
-        .filter(payments::Column::OrderId.eq(cmd.order_id))
-        .one(&txn)
-        .await?;
-    if let Some(payment) = existing {
-        txn.commit().await?;
-        tracing::debug!(
-            status = payment.status.as_str(),
-            "duplicate process_payment answered from the existing payment"
-        );
-        return Ok(Some(answer(&payment)));
-    }
     let declined = chance::fails(config.failure_rate, config.seed, cmd.order_id);
     let now = Utc::now();
     let payment = payments::Model {
@@ -194,19 +189,27 @@ async fn try_process_payment(
         updated_at: Set(now),
     })
     .on_conflict_do_nothing_on([payments::Column::OrderId])
-    .exec_without_returning(&txn)
+    .exec_without_returning(db)
     .await?;
-    if !inserted(&result) {
-        txn.rollback().await?;
-        return Ok(None);
+    if inserted(&result) {
+        if declined {
+            tracing::info!(amount = %cmd.amount, "payment declined");
+        } else {
+            tracing::info!(amount = %cmd.amount, "payment succeeded");
+        }
+        return Ok(Some(answer(&payment)));
     }
-    txn.commit().await?;
-    if declined {
-        tracing::info!(amount = %cmd.amount, "payment declined");
-    } else {
-        tracing::info!(amount = %cmd.amount, "payment succeeded");
-    }
-    Ok(Some(answer(&payment)))
+    let existing = payments::Entity::find()
+        .filter(payments::Column::OrderId.eq(cmd.order_id))
+        .one(db)
+        .await?;
+    Ok(existing.map(|payment| {
+        tracing::debug!(
+            status = payment.status.as_str(),
+            "duplicate process_payment answered from the existing payment"
+        );
+        answer(&payment)
+    }))
 }
 
 #[tracing::instrument(name = "payment.refund", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
