@@ -485,16 +485,19 @@ async fn a_saga_finished_through_one_store_is_announced_on_another() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grouped_saves_are_each_checked_on_their_own() {
-    let test = TestDb::new().await;
-    // One statement at a time: saves issued together pile up into batches.
+/// A store that runs one save statement at a time, so saves issued
+/// together pile up into batches.
+async fn one_save_statement_at_a_time(test: &TestDb) -> saga_postgres::PgSagaStore {
     let config = saga_postgres::StoreConfig::default().save_batching(16, 1);
-    let store = saga_postgres::PgSagaStore::with_config(test.db.clone(), config)
+    saga_postgres::PgSagaStore::with_config(test.db.clone(), config)
         .await
-        .expect("store");
+        .expect("store")
+}
+
+/// `n` sagas created one after the other, each with its start entry.
+async fn started(store: &saga_postgres::PgSagaStore, n: usize) -> Vec<saga_core::SagaInstance> {
     let mut sagas = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..n {
         let saga = instance("grouped", None, None);
         store
             .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
@@ -502,6 +505,14 @@ async fn grouped_saves_are_each_checked_on_their_own() {
             .expect("create");
         sagas.push(saga);
     }
+    sagas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_saves_are_each_checked_on_their_own() {
+    let test = TestDb::new().await;
+    let store = one_save_statement_at_a_time(&test).await;
+    let sagas = started(&store, 30).await;
     // Per saga, all at once: two writers racing from the same version (one
     // must win, whatever batch each lands in), and a writer with a stale
     // version. Saga 0's second writer also repeats log entry 0, a primary key
@@ -564,4 +575,124 @@ async fn grouped_saves_are_each_checked_on_their_own() {
             "saga {i}: the start entry and the winner's, nothing else"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_amid_grouped_saves_are_each_checked_on_their_own() {
+    let test = TestDb::new().await;
+    let store = one_save_statement_at_a_time(&test).await;
+    let existing = started(&store, 10).await;
+
+    // All at once: 20 creates with no key, 5 pairs of creates sharing a key,
+    // a create reusing an existing id (only it may fail), and a save of each
+    // existing saga (grouped into batches while the creates run).
+    let mut creates: Vec<(Option<usize>, saga_core::SagaInstance)> = (0..20)
+        .map(|_| (None, instance("grouped", None, None)))
+        .collect();
+    for pair in 0..5 {
+        for _ in 0..2 {
+            let key = format!("pair-{pair}");
+            creates.push((Some(pair), instance("grouped", Some(&key), None)));
+        }
+    }
+    let reused = first_without_key(&existing[0]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (pair, saga) in creates.clone() {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let created = store
+                .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+                .await;
+            (Some((pair, saga)), created.map(Some))
+        });
+    }
+    {
+        let store = store.clone();
+        let reused = reused.clone();
+        tasks.spawn(async move {
+            let created = store.create(&reused, &[]).await;
+            (None, created.map(Some))
+        });
+    }
+    for saga in &existing {
+        let store = store.clone();
+        let after = next(saga, 1);
+        let expected = saga.version;
+        tasks.spawn(async move {
+            let entries = [log(&after, 1, LogEvent::StepSucceeded)];
+            let saved = store.save(&after, expected, &entries).await;
+            (None, saved.map(|()| None))
+        });
+    }
+
+    let mut pair_winners: Vec<Vec<SagaId>> = vec![Vec::new(); 5];
+    let mut pair_answers: Vec<Vec<SagaId>> = vec![Vec::new(); 5];
+    let (mut duplicate_refused, mut saves) = (false, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            (Some((None, saga)), result) => {
+                assert_eq!(
+                    result.expect("a fresh create"),
+                    Some(Created::New),
+                    "{}",
+                    saga.id
+                );
+            }
+            (Some((Some(pair), saga)), result) => match result.expect("a keyed create") {
+                Some(Created::New) => pair_winners[pair].push(saga.id),
+                Some(Created::Existing(first)) => pair_answers[pair].push(first.id),
+                None => unreachable!("creates answer Created"),
+            },
+            (None, Ok(None)) => saves += 1,
+            (None, Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Duplicate, "{e}");
+                duplicate_refused = true;
+            }
+            (None, Ok(Some(c))) => panic!("reusing an existing id must fail, got {c:?}"),
+        }
+    }
+    assert!(duplicate_refused, "the reused id is refused");
+    assert_eq!(
+        saves,
+        existing.len(),
+        "every save in the batches went through"
+    );
+    for pair in 0..5 {
+        assert_eq!(
+            pair_winners[pair].len(),
+            1,
+            "pair {pair}: exactly one start creates"
+        );
+        assert_eq!(
+            pair_answers[pair], pair_winners[pair],
+            "pair {pair}: the other sees the winner"
+        );
+    }
+
+    // Only what was created is stored, each with its own start entry.
+    for (_, saga) in &creates {
+        let stored = store.load(saga.id).await.expect("load");
+        let logs = store.logs(saga.id).await.expect("logs");
+        let won = stored.is_some();
+        assert_eq!(
+            logs.len(),
+            usize::from(won),
+            "saga {}: one entry if created, none if not",
+            saga.id
+        );
+        if let Some(stored) = stored {
+            assert_eq!(&stored, saga, "saga {}: stored as created", saga.id);
+        }
+    }
+    let stored_first = store
+        .load(existing[0].id)
+        .await
+        .expect("load")
+        .expect("exists");
+    assert_eq!(
+        stored_first.version,
+        existing[0].version + 1,
+        "the saved state, not the reused id's"
+    );
+    assert_eq!(store.logs(existing[0].id).await.expect("logs").len(), 2);
 }
