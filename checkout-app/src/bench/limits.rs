@@ -115,13 +115,24 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
                     per_second: Some(tps),
                     how: how.clone(),
                 })
+                .ok_or_else(|| "pgbench printed no tps".to_owned())
         }
-        _ => None,
+        Ok(o) => Err(format!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("no message")
+                .trim()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("pgbench unavailable".to_owned()),
+        Err(e) => Err(format!("pgbench did not run: {e}")),
     };
     let limit = match result {
-        Some(limit) => limit,
-        // No pgbench: the same single-row INSERT commits through sqlx.
-        None => sqlx_inserts(&db, clients, Duration::from_secs(seconds))
+        Ok(limit) => limit,
+        // No pgbench result: the same single-row INSERT commits through sqlx,
+        // with the reason in the report.
+        Err(reason) => sqlx_inserts(&db, clients, Duration::from_secs(seconds))
             .await
             .map_or_else(
                 |e| failed(format!("not measured: {e}")),
@@ -130,7 +141,7 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
                     concurrency: clients,
                     per_second: Some(rate),
                     how: format!(
-                        "pgbench unavailable; {clients} sqlx connection(s) each running INSERT INTO commit_probe (v) VALUES (1) in autocommit for {seconds}s"
+                        "{reason}; {clients} sqlx connection(s) each running INSERT INTO commit_probe (v) VALUES (1) in autocommit for {seconds}s"
                     ),
                 },
             ),
