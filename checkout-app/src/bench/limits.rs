@@ -117,14 +117,7 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
                 })
                 .ok_or_else(|| "pgbench printed no tps".to_owned())
         }
-        Ok(o) => Err(format!(
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("no message")
-                .trim()
-        )),
+        Ok(o) => Err(format!("pgbench failed: {}", pgbench_error(&o.stderr))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("pgbench unavailable".to_owned()),
         Err(e) => Err(format!("pgbench did not run: {e}")),
     };
@@ -149,6 +142,25 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
     let _ = db.execute_unprepared("TRUNCATE commit_probe").await;
     let _ = db.close().await;
     limit
+}
+
+/// The telling line of pgbench's error output: the first that names an
+/// error (the last line is often only "Run was aborted..."), else the last.
+fn pgbench_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower.contains("error") || lower.contains("fatal")
+        })
+        .or(lines.last())
+        .map_or_else(|| "no message".to_owned(), |l| (*l).to_owned())
 }
 
 async fn sqlx_inserts(
@@ -269,5 +281,21 @@ async fn publish(url: &str, in_flight: usize, duration: Duration) -> Result<f64,
     match first_error {
         Some(e) => Err(e),
         None => Ok(total as f64 / elapsed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pgbench_error;
+
+    #[test]
+    fn pgbench_errors_name_the_cause_not_the_abort() {
+        let stderr = b"pgbench: error: connection to server failed: FATAL:  sorry, too many clients already\npgbench: error: could not create connection for client 31\npgbench: fatal: Run was aborted; the above results are incomplete.\n";
+        assert_eq!(
+            pgbench_error(stderr),
+            "pgbench: error: connection to server failed: FATAL:  sorry, too many clients already"
+        );
+        assert_eq!(pgbench_error(b"\n  something odd\n\n"), "something odd");
+        assert_eq!(pgbench_error(b""), "no message");
     }
 }

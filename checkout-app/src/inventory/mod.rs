@@ -36,8 +36,8 @@ use rust_decimal::Decimal;
 use saga_core::{CommandContext, Participant, StepError};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -265,7 +265,7 @@ fn answer(reservation: &reservations::Model) -> Result<InventoryReserved, StepEr
 enum Attempt {
     /// A final answer.
     Done(Result<InventoryReserved, StepError>),
-    /// A concurrent writer won; the transaction was rolled back: try again.
+    /// A concurrent writer won; nothing was written: try again.
     Conflict,
 }
 
@@ -280,7 +280,7 @@ async fn reserve_inventory(
         match try_reserve(db, cmd.order_id, &lines).await {
             Ok(Attempt::Done(outcome)) => return outcome,
             Ok(Attempt::Conflict) => {
-                tracing::debug!(attempt, "stock changed concurrently; trying again");
+                tracing::debug!(attempt, "a concurrent writer won; trying again");
                 if attempt < RESERVE_ATTEMPTS {
                     tokio::time::sleep(backoff(attempt, cmd.order_id)).await;
                 }
@@ -304,10 +304,12 @@ fn backoff(attempt: u32, order_id: Uuid) -> Duration {
 /// One all-or-nothing reservation attempt in one transaction.
 ///
 /// The reservation row goes in first (`ON CONFLICT (order_id) DO NOTHING`):
-/// a duplicate or a release tombstone is found at once, and a concurrent
-/// twin waits on the unique index until this transaction ends. Then every
-/// product is read in one query and decremented in product-id order with the
-/// version check. Round trips: `BEGIN`, insert, read, one update per
+/// a duplicate or a release tombstone is found at once, and on PostgreSQL a
+/// concurrent twin waits on the unique index until this transaction ends.
+/// Then every product is read in one query and decremented in product-id
+/// order with the version check; a product another writer changed in the
+/// meantime is read and checked again once before the attempt gives up.
+/// Round trips without contention: `BEGIN`, insert, read, one update per
 /// product, `COMMIT`.
 async fn try_reserve(
     db: &DatabaseConnection,
@@ -334,7 +336,7 @@ async fn try_reserve(
             .filter(reservations::Column::OrderId.eq(order_id))
             .one(&txn)
             .await?;
-        txn.commit().await?;
+        txn.rollback().await?;
         let Some(reservation) = existing else {
             // Cannot happen (reservations are never deleted): try again.
             return Ok(Attempt::Conflict);
@@ -352,41 +354,29 @@ async fn try_reserve(
         .into_iter()
         .map(|product| (product.id, product))
         .collect();
-    let mut checked = Vec::with_capacity(lines.len());
     for line in lines {
-        let Some(product) = products.get(&line.product_id) else {
+        if let Err(refusal) = check_stock(products.get(&line.product_id), line) {
             txn.rollback().await?;
-            return Ok(Attempt::Done(Err(StepError::business(format!(
-                "unknown product {}",
-                line.product_id
-            )))));
-        };
-        if product.stock < line.quantity {
-            txn.rollback().await?;
-            tracing::info!(product_id = %product.id, requested = line.quantity, available = product.stock, "insufficient stock");
-            return Ok(Attempt::Done(Err(StepError::business(format!(
-                "insufficient stock for {}: requested {}, available {}",
-                product.name, line.quantity, product.stock
-            )))));
+            return Ok(Attempt::Done(Err(refusal)));
         }
-        checked.push((line, product.version));
     }
-    for (line, version) in checked {
-        let updated = products::Entity::update_many()
-            .col_expr(
-                products::Column::Stock,
-                Expr::col(products::Column::Stock).sub(line.quantity),
-            )
-            .col_expr(
-                products::Column::Version,
-                Expr::col(products::Column::Version).add(1),
-            )
-            .filter(products::Column::Id.eq(line.product_id))
-            .filter(products::Column::Version.eq(version))
-            .filter(products::Column::Stock.gte(line.quantity))
-            .exec(&txn)
+    for line in lines {
+        let version = products.get(&line.product_id).map_or(0, |p| p.version);
+        if take_stock(&txn, line, version).await? {
+            continue;
+        }
+        // Another writer changed the product since the read above (perhaps
+        // while this update waited for its row lock): read it again, check
+        // again, and try once more with the version just read.
+        let fresh = products::Entity::find_by_id(line.product_id)
+            .one(&txn)
             .await?;
-        if updated.rows_affected != 1 {
+        if let Err(refusal) = check_stock(fresh.as_ref(), line) {
+            txn.rollback().await?;
+            return Ok(Attempt::Done(Err(refusal)));
+        }
+        let version = fresh.map_or(0, |p| p.version);
+        if !take_stock(&txn, line, version).await? {
             txn.rollback().await?;
             return Ok(Attempt::Conflict);
         }
@@ -394,6 +384,49 @@ async fn try_reserve(
     txn.commit().await?;
     tracing::info!(reservation_id = %id, lines = lines.len(), "inventory reserved");
     Ok(Attempt::Done(Ok(InventoryReserved { reservation_id: id })))
+}
+
+/// Whether `product` can give `line.quantity`; a business refusal if not
+/// (unknown product, or too little stock).
+fn check_stock(product: Option<&products::Model>, line: &ReservedItem) -> Result<(), StepError> {
+    let Some(product) = product else {
+        return Err(StepError::business(format!(
+            "unknown product {}",
+            line.product_id
+        )));
+    };
+    if product.stock < line.quantity {
+        tracing::info!(product_id = %product.id, requested = line.quantity, available = product.stock, "insufficient stock");
+        return Err(StepError::business(format!(
+            "insufficient stock for {}: requested {}, available {}",
+            product.name, line.quantity, product.stock
+        )));
+    }
+    Ok(())
+}
+
+/// Takes `line.quantity` from the product if its version is still
+/// `version` (and the stock suffices); `false` if another writer got there first.
+async fn take_stock(
+    txn: &DatabaseTransaction,
+    line: &ReservedItem,
+    version: i32,
+) -> Result<bool, DbErr> {
+    let updated = products::Entity::update_many()
+        .col_expr(
+            products::Column::Stock,
+            Expr::col(products::Column::Stock).sub(line.quantity),
+        )
+        .col_expr(
+            products::Column::Version,
+            Expr::col(products::Column::Version).add(1),
+        )
+        .filter(products::Column::Id.eq(line.product_id))
+        .filter(products::Column::Version.eq(version))
+        .filter(products::Column::Stock.gte(line.quantity))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
 }
 
 #[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]

@@ -69,7 +69,8 @@ impl Default for PaymentConfig {
 /// Advisory lock key serializing concurrent migrations on PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x5A6A_0103;
 
-/// How often a handler re-reads after losing a race with a concurrent duplicate.
+/// How often a handler tries again when its insert lost to a row it then
+/// could not read, or its refund raced a concurrent writer.
 const RACE_ATTEMPTS: usize = 3;
 
 /// The reason a declined payment gives.
@@ -141,7 +142,9 @@ async fn process_payment(
     for _ in 0..RACE_ATTEMPTS {
         match try_process_payment(db, config, cmd).await {
             Ok(Some(outcome)) => return outcome,
-            Ok(None) => tracing::debug!("process_payment raced a concurrent writer; re-reading"),
+            Ok(None) => tracing::debug!(
+                "process_payment lost its insert but found no payment; trying again"
+            ),
             Err(e) => return Err(db_failure("payment", ctx, cmd.order_id, &e)),
         }
     }

@@ -75,7 +75,7 @@ fn checkout() -> Saga<Order> {
         })
         .on_reply(|o, charged| o.charged = charged)
         // A crash between saving "charge dispatched" and running it leaves
-        // the step to its timeout (30 s by default, longer than the tests wait).
+        // the step to its timeout (30 s by default, as long as the tests wait).
         .timeout(Duration::from_secs(1))
         .step("ship")
         .invoke("shipping", |o: &Order| Ship { order: o.number })

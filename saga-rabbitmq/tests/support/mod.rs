@@ -305,14 +305,16 @@ impl TestVhost {
 
     /// Closes every client connection of this vhost (like `rabbitmqctl
     /// close_all_connections`, but only this test's); returns how many.
+    ///
+    /// The management API lists a new connection only once the broker has
+    /// emitted its first statistics (every 5 s by default), so this polls for
+    /// up to 30 s.
     pub async fn close_connections(&self) -> usize {
-        let mut names = Vec::new();
-        for _ in 0..100 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut names = self.connections().await;
+        while names.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             names = self.connections().await;
-            if !names.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for name in &names {
             let r = self
