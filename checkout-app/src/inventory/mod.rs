@@ -37,7 +37,7 @@ use saga_core::{CommandContext, Participant, StepError};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    QueryFilter, QueryOrder, TransactionTrait, UpdateMany,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -412,21 +412,27 @@ async fn take_stock(
     line: &ReservedItem,
     version: i32,
 ) -> Result<bool, DbErr> {
-    let updated = products::Entity::update_many()
-        .col_expr(
-            products::Column::Stock,
-            Expr::col(products::Column::Stock).sub(line.quantity),
-        )
-        .col_expr(
-            products::Column::Version,
-            Expr::col(products::Column::Version).add(1),
-        )
-        .filter(products::Column::Id.eq(line.product_id))
+    let updated = move_stock(line.product_id, -line.quantity)
         .filter(products::Column::Version.eq(version))
         .filter(products::Column::Stock.gte(line.quantity))
         .exec(txn)
         .await?;
     Ok(updated.rows_affected == 1)
+}
+
+/// The update that adds `delta` units to a product's stock and bumps its
+/// version (callers add their conditions).
+fn move_stock(product_id: Uuid, delta: i32) -> UpdateMany<products::Entity> {
+    products::Entity::update_many()
+        .col_expr(
+            products::Column::Stock,
+            Expr::col(products::Column::Stock).add(delta),
+        )
+        .col_expr(
+            products::Column::Version,
+            Expr::col(products::Column::Version).add(1),
+        )
+        .filter(products::Column::Id.eq(product_id))
 }
 
 #[tracing::instrument(name = "inventory.release", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
@@ -478,16 +484,7 @@ async fn try_release(db: &DatabaseConnection, order_id: Uuid) -> Result<bool, Db
                 let mut items = reservation.items.0;
                 items.sort_by_key(|item| item.product_id);
                 for item in &items {
-                    let restored = products::Entity::update_many()
-                        .col_expr(
-                            products::Column::Stock,
-                            Expr::col(products::Column::Stock).add(item.quantity),
-                        )
-                        .col_expr(
-                            products::Column::Version,
-                            Expr::col(products::Column::Version).add(1),
-                        )
-                        .filter(products::Column::Id.eq(item.product_id))
+                    let restored = move_stock(item.product_id, item.quantity)
                         .exec(&txn)
                         .await?;
                     if restored.rows_affected == 0 {
