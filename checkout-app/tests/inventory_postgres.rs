@@ -1,6 +1,8 @@
 //! The inventory participant on real PostgreSQL: concurrent buyers of the
-//! 5-unit "Limited Stock Item" never oversell it, and concurrent duplicate
-//! deliveries take and give back stock once.
+//! 5-unit "Limited Stock Item" never oversell it (and those too late are
+//! refused for the shortage only), concurrent buyers and concurrent releases
+//! of a hot product with plenty of stock all succeed on their first handling,
+//! and concurrent duplicate deliveries take and give back stock once.
 //!
 //! `SAGA_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! is an admin URL: each test creates `checkout_test_<uuid>` through it and
@@ -8,6 +10,7 @@
 //! skip, when the server is unreachable.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use checkout_app::inventory;
@@ -49,9 +52,18 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// Runs `test` against a fresh, migrated and seeded database, then drops it
-/// (also when the test panics).
+/// Runs `test` against a fresh, migrated and seeded database (a pool of 16
+/// connections), then drops it (also when the test panics).
 async fn with_fresh_database<F, Fut>(test: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_fresh_database_pool(16, test).await;
+}
+
+/// [`with_fresh_database`] with a pool of `connections` connections.
+async fn with_fresh_database_pool<F, Fut>(connections: u32, test: F)
 where
     F: FnOnce(DatabaseConnection) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -71,7 +83,7 @@ where
         .execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create the test database");
-    let db = checkout_app::db::connect(&with_database(&admin_url, &name), 16)
+    let db = checkout_app::db::connect(&with_database(&admin_url, &name), connections)
         .await
         .expect("connect to the test database");
     inventory::migrate(&db).await.expect("migrations apply");
@@ -146,6 +158,169 @@ async fn product(db: &DatabaseConnection, id: Uuid) -> products::Model {
         .await
         .unwrap()
         .expect("seeded product")
+}
+
+/// How many buyers the hot-product tests send at once (each with its own
+/// pooled connection, so all of them really are in flight together).
+const BUYERS: usize = 32;
+
+/// One `reserve_inventory` of one unit of `product_id` per order.
+fn reserve_messages(orders: &[Uuid], product_id: Uuid) -> Vec<CommandMessage> {
+    orders
+        .iter()
+        .map(|order| {
+            message(
+                &reserve_one(*order, product_id),
+                SagaId::new(),
+                "reserve_inventory",
+                Direction::Invoke,
+            )
+        })
+        .collect()
+}
+
+/// The failures among `outcomes`, counted per kind and message.
+fn failures(outcomes: &[ReplyOutcome]) -> BTreeMap<String, usize> {
+    let mut counted = BTreeMap::new();
+    for outcome in outcomes {
+        if let ReplyOutcome::Failure(e) = outcome {
+            *counted
+                .entry(format!("{:?}: {}", e.kind, e.message))
+                .or_insert(0) += 1;
+        }
+    }
+    counted
+}
+
+async fn reservations_of(db: &DatabaseConnection, orders: &[Uuid]) -> Vec<reservations::Model> {
+    reservations::Entity::find()
+        .filter(reservations::Column::OrderId.is_in(orders.iter().copied()))
+        .all(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_buyers_of_a_hot_product_all_succeed_first_time() {
+    with_fresh_database_pool(BUYERS as u32, |db| async move {
+        let before = product(&db, STANDARD).await;
+        assert_eq!(before.stock, 1000);
+        let p = inventory::participant(db.clone());
+        let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
+        let outcomes = handle_concurrently(&p, reserve_messages(&orders, STANDARD)).await;
+
+        let failed = failures(&outcomes);
+        let failed_count: usize = failed.values().sum();
+        assert!(
+            failed.is_empty(),
+            "{failed_count} of {BUYERS} reservations of a product with 1000 in stock failed \
+             on their first handling: {failed:?}"
+        );
+        let after = product(&db, STANDARD).await;
+        assert_eq!(after.stock, 1000 - BUYERS as i32);
+        assert_eq!(
+            after.version,
+            before.version + BUYERS as i32,
+            "one version bump per unit sold"
+        );
+        let rows = reservations_of(&db, &orders).await;
+        assert_eq!(rows.len(), BUYERS);
+        assert!(
+            rows.iter()
+                .all(|r| r.status == reservations::ReservationStatus::Reserved)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_buyers_of_five_units_never_oversell() {
+    with_fresh_database_pool(BUYERS as u32, |db| async move {
+        let before = product(&db, LIMITED).await;
+        assert_eq!(before.stock, 5);
+        let p = inventory::participant(db.clone());
+        let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
+        let outcomes = handle_concurrently(&p, reserve_messages(&orders, LIMITED)).await;
+
+        let reserved = outcomes
+            .iter()
+            .filter(|o| matches!(o, ReplyOutcome::Success(_)))
+            .count();
+        let failed = failures(&outcomes);
+        assert_eq!(reserved, 5, "failures: {failed:?}");
+        assert_eq!(
+            failed,
+            BTreeMap::from([(
+                "Business: insufficient stock for Limited Stock Item: requested 1, available 0"
+                    .to_owned(),
+                BUYERS - 5
+            )]),
+            "every buyer too late is refused for the shortage, none for contention"
+        );
+        let after = product(&db, LIMITED).await;
+        assert_eq!(after.stock, 0);
+        assert_eq!(
+            after.version,
+            before.version + 5,
+            "one version bump per unit sold"
+        );
+        let rows = reservations_of(&db, &orders).await;
+        assert_eq!(rows.len(), 5);
+        assert!(
+            rows.iter()
+                .all(|r| r.status == reservations::ReservationStatus::Reserved)
+        );
+        assert_eq!(product(&db, STANDARD).await.version, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_releases_of_a_hot_product_all_succeed() {
+    with_fresh_database_pool(BUYERS as u32, |db| async move {
+        let p = inventory::participant(db.clone());
+        let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
+        // Reserve one after the other: only the releases race.
+        for message in reserve_messages(&orders, STANDARD) {
+            let reply = p.handle(&message, 1).await.expect("handled");
+            assert!(
+                matches!(reply.outcome, ReplyOutcome::Success(_)),
+                "{:?}",
+                reply.outcome
+            );
+        }
+        let reserved = product(&db, STANDARD).await;
+        assert_eq!(reserved.stock, 1000 - BUYERS as i32);
+
+        let releases = orders
+            .iter()
+            .map(|order| {
+                message(
+                    &ReleaseInventory { order_id: *order },
+                    SagaId::new(),
+                    "reserve_inventory",
+                    Direction::Compensate,
+                )
+            })
+            .collect();
+        let outcomes = handle_concurrently(&p, releases).await;
+        let failed = failures(&outcomes);
+        assert!(failed.is_empty(), "releases failed: {failed:?}");
+        let released = product(&db, STANDARD).await;
+        assert_eq!(released.stock, 1000);
+        assert_eq!(
+            released.version,
+            reserved.version + BUYERS as i32,
+            "one version bump per unit given back"
+        );
+        let rows = reservations_of(&db, &orders).await;
+        assert_eq!(rows.len(), BUYERS);
+        assert!(
+            rows.iter()
+                .all(|r| r.status == reservations::ReservationStatus::Released)
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,28 +5,41 @@
 //! and `release_inventory` (the compensation). Both are idempotent per order
 //! id (a unique `order_id` in `reservations`) and run in one transaction:
 //!
-//! - `reserve_inventory` takes stock for every line or for none. Lines are
-//!   merged per product and handled in product-id order (so concurrent
-//!   reservations lock rows in the same order and cannot deadlock). Each
-//!   product is decremented with `UPDATE ... SET stock = stock - q,
-//!   version = version + 1 WHERE id = ? AND version = ?`: if another writer
-//!   got there first the update matches no row, the transaction rolls back and
-//!   the whole reservation is tried again (a bounded number of times, with
-//!   jittered sleeps; then the command fails as retryable). Under PostgreSQL's
-//!   READ COMMITTED the update waits for a concurrent writer and re-checks the
-//!   version, so stock can never be oversold or go negative. An existing
-//!   reservation is answered as is; a `RELEASED` one (a tombstone left by a
-//!   release that arrived first) is refused.
+//! - `reserve_inventory` takes stock for every line or for none. It inserts
+//!   the reservation row first (so an existing reservation is answered as is,
+//!   and a `RELEASED` one, a tombstone left by a release that arrived first,
+//!   is refused), reads the products and refuses at once, writing nothing,
+//!   when one is unknown or short. Lines are merged per product and handled
+//!   in product-id order (so concurrent reservations lock rows in the same
+//!   order and cannot deadlock). Each product is decremented with
+//!   `UPDATE ... SET stock = stock - q, version = version + 1 WHERE id = ?
+//!   AND version = ? AND stock >= q`. If another writer got there first the
+//!   update matches no row; the product is then read again within the same
+//!   transaction and, while its stock still suffices, updated again with the
+//!   version just read. Under PostgreSQL's READ COMMITTED an update that finds
+//!   the row locked waits for that writer's commit, and each lost round means
+//!   another writer committed a change to the product, so buyers of a hot
+//!   product with stock to spare all succeed, one after the other, without
+//!   rolling back. Only a real shortage refuses (a business failure,
+//!   "insufficient stock"); when `TAKE_ROUNDS` (128) updates of one product
+//!   have all lost, the transaction rolls back and the command fails as
+//!   retryable ("inventory contention"). Any refusal or failure rolls back
+//!   the whole reservation, stock taken for earlier lines included. The
+//!   version is checked and bumped on every decrement, and the stock is never
+//!   oversold or negative.
 //! - `release_inventory` flips `RESERVED` to `RELEASED` with a conditional
-//!   update (which serializes concurrent releases) and gives the stock back;
-//!   an already released reservation needs nothing; with no reservation it
-//!   writes a `RELEASED` tombstone so a late `reserve_inventory` is refused.
+//!   update (which serializes concurrent releases of one order) and gives the
+//!   stock back with `SET stock = stock + q, version = version + 1`, in
+//!   product-id order and without a version check (adding stock cannot
+//!   oversell; concurrent releases of one product wait for each other's row
+//!   lock and all succeed); an already released reservation needs nothing;
+//!   with no reservation it writes a `RELEASED` tombstone so a late
+//!   `reserve_inventory` is refused.
 
 pub mod entity;
 pub mod migration;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -55,9 +68,12 @@ pub const ENDPOINT: &str = "inventory";
 /// Advisory lock key serializing concurrent migrations on PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x5A6A_0102;
 
-/// How many times a reservation is tried when concurrent writers win the
-/// version check, before the command fails as retryable.
-const RESERVE_ATTEMPTS: u32 = 10;
+/// How many version-checked updates one product gets within a reservation
+/// before the command fails as retryable. Every lost round means another
+/// writer committed a change to that product meanwhile, so this outlasts that
+/// many concurrent writers of one product (a service's pool holds 16
+/// connections by default); it only bounds a transaction starved by more.
+const TAKE_ROUNDS: u32 = 128;
 
 /// How often release re-reads after losing a race with a concurrent duplicate.
 const RACE_ATTEMPTS: usize = 3;
@@ -261,14 +277,6 @@ fn answer(reservation: &reservations::Model) -> Result<InventoryReserved, StepEr
     }
 }
 
-/// What one reservation attempt came to.
-enum Attempt {
-    /// A final answer.
-    Done(Result<InventoryReserved, StepError>),
-    /// A concurrent writer won; nothing was written: try again.
-    Conflict,
-}
-
 #[tracing::instrument(name = "inventory.reserve", skip_all, fields(order_id = %cmd.order_id, saga_id = %ctx.saga_id))]
 async fn reserve_inventory(
     db: &DatabaseConnection,
@@ -276,46 +284,28 @@ async fn reserve_inventory(
     ctx: &CommandContext,
 ) -> Result<InventoryReserved, StepError> {
     let lines = merge_lines(&cmd.items)?;
-    for attempt in 1..=RESERVE_ATTEMPTS {
-        match try_reserve(db, cmd.order_id, &lines).await {
-            Ok(Attempt::Done(outcome)) => return outcome,
-            Ok(Attempt::Conflict) => {
-                tracing::debug!(attempt, "a concurrent writer won; trying again");
-                if attempt < RESERVE_ATTEMPTS {
-                    tokio::time::sleep(backoff(attempt, cmd.order_id)).await;
-                }
-            }
-            Err(e) => return Err(db_failure("inventory", ctx, cmd.order_id, &e)),
-        }
-    }
-    tracing::warn!(saga_id = %ctx.saga_id, attempts = RESERVE_ATTEMPTS, "reservation gave up under contention");
-    Err(StepError::retryable("inventory contention"))
+    try_reserve(db, cmd.order_id, &lines)
+        .await
+        .unwrap_or_else(|e| Err(db_failure("inventory", ctx, cmd.order_id, &e)))
 }
 
-/// A short jittered pause before reservation attempt `attempt + 1`:
-/// uniform in `[d/2, d)` with `d` = 4 ms doubling to at most 64 ms.
-fn backoff(attempt: u32, order_id: Uuid) -> Duration {
-    let ceiling = 4_u64 << Ord::min(attempt, 4);
-    let (hi, lo) = order_id.as_u64_pair();
-    let jitter = crate::payment::chance::jitter(hi ^ lo ^ u64::from(attempt)) % (ceiling / 2);
-    Duration::from_millis(ceiling / 2 + jitter)
-}
-
-/// One all-or-nothing reservation attempt in one transaction.
+/// The all-or-nothing reservation in one transaction.
 ///
 /// The reservation row goes in first (`ON CONFLICT (order_id) DO NOTHING`):
 /// a duplicate or a release tombstone is found at once, and on PostgreSQL a
 /// concurrent twin waits on the unique index until this transaction ends.
-/// Then every product is read in one query and decremented in product-id
-/// order with the version check; a product another writer changed in the
-/// meantime is read and checked again once before the attempt gives up.
+/// Then every product is read in one query and checked, and decremented in
+/// product-id order with the version check. A product another writer changed
+/// in the meantime (perhaps while the update waited for its row lock) is read
+/// again, checked again and updated again with the version just read, until
+/// the update wins (or the stock runs short, or [`TAKE_ROUNDS`] run out).
 /// Round trips without contention: `BEGIN`, insert, read, one update per
-/// product, `COMMIT`.
+/// product, `COMMIT`; each lost round adds a read and an update.
 async fn try_reserve(
     db: &DatabaseConnection,
     order_id: Uuid,
     lines: &[ReservedItem],
-) -> Result<Attempt, DbErr> {
+) -> Result<Result<InventoryReserved, StepError>, DbErr> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let id = Uuid::now_v7();
@@ -338,14 +328,16 @@ async fn try_reserve(
             .await?;
         txn.rollback().await?;
         let Some(reservation) = existing else {
-            // Cannot happen (reservations are never deleted): try again.
-            return Ok(Attempt::Conflict);
+            // Cannot happen (reservations are never deleted).
+            return Ok(Err(StepError::retryable(format!(
+                "reservation for order {order_id} changed concurrently"
+            ))));
         };
         tracing::debug!(
             status = reservation.status.as_str(),
             "duplicate reserve_inventory answered from the existing reservation"
         );
-        return Ok(Attempt::Done(answer(&reservation)));
+        return Ok(answer(&reservation));
     }
     let products: BTreeMap<Uuid, products::Model> = products::Entity::find()
         .filter(products::Column::Id.is_in(lines.iter().map(|line| line.product_id)))
@@ -357,33 +349,39 @@ async fn try_reserve(
     for line in lines {
         if let Err(refusal) = check_stock(products.get(&line.product_id), line) {
             txn.rollback().await?;
-            return Ok(Attempt::Done(Err(refusal)));
+            return Ok(Err(refusal));
         }
     }
     for line in lines {
-        let version = products.get(&line.product_id).map_or(0, |p| p.version);
-        if take_stock(&txn, line, version).await? {
-            continue;
+        let mut version = products.get(&line.product_id).map_or(0, |p| p.version);
+        let mut round = 1;
+        while !take_stock(&txn, line, version).await? {
+            // Another writer changed the product since it was read (under
+            // READ COMMITTED an update that found the row locked waited for
+            // that writer's commit): read it again, check again, and try
+            // again with the version just read.
+            if round == TAKE_ROUNDS {
+                txn.rollback().await?;
+                tracing::warn!(product_id = %line.product_id, rounds = TAKE_ROUNDS, "reservation gave up under contention");
+                return Ok(Err(StepError::retryable("inventory contention")));
+            }
+            round += 1;
+            let fresh = products::Entity::find_by_id(line.product_id)
+                .one(&txn)
+                .await?;
+            if let Err(refusal) = check_stock(fresh.as_ref(), line) {
+                txn.rollback().await?;
+                return Ok(Err(refusal));
+            }
+            version = fresh.map_or(0, |p| p.version);
         }
-        // Another writer changed the product since the read above (perhaps
-        // while this update waited for its row lock): read it again, check
-        // again, and try once more with the version just read.
-        let fresh = products::Entity::find_by_id(line.product_id)
-            .one(&txn)
-            .await?;
-        if let Err(refusal) = check_stock(fresh.as_ref(), line) {
-            txn.rollback().await?;
-            return Ok(Attempt::Done(Err(refusal)));
-        }
-        let version = fresh.map_or(0, |p| p.version);
-        if !take_stock(&txn, line, version).await? {
-            txn.rollback().await?;
-            return Ok(Attempt::Conflict);
+        if round > 1 {
+            tracing::debug!(product_id = %line.product_id, rounds = round, "stock taken after concurrent writers won the version check");
         }
     }
     txn.commit().await?;
     tracing::info!(reservation_id = %id, lines = lines.len(), "inventory reserved");
-    Ok(Attempt::Done(Ok(InventoryReserved { reservation_id: id })))
+    Ok(Ok(InventoryReserved { reservation_id: id }))
 }
 
 /// Whether `product` can give `line.quantity`; a business refusal if not

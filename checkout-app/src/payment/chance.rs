@@ -26,14 +26,6 @@ pub(crate) fn fails(rate: f64, seed: u64, id: Uuid) -> bool {
     rate > 0.0 && chance(seed, id) < rate
 }
 
-/// A pseudo-random number for jitter (not for the simulated faults).
-pub(crate) fn jitter(salt: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    splitmix64(salt ^ u64::from(nanos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
