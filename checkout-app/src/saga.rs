@@ -1,5 +1,14 @@
 //! The checkout saga: create order, reserve inventory, process payment,
 //! confirm order; compensation cancels, releases and refunds.
+//!
+//! `confirm_order` is the pivot: it cannot be undone, so it retries until the
+//! order service answers, however long it is down, and the saga never
+//! compensates behind a confirmation that may still arrive. Were it an
+//! ordinary last step, an order service down for longer than the step's
+//! retries would see the payment refunded and the stock released while
+//! `confirm_order` commands still sat in its queue, and then confirm the order
+//! when it came back. A business refusal of the confirmation (the order was
+//! cancelled meanwhile) still compensates the steps before it.
 
 use std::time::Duration;
 
@@ -92,6 +101,8 @@ pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
         .max_attempts(timing.compensation_attempts.max(1));
     Saga::<CheckoutData>::builder(NAME)
         .default_timeout(timing.step_timeout)
+        .default_retry(retry)
+        .default_compensation_retry(compensation_retry)
         .step("create_order")
         .invoke("order", |d: &CheckoutData| CreateOrder {
             order_id: d.order_id,
@@ -103,8 +114,6 @@ pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
             order_id: d.order_id,
             reason: "checkout compensated".to_owned(),
         })
-        .retry(retry)
-        .compensation_retry(compensation_retry)
         .step("reserve_inventory")
         .invoke("inventory", |d: &CheckoutData| ReserveInventory {
             order_id: d.order_id,
@@ -114,8 +123,6 @@ pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
         .compensate("inventory", |d: &CheckoutData| ReleaseInventory {
             order_id: d.order_id,
         })
-        .retry(retry)
-        .compensation_retry(compensation_retry)
         .step("process_payment")
         .invoke("payment", |d: &CheckoutData| ProcessPayment {
             order_id: d.order_id,
@@ -126,13 +133,11 @@ pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
         .compensate("payment", |d: &CheckoutData| RefundPayment {
             order_id: d.order_id,
         })
-        .retry(retry)
-        .compensation_retry(compensation_retry)
         .step("confirm_order")
         .invoke("order", |d: &CheckoutData| ConfirmOrder {
             order_id: d.order_id,
         })
-        .retry(retry)
+        .pivot()
         .build()
 }
 

@@ -1,14 +1,23 @@
 //! Time as an input: the engine reads the clock, the state machine never does.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
-/// A source of the current time.
+/// A boxed future that sleeps.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A source of the current time, and of sleeps measured by it.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// A future that completes once [`now`](Self::now) reaches `at`. The
+    /// engine uses it to stop a local step at its timeout.
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep;
 }
 
 /// The system's wall clock.
@@ -19,12 +28,17 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
 /// A clock that moves only when told to: for deterministic tests and simulations.
 #[derive(Debug)]
 pub struct ManualClock {
-    now: Mutex<DateTime<Utc>>,
+    now: watch::Sender<DateTime<Utc>>,
 }
 
 impl ManualClock {
@@ -32,25 +46,20 @@ impl ManualClock {
     #[must_use]
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
-            now: Mutex::new(start),
+            now: watch::Sender::new(start),
         }
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward, waking the sleeps that are due.
     pub fn advance(&self, by: Duration) {
-        let mut now = self
-            .now
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        self.now.send_modify(|now| {
+            *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        });
     }
 
-    /// Sets the clock to `to`.
+    /// Sets the clock to `to`, waking the sleeps that are due.
     pub fn set(&self, to: DateTime<Utc>) {
-        *self
-            .now
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = to;
+        self.now.send_replace(to);
     }
 }
 
@@ -62,10 +71,15 @@ impl Default for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self
-            .now
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.now.borrow()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
+        let mut now = self.now.subscribe();
+        Box::pin(async move {
+            // Ends when the clock is dropped too: nothing would move it again.
+            let _ = now.wait_for(|now| *now >= at).await;
+        })
     }
 }
 

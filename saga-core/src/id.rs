@@ -109,6 +109,20 @@ impl IdempotencyKey {
         Self(format!("{saga_id}:{step}:{direction}"))
     }
 
+    /// The key of `direction` of `step` whose current key began at attempt
+    /// `from`: [`new`](Self::new)'s key when `from` is 1, else that key with
+    /// `#from` appended. An operator retry after a recorded refusal starts a
+    /// new key this way, so the participant runs the command again instead of
+    /// answering the refusal it recorded.
+    #[must_use]
+    pub fn starting_at(saga_id: SagaId, step: &str, direction: Direction, from: u32) -> Self {
+        if from <= 1 {
+            Self::new(saga_id, step, direction)
+        } else {
+            Self(format!("{saga_id}:{step}:{direction}#{from}"))
+        }
+    }
+
     /// Wraps a key received from elsewhere (a message header, a database row).
     #[must_use]
     pub fn from_string(key: String) -> Self {

@@ -46,7 +46,7 @@
 //!         .on_reply(|o, r| o.reservation = Some(r.reservation))
 //!         .compensate("inventory", |o| Release { reservation: o.reservation.clone().unwrap_or_default() })
 //!     .step("charge")
-//!         .local(|o: Order| async move {
+//!         .local(|o: Order, _| async move {
 //!             if o.quantity > 10 { Err(StepError::business("card limit exceeded")) } else { Ok(true) }
 //!         })
 //!         .on_reply(|o, charged| o.charged = charged)
@@ -145,7 +145,7 @@ pub mod testing;
 pub mod transport;
 
 #[doc(inline)]
-pub use definition::{Command, OnUnknown, Saga, SagaData, StepKind};
+pub use definition::{Command, LocalContext, OnUnknown, Saga, SagaData, StepKind};
 #[doc(inline)]
 pub use engine::{Engine, EngineBuilder, EngineConfig, StartOptions};
 pub use error::{BoxError, Error, ErrorKind, Result, StepError, StepErrorKind};

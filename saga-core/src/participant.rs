@@ -10,18 +10,24 @@
 //! [`CommandContext::idempotency_key`]. The best place is the handler's own
 //! database transaction: record the key in an inbox table in the same
 //! transaction as the business change (`saga-postgres` ships such a helper).
+//!
 //! For handlers without a transaction, [`ParticipantBuilder::inbox`] makes the
-//! runtime consult an [`Inbox`] before calling the handler and record the
-//! outcome after it.
+//! runtime claim the key in an [`Inbox`] before calling the handler and record
+//! the outcome after it.
 //!
 //! Either way, the contract is:
+//! - the key is claimed before the handler runs: a duplicate that arrives
+//!   while the first copy is still being handled (a handler slower than the
+//!   step's timeout) waits for it, then gets its recorded reply;
 //! - a key already processed is answered with the recorded reply, without
 //!   running the handler again;
-//! - a retryable failure is not recorded (nothing happened; try again);
+//! - a retryable or unknown failure is not recorded (nothing happened; try
+//!   again): the claim is released;
 //! - a compensation first records a refusal under the step's *invoke* key if
-//!   that key is absent, so an invoke that arrives after its compensation (a
-//!   delayed or redelivered command) is refused instead of creating an effect
-//!   nobody will undo.
+//!   that key has no outcome, so an invoke that arrives after its compensation
+//!   (a delayed or redelivered command) is refused instead of creating an
+//!   effect nobody will undo. If the invoke is being handled at that moment,
+//!   the compensation waits for it to finish, and then undoes what it did.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,17 +50,63 @@ type Handler =
     Arc<dyn Fn(Value, CommandContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
 
 /// Records which commands a participant processed, and their replies.
+///
+/// The runtime [claims](Inbox::claim) a command's key before its handler
+/// runs and [records](InboxClaim::record) the outcome after, so a key is
+/// handled by one copy of a command at a time. See the [module docs](self).
+///
+/// `async-trait` because the participant holds its inbox as a trait object.
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {
-    /// The recorded outcome for `key`, if processed.
-    async fn get(&self, key: &IdempotencyKey) -> Result<Option<ReplyOutcome>>;
-
-    /// Records `outcome` for `key` unless one is recorded; returns the recorded one.
-    async fn put_if_absent(
+    /// Claims `key`, or returns the outcome recorded for it.
+    ///
+    /// While another claim on `key` is held (its command is being handled),
+    /// waits for it to be recorded or released. With `tombstone` (for a
+    /// compensation: its step's invoke key), also records a business refusal
+    /// under `tombstone` unless it holds an outcome, waiting first while it is
+    /// claimed. A claim dropped without [`record`](InboxClaim::record) is
+    /// released, as on a crash.
+    async fn claim(
         &self,
         key: &IdempotencyKey,
-        outcome: &ReplyOutcome,
-    ) -> Result<ReplyOutcome>;
+        tombstone: Option<&IdempotencyKey>,
+    ) -> Result<Claim>;
+}
+
+/// What [`Inbox::claim`] found.
+pub enum Claim {
+    /// The key was processed: answer with this outcome, do not run the handler.
+    Recorded(ReplyOutcome),
+    /// The key is now held by this handling: run the handler, then settle the claim.
+    Claimed(Box<dyn InboxClaim>),
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Recorded(outcome) => f.debug_tuple("Recorded").field(outcome).finish(),
+            Self::Claimed(_) => f.write_str("Claimed"),
+        }
+    }
+}
+
+/// A held claim on a key; dropping it releases the claim.
+#[async_trait]
+pub trait InboxClaim: Send {
+    /// Records `outcome` (a success or a business failure) under the key,
+    /// releases the claim, and returns the recorded outcome.
+    async fn record(self: Box<Self>, outcome: &ReplyOutcome) -> Result<ReplyOutcome>;
+
+    /// Releases the claim without recording anything (nothing happened).
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// The refusal a compensation records under its step's invoke key.
+#[must_use]
+pub fn compensated_refusal() -> ReplyOutcome {
+    ReplyOutcome::Failure(StepError::business(
+        "refused: the step was compensated before this command ran",
+    ))
 }
 
 /// What a handler knows about the command it handles.
@@ -201,25 +253,27 @@ impl Participant {
         let outcome = match &self.inner.inbox {
             None => ReplyOutcome::from(handler(command.payload.clone(), ctx).await),
             Some(inbox) => {
-                if let Some(recorded) = inbox.get(&command.idempotency_key).await? {
-                    tracing::debug!("duplicate command answered from the inbox");
-                    recorded
-                } else {
-                    if command.direction == Direction::Compensate {
-                        let refusal = ReplyOutcome::Failure(StepError::business(
-                            "refused: the step was compensated before this command ran",
-                        ));
-                        inbox.put_if_absent(&ctx.invoke_key(), &refusal).await?;
+                let tombstone =
+                    (command.direction == Direction::Compensate).then(|| ctx.invoke_key());
+                match inbox
+                    .claim(&command.idempotency_key, tombstone.as_ref())
+                    .await?
+                {
+                    Claim::Recorded(recorded) => {
+                        tracing::debug!("duplicate command answered from the inbox");
+                        recorded
                     }
-                    let outcome = ReplyOutcome::from(handler(command.payload.clone(), ctx).await);
-                    match &outcome {
-                        ReplyOutcome::Failure(e) if e.kind != crate::StepErrorKind::Business => {
-                            outcome
-                        }
-                        _ => {
-                            inbox
-                                .put_if_absent(&command.idempotency_key, &outcome)
-                                .await?
+                    Claim::Claimed(claim) => {
+                        let outcome =
+                            ReplyOutcome::from(handler(command.payload.clone(), ctx).await);
+                        match &outcome {
+                            ReplyOutcome::Failure(e)
+                                if e.kind != crate::StepErrorKind::Business =>
+                            {
+                                claim.release().await?;
+                                outcome
+                            }
+                            _ => claim.record(&outcome).await?,
                         }
                     }
                 }

@@ -117,6 +117,34 @@ pub enum Waiting {
     Reply,
     /// The backoff before the next attempt; `next_wake_at` is when to dispatch it.
     Retry,
+    /// The current attempt must be (re)sent at `next_wake_at`: its send
+    /// failed, or it may not start before then (the compensation of a local
+    /// step whose attempt may still be running). No attempt is consumed and no
+    /// timeout runs until it is sent.
+    Send,
+}
+
+impl Waiting {
+    /// The value as stored: `reply`, `retry` or `send`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reply => "reply",
+            Self::Retry => "retry",
+            Self::Send => "send",
+        }
+    }
+}
+
+impl FromStr for Waiting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Reply, Self::Retry, Self::Send]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| format!("unknown waiting `{s}` (expected reply, retry or send)"))
+    }
 }
 
 /// The step an unfinished saga is working on.
@@ -133,6 +161,49 @@ pub struct Cursor {
     /// Whether an earlier attempt timed out or reported an unknown outcome, so
     /// the step's effect may exist even if later attempts fail.
     pub uncertain: bool,
+    /// The first attempt of the current round: 1, or the attempt an operator's
+    /// retry started. The step's attempt limit counts from here.
+    #[serde(default = "first_attempt")]
+    pub round_from: u32,
+    /// The first attempt sent under the current idempotency key: 1, unless an
+    /// operator retried the step after the participant refused it (a refusal is
+    /// recorded under its key, so the retry needs a fresh one). Replies to
+    /// attempts before it are ignored.
+    #[serde(default = "first_attempt")]
+    pub key_from: u32,
+    /// Whether the participant refused the current key with a business
+    /// failure (recorded under that key): an operator retry then starts a new key.
+    #[serde(default)]
+    pub refused: bool,
+}
+
+const fn first_attempt() -> u32 {
+    1
+}
+
+impl Cursor {
+    /// A cursor at the first attempt of `step` in `direction`, awaiting its reply.
+    #[must_use]
+    pub const fn first(step: usize, direction: Direction) -> Self {
+        Self {
+            step,
+            direction,
+            attempt: 1,
+            waiting: Waiting::Reply,
+            uncertain: false,
+            round_from: 1,
+            key_from: 1,
+            refused: false,
+        }
+    }
+
+    /// The attempt's number within its round (1 for the first).
+    #[must_use]
+    pub const fn nth(&self) -> u32 {
+        self.attempt
+            .saturating_sub(self.round_from)
+            .saturating_add(1)
+    }
 }
 
 /// One saga instance: everything the engine needs to resume it after a crash.
@@ -226,11 +297,14 @@ pub enum LogEvent {
     OperatorCancel,
     /// The saga's deadline passed.
     DeadlineExceeded,
+    /// A command could not be handed to the transport; it is sent again
+    /// without consuming an attempt (the payload holds the error and when).
+    SendFailed,
 }
 
 impl LogEvent {
     /// Every event.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::SagaStarted,
         Self::StepDispatched,
         Self::StepSucceeded,
@@ -249,6 +323,7 @@ impl LogEvent {
         Self::OperatorRetry,
         Self::OperatorCancel,
         Self::DeadlineExceeded,
+        Self::SendFailed,
     ];
 
     /// The event as stored (`step_succeeded`...).
@@ -273,6 +348,7 @@ impl LogEvent {
             Self::OperatorRetry => "operator_retry",
             Self::OperatorCancel => "operator_cancel",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::SendFailed => "send_failed",
         }
     }
 }

@@ -29,6 +29,32 @@ pub enum Created {
     Existing(Box<SagaInstance>),
 }
 
+/// A definition's identity: its name (the saga type) and version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DefinitionKey {
+    /// The saga type.
+    pub name: String,
+    /// The definition version.
+    pub version: u32,
+}
+
+impl DefinitionKey {
+    /// The key of `name` version `version`.
+    #[must_use]
+    pub fn new(name: impl Into<String>, version: u32) -> Self {
+        Self {
+            name: name.into(),
+            version,
+        }
+    }
+
+    /// Whether `instance` runs this definition.
+    #[must_use]
+    pub fn runs(&self, instance: &SagaInstance) -> bool {
+        instance.saga_type == self.name && instance.definition_version == self.version
+    }
+}
+
 /// A filter for operator listings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SagaQuery {
@@ -93,15 +119,19 @@ pub trait SagaStore: Send + Sync + 'static {
         logs: &[LogEntry],
     ) -> Result<()>;
 
-    /// Claims up to `limit` sagas whose `next_wake_at` is at or before `now` and
-    /// whose lease is free or expired, leasing them to `owner` for `lease`.
-    /// Concurrent claimers get disjoint sets.
+    /// Claims up to `limit` sagas whose `next_wake_at` is at or before `now`,
+    /// whose lease is free or expired, and whose definition (type and version)
+    /// is one of `definitions`, leasing them to `owner` for `lease`, earliest
+    /// due first. Concurrent claimers get disjoint sets. An engine passes the
+    /// definitions it has, so during a rolling deploy it never holds a saga
+    /// that only a newer engine can run.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         limit: usize,
         owner: &str,
         lease: Duration,
+        definitions: &[DefinitionKey],
     ) -> Result<Vec<SagaInstance>>;
 
     /// The saga's log, ordered by sequence number.

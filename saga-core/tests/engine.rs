@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
 use saga_core::{
-    Command, Engine, ErrorKind, LogEvent, Participant, RetryPolicy, Saga, SagaStatus, StartOptions,
-    StepError, StepStatus, Transport,
+    Command, Engine, EngineConfig, ErrorKind, LogEvent, Participant, RetryPolicy, Saga, SagaStatus,
+    StartOptions, StepError, StepStatus, Transport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -73,7 +73,7 @@ fn trip() -> Saga<Trip> {
         .step("pay")
         .invoke("travel", book("pay"))
         .pivot()
-        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+        .retry(RetryPolicy::fixed(Duration::from_millis(20)).unlimited())
         .build()
         .expect("valid")
 }
@@ -362,7 +362,15 @@ async fn two_engines_share_the_work_without_duplicating_it() {
 #[tokio::test]
 async fn a_lost_command_is_sent_again_when_its_timeout_fires() {
     let mut stack = Stack::new();
-    let engine = stack.engine.clone();
+    // No start-up resend: only the timeout can recover the lost command.
+    let mut config = EngineConfig::default();
+    config.startup_resend_limit = 0;
+    config.poll_interval = Duration::from_millis(10);
+    let engine = Engine::builder(stack.store.clone(), stack.transport.clone())
+        .register(&trip())
+        .config(config)
+        .build();
+    stack.engine = engine.clone();
     stack.run_engine(&engine);
     // Swallow the first command without replying, like a broker that lost it.
     let mut swallow = stack
@@ -465,11 +473,11 @@ async fn local_steps_run_in_the_engine() {
     }
     let saga = Saga::<Calc>::builder("calc")
         .step("double")
-        .local(|c: Calc| async move { Ok(c.n * 2) })
+        .local(|c: Calc, _| async move { Ok(c.n * 2) })
         .on_reply(|c, n| c.n = n)
-        .compensate_local(|_c: Calc| async { Ok(()) })
+        .compensate_local(|_c: Calc, _| async { Ok(()) })
         .step("check")
-        .local(|c: Calc| async move {
+        .local(|c: Calc, _| async move {
             if c.n > 100 {
                 Err(StepError::business("too big"))
             } else {
@@ -564,7 +572,7 @@ async fn the_deadline_compensates_a_stalled_saga() {
         .compensate("travel", undo("flight"))
         .step("hotel")
         .invoke("nobody_listens", book("hotel"))
-        .compensate("travel", undo("hotel"))
+        .read_only()
         .build()
         .expect("valid");
     let mut stack = Stack::new();
@@ -585,7 +593,7 @@ async fn the_deadline_compensates_a_stalled_saga() {
     );
     assert_eq!(
         done.steps,
-        vec![StepStatus::Compensated, StepStatus::Compensated]
+        vec![StepStatus::Compensated, StepStatus::Uncertain]
     );
     stack.shutdown().await;
 }

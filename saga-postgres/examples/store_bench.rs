@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use chrono::{SubsecRound, Utc};
 use saga_core::{
     Cursor, Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
-    Waiting,
 };
 use saga_postgres::{PgConfig, PgSagaStore};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -216,13 +215,7 @@ fn saga() -> SagaInstance {
             StepStatus::Pending,
             StepStatus::Pending,
         ],
-        cursor: Some(Cursor {
-            step: 0,
-            direction: Direction::Invoke,
-            attempt: 1,
-            waiting: Waiting::Reply,
-            uncertain: false,
-        }),
+        cursor: Some(Cursor::first(0, Direction::Invoke)),
         data: json!({
             "order_id": uuid::Uuid::new_v4(),
             "customer_id": "c-1042",
@@ -251,13 +244,7 @@ fn transition(current: &SagaInstance) -> (SagaInstance, Vec<LogEntry>) {
     next.updated_at = now;
     next.next_wake_at = Some(now + chrono::Duration::seconds(30));
     let step = current.cursor.map_or(0, |c| c.step);
-    next.cursor = Some(Cursor {
-        step: (step + 1) % 4,
-        direction: Direction::Invoke,
-        attempt: 1,
-        waiting: Waiting::Reply,
-        uncertain: false,
-    });
+    next.cursor = Some(Cursor::first((step + 1) % 4, Direction::Invoke));
     let entry = |seq, event| LogEntry {
         saga_id: current.id,
         seq,

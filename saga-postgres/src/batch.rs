@@ -39,14 +39,16 @@ const SAVE_BATCH_SQL: &str = "\
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
         id uuid, saga_type text, definition_version integer, status text, current_step integer,
-        phase text, attempt integer, waiting text, uncertain boolean, steps jsonb, data jsonb,
+        phase text, attempt integer, waiting text, uncertain boolean, round_from integer,
+        key_from integer, refused boolean, steps jsonb, data jsonb,
         error text, idempotency_key text, version bigint, next_wake_at timestamptz,
         deadline_at timestamptz, log_seq bigint, created_at timestamptz, updated_at timestamptz,
         expected bigint, logs jsonb)
 ), updated AS (
     UPDATE saga_state s SET saga_type = i.saga_type, definition_version = i.definition_version,
         status = i.status, current_step = i.current_step, phase = i.phase, attempt = i.attempt,
-        waiting = i.waiting, uncertain = i.uncertain, steps = i.steps,
+        waiting = i.waiting, uncertain = i.uncertain, round_from = i.round_from,
+        key_from = i.key_from, refused = i.refused, steps = i.steps,
         data = COALESCE(i.data, 'null'), error = i.error, idempotency_key = i.idempotency_key,
         version = i.version, next_wake_at = i.next_wake_at, deadline_at = i.deadline_at,
         log_seq = i.log_seq, created_at = i.created_at, updated_at = i.updated_at,

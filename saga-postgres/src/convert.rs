@@ -22,8 +22,8 @@ fn big<T: TryInto<i64> + Copy + std::fmt::Display>(what: &str, value: T) -> Resu
         .map_err(|_| Error::OutOfRange(format!("{what} {value} does not fit a bigint column")))
 }
 
-/// The 19 `saga_state` columns an insert or save writes, in the order of
-/// [`crate::store`]'s SQL (`$1`..`$19`).
+/// The 22 `saga_state` columns an insert writes, in the order of
+/// [`crate::store`]'s SQL (`$1`..`$22`).
 pub(crate) fn state_values(instance: &SagaInstance) -> Result<Vec<Value>, Error> {
     let cursor = instance.cursor;
     Ok(vec![
@@ -40,8 +40,11 @@ pub(crate) fn state_values(instance: &SagaInstance) -> Result<Vec<Value>, Error>
             .map(|c| int("attempt", c.attempt))
             .transpose()?
             .into(),
-        cursor.map(|c| waiting_str(c.waiting)).into(),
+        cursor.map(|c| c.waiting.as_str()).into(),
         cursor.is_some_and(|c| c.uncertain).into(),
+        int("round", cursor.map_or(1, |c| c.round_from))?.into(),
+        int("key", cursor.map_or(1, |c| c.key_from))?.into(),
+        cursor.is_some_and(|c| c.refused).into(),
         serde_json::to_value(&instance.steps)?.into(),
         instance.data.clone().into(),
         instance.error.clone().into(),
@@ -53,13 +56,6 @@ pub(crate) fn state_values(instance: &SagaInstance) -> Result<Vec<Value>, Error>
         instance.created_at.into(),
         instance.updated_at.into(),
     ])
-}
-
-const fn waiting_str(waiting: Waiting) -> &'static str {
-    match waiting {
-        Waiting::Reply => "reply",
-        Waiting::Retry => "retry",
-    }
 }
 
 #[derive(Serialize)]
@@ -118,6 +114,9 @@ struct SaveRow<'a> {
     attempt: Option<i32>,
     waiting: Option<&'static str>,
     uncertain: bool,
+    round_from: i32,
+    key_from: i32,
+    refused: bool,
     steps: &'a [StepStatus],
     data: &'a serde_json::Value,
     error: Option<&'a str>,
@@ -133,7 +132,7 @@ struct SaveRow<'a> {
 }
 
 /// One saga's save as JSON text for the batched save statement
-/// ([`crate::batch`]): the 19 `saga_state` columns, the expected version and
+/// ([`crate::batch`]): the 22 `saga_state` columns, the expected version and
 /// the log entries, read back in SQL with `jsonb_to_recordset`. Written
 /// straight from borrowed fields: the saga's data is not copied first.
 pub(crate) fn save_row(
@@ -150,8 +149,11 @@ pub(crate) fn save_row(
         current_step: cursor.map(|c| int("step index", c.step)).transpose()?,
         phase: cursor.map(|c| c.direction.as_str()),
         attempt: cursor.map(|c| int("attempt", c.attempt)).transpose()?,
-        waiting: cursor.map(|c| waiting_str(c.waiting)),
+        waiting: cursor.map(|c| c.waiting.as_str()),
         uncertain: cursor.is_some_and(|c| c.uncertain),
+        round_from: int("round", cursor.map_or(1, |c| c.round_from))?,
+        key_from: int("key", cursor.map_or(1, |c| c.key_from))?,
+        refused: cursor.is_some_and(|c| c.refused),
         steps: &instance.steps,
         data: &instance.data,
         error: instance.error.as_deref(),
@@ -204,12 +206,11 @@ pub(crate) fn to_instance(row: saga_state::Model) -> Result<SagaInstance, Error>
                 other => return Err(Error::corrupt(id, format!("unknown phase `{other}`"))),
             },
             attempt: unsigned(&id, "attempt", attempt)?,
-            waiting: match waiting {
-                "reply" => Waiting::Reply,
-                "retry" => Waiting::Retry,
-                other => return Err(Error::corrupt(id, format!("unknown waiting `{other}`"))),
-            },
+            waiting: parse::<Waiting>(&id, "waiting", waiting)?,
             uncertain: row.uncertain,
+            round_from: unsigned(&id, "round_from", row.round_from)?,
+            key_from: unsigned(&id, "key_from", row.key_from)?,
+            refused: row.refused,
         }),
         _ => {
             return Err(Error::corrupt(

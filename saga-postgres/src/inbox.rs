@@ -46,10 +46,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use saga_core::participant::{Claim, InboxClaim};
 use saga_core::{
     CommandContext, Direction, IdempotencyKey, ReplyOutcome, StepError, StepErrorKind,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait, Value,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -71,6 +75,11 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING idempotency_key";
 
 const RECORDED_SQL: &str = "SELECT outcome FROM saga_inbox WHERE idempotency_key = $1";
+
+/// [`RECORDED_SQL`], locking the row: a committed claim without an outcome is
+/// then held by one transaction at a time.
+const LOCK_RECORDED_SQL: &str =
+    "SELECT outcome FROM saga_inbox WHERE idempotency_key = $1 FOR UPDATE";
 
 /// Records the outcome unless one is recorded, and returns the recorded one.
 const RECORD_SQL: &str = "\
@@ -94,10 +103,18 @@ fn outcome_from(
 }
 
 async fn recorded<C: ConnectionTrait>(conn: &C, key: &str) -> Result<Option<ReplyOutcome>, Error> {
+    read_recorded(conn, key, RECORDED_SQL).await
+}
+
+async fn read_recorded<C: ConnectionTrait>(
+    conn: &C,
+    key: &str,
+    sql: &str,
+) -> Result<Option<ReplyOutcome>, Error> {
     let row = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            RECORDED_SQL,
+            sql,
             [key.into()],
         ))
         .await?;
@@ -164,8 +181,9 @@ pub async fn check_key_in<C: ConnectionTrait>(
         }
     }
     // Held by a committed transaction: its outcome, or `None` if it committed
-    // a claim without an outcome (the handler may run).
-    recorded(conn, key.as_str()).await
+    // a claim without an outcome (the handler may run: the row lock makes a
+    // concurrent duplicate wait for this transaction).
+    read_recorded(conn, key.as_str(), LOCK_RECORDED_SQL).await
 }
 
 /// Records `outcome` for `key` (in the same transaction as the business
@@ -262,9 +280,21 @@ pub async fn prune_in<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Re
 }
 
 /// A [`saga_core::Inbox`] on `saga_inbox`, for participants whose handlers
-/// have no transaction of their own (each call is its own transaction).
-/// Prefer [`check_in`] / [`record_in`] inside the business transaction when
-/// there is one: only then are the effect and the record atomic.
+/// have no transaction of their own.
+///
+/// Each claim is a database transaction that holds the key's row while the
+/// handler runs, and records the outcome when it commits: a duplicate (a
+/// redelivery of a command whose handler is slower than the step's timeout)
+/// waits for it and gets the recorded reply, and a compensation that arrives
+/// meanwhile waits too, then undoes what the handler did. If the process dies
+/// mid-handler the transaction rolls back and the command runs again when it
+/// is redelivered, so the handler's own effects must tolerate that.
+///
+/// A claim holds a pool connection while its handler runs, and a waiting
+/// duplicate holds another: give the pool more connections than twice the
+/// participant's concurrency. Prefer [`check_in`] / [`record_in`] inside the
+/// business transaction when there is one: only then are the effect and the
+/// record atomic.
 #[derive(Clone, Debug)]
 pub struct PgInbox {
     db: DatabaseConnection,
@@ -280,15 +310,41 @@ impl PgInbox {
 
 #[async_trait]
 impl saga_core::Inbox for PgInbox {
-    async fn get(&self, key: &IdempotencyKey) -> saga_core::Result<Option<ReplyOutcome>> {
-        Ok(recorded(&self.db, key.as_str()).await?)
-    }
-
-    async fn put_if_absent(
+    async fn claim(
         &self,
         key: &IdempotencyKey,
-        outcome: &ReplyOutcome,
-    ) -> saga_core::Result<ReplyOutcome> {
-        Ok(record_in(&self.db, key, outcome).await?)
+        tombstone: Option<&IdempotencyKey>,
+    ) -> saga_core::Result<Claim> {
+        let txn = self.db.begin().await.map_err(Error::from)?;
+        match check_key_in(&txn, key, tombstone).await? {
+            Some(outcome) => {
+                txn.rollback().await.map_err(Error::from)?;
+                Ok(Claim::Recorded(outcome))
+            }
+            None => Ok(Claim::Claimed(Box::new(PgClaim {
+                txn,
+                key: key.clone(),
+            }))),
+        }
+    }
+}
+
+/// A key held by an open transaction of a [`PgInbox`].
+struct PgClaim {
+    txn: DatabaseTransaction,
+    key: IdempotencyKey,
+}
+
+#[async_trait]
+impl InboxClaim for PgClaim {
+    async fn record(self: Box<Self>, outcome: &ReplyOutcome) -> saga_core::Result<ReplyOutcome> {
+        let recorded = record_in(&self.txn, &self.key, outcome).await?;
+        self.txn.commit().await.map_err(Error::from)?;
+        Ok(recorded)
+    }
+
+    async fn release(self: Box<Self>) -> saga_core::Result<()> {
+        self.txn.rollback().await.map_err(Error::from)?;
+        Ok(())
     }
 }

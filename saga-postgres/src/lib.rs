@@ -28,6 +28,9 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Reserved { reservation: String }
 //! impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//! #[derive(Serialize, Deserialize)]
+//! struct Release { reservation: Option<String> }
+//! impl Command for Release { const NAME: &'static str = "release"; type Reply = (); }
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Order { sku: String, reservation: Option<String> }
@@ -43,6 +46,7 @@
 //!     .step("reserve")
 //!         .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
 //!         .on_reply(|o, r| o.reservation = Some(r.reservation))
+//!         .compensate("inventory", |o: &Order| Release { reservation: o.reservation.clone() })
 //!         .timeout(Duration::from_secs(10))
 //!     .build()?;
 //! let transport = InMemoryTransport::new(); // saga-rabbitmq in production
@@ -51,6 +55,7 @@
 //! let inventory = Participant::builder("inventory")
 //!     .inbox(PgInbox::new(db.clone()))
 //!     .on(|cmd: Reserve, _ctx| async move { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) })
+//!     .on(|_cmd: Release, _ctx| async move { Ok(()) })
 //!     .build();
 //!
 //! let (stop, stopped) = tokio::sync::watch::channel(());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use saga_core::store::{Created, SagaQuery};
+use saga_core::store::{Created, DefinitionKey, SagaQuery};
 use saga_core::{LogEntry, SagaId, SagaInstance, SagaStore};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -27,26 +27,31 @@ use crate::notify::{self, ListenerTask};
 const CREATE_SQL: &str = "\
 WITH created AS (
     INSERT INTO saga_state (id, saga_type, definition_version, status, current_step, phase, attempt,
-        waiting, uncertain, steps, data, error, idempotency_key, version, next_wake_at, deadline_at,
-        log_seq, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+        waiting, uncertain, round_from, key_from, refused, steps, data, error, idempotency_key,
+        version, next_wake_at, deadline_at, log_seq, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20, $21, $22)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 ), logged AS (
     INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
     SELECT created.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
-    FROM created CROSS JOIN jsonb_to_recordset($20)
+    FROM created CROSS JOIN jsonb_to_recordset($23)
         AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
 )
 SELECT id FROM created";
 
-/// Leases due sagas whose lease is free or expired; `SKIP LOCKED` makes
-/// concurrent claimers take disjoint sets without waiting on each other.
+/// Leases due sagas whose lease is free or expired and whose definition the
+/// claiming engine has (`$5`: a JSON array of `{name, version}`); `SKIP
+/// LOCKED` makes concurrent claimers take disjoint sets without waiting on
+/// each other.
 const CLAIM_SQL: &str = "\
 UPDATE saga_state SET lease_owner = $1, lease_until = $2
 WHERE id IN (
     SELECT id FROM saga_state
     WHERE next_wake_at <= $3 AND (lease_until IS NULL OR lease_until <= $3)
+        AND (saga_type, definition_version) IN (
+            SELECT d.name, d.version FROM jsonb_to_recordset($5::jsonb) AS d(name text, version integer))
     ORDER BY next_wake_at
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -299,20 +304,33 @@ impl SagaStore for PgSagaStore {
         }
     }
 
-    #[tracing::instrument(name = "saga_postgres.claim_due", level = "debug", skip(self, lease))]
+    #[tracing::instrument(
+        name = "saga_postgres.claim_due",
+        level = "debug",
+        skip(self, lease, definitions)
+    )]
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         limit: usize,
         owner: &str,
         lease: Duration,
+        definitions: &[DefinitionKey],
     ) -> saga_core::Result<Vec<SagaInstance>> {
+        if definitions.is_empty() {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let values: [Value; 4] = [
+        let definitions: Vec<serde_json::Value> = definitions
+            .iter()
+            .map(|d| serde_json::json!({ "name": d.name, "version": d.version }))
+            .collect();
+        let values: [Value; 5] = [
             owner.into(),
             saga_core::clock::add(now, lease).into(),
             now.into(),
             limit.into(),
+            serde_json::Value::Array(definitions).into(),
         ];
         let rows = saga_state::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(

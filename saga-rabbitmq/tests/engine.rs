@@ -92,8 +92,10 @@ async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
             amount: o.quantity * 10,
         })
         .on_reply(|o, r| o.payment = Some(r.payment))
+        .pivot()
         .step("confirm")
         .invoke("order", |o: &Order| Confirm { sku: o.sku.clone() })
+        .retriable()
         .build()
         .expect("valid saga");
 

@@ -14,7 +14,7 @@
 //! ```compile_fail
 //! # use saga_core::Saga;
 //! // A compensation needs an action first.
-//! let saga = Saga::<()>::builder("s").step("a").compensate_local(|_| async { Ok(()) });
+//! let saga = Saga::<()>::builder("s").step("a").compensate_local(|_, _| async { Ok(()) });
 //! ```
 
 use std::future::Future;
@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::step::{Action, FoldFn, OnUnknown, StepDefinition, StepKind};
+use super::step::{Action, FoldFn, LocalContext, OnUnknown, StepDefinition, StepKind};
 use super::{Command, Saga, SagaData, SagaDefinition};
 use crate::error::{Error, StepError};
 use crate::retry::RetryPolicy;
@@ -41,7 +41,11 @@ pub struct SagaBuilder<D> {
     version: u32,
     deadline: Option<Duration>,
     default_timeout: Duration,
+    default_retry: RetryPolicy,
+    default_compensation_retry: RetryPolicy,
     steps: Vec<StepDefinition>,
+    /// Mistakes found while adding steps, reported by `build`.
+    problems: Vec<String>,
     _data: PhantomData<fn() -> D>,
 }
 
@@ -52,7 +56,10 @@ impl<D: SagaData> SagaBuilder<D> {
             version: 1,
             deadline: None,
             default_timeout: DEFAULT_STEP_TIMEOUT,
+            default_retry: RetryPolicy::default(),
+            default_compensation_retry: default_compensation_retry(),
             steps: Vec::new(),
+            problems: Vec::new(),
             _data: PhantomData,
         }
     }
@@ -79,6 +86,23 @@ impl<D: SagaData> SagaBuilder<D> {
         self
     }
 
+    /// How a step's failed or timed-out attempts are retried when the step sets
+    /// no [`retry`](StepBuilder::retry) of its own (default: 100 ms doubling to
+    /// 10 s, 20% jitter, 5 attempts). The pivot and retriable steps use it
+    /// without its attempt limit.
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
+        self
+    }
+
+    /// How a failing compensation is retried when its step sets no
+    /// [`compensation_retry`](StepBuilder::compensation_retry) of its own
+    /// (default: 200 ms doubling to 30 s, 10 attempts).
+    pub fn default_compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_compensation_retry = policy;
+        self
+    }
+
     /// Adds a step named `name`; give it an action with
     /// [`invoke`](StepBuilder::invoke) or [`local`](StepBuilder::local).
     pub fn step(self, name: impl Into<String>) -> StepBuilder<D, NoAction> {
@@ -89,10 +113,11 @@ impl<D: SagaData> SagaBuilder<D> {
             action: NoAction,
             on_output: None,
             compensation: None,
-            retry: RetryPolicy::default(),
-            compensation_retry: default_compensation_retry(),
+            retry: None,
+            compensation_retry: None,
             timeout: None,
             on_unknown: OnUnknown::default(),
+            read_only: false,
         }
     }
 }
@@ -155,10 +180,11 @@ pub struct StepBuilder<D, A> {
     action: A,
     on_output: Option<FoldFn>,
     compensation: Option<Action>,
-    retry: RetryPolicy,
-    compensation_retry: RetryPolicy,
+    retry: Option<RetryPolicy>,
+    compensation_retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
     on_unknown: OnUnknown,
+    read_only: bool,
 }
 
 impl<D, A> StepBuilder<D, A> {
@@ -174,6 +200,7 @@ impl<D, A> StepBuilder<D, A> {
             compensation_retry: self.compensation_retry,
             timeout: self.timeout,
             on_unknown: self.on_unknown,
+            read_only: self.read_only,
         }
     }
 }
@@ -191,16 +218,16 @@ fn local_fn<D, R, F, Fut>(run: F) -> super::step::LocalFn
 where
     D: SagaData,
     R: Serialize,
-    F: Fn(D) -> Fut + Send + Sync + 'static,
+    F: Fn(D, LocalContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, StepError>> + Send + 'static,
 {
     let run = Arc::new(run);
-    Arc::new(move |data: Value| {
+    Arc::new(move |data: Value, ctx: LocalContext| {
         let run = Arc::clone(&run);
         Box::pin(async move {
             let data = serde_json::from_value::<D>(data)
                 .map_err(|e| StepError::unknown(format!("saga data does not decode: {e}")))?;
-            let output = run(data).await?;
+            let output = run(data, ctx).await?;
             serde_json::to_value(output)
                 .map_err(|e| StepError::unknown(format!("step output does not encode: {e}")))
         })
@@ -226,11 +253,14 @@ impl<D: SagaData> StepBuilder<D, NoAction> {
     }
 
     /// The step runs `run` in the orchestrator on a copy of the saga data.
-    /// Its output goes to [`on_reply`](StepBuilder::on_reply).
+    /// Its output goes to [`on_reply`](StepBuilder::on_reply). One attempt
+    /// runs at a time; an attempt still running when the step's timeout passes
+    /// is dropped, and the [`LocalContext`]'s key lets the function make its
+    /// effects idempotent across attempts.
     pub fn local<R, F, Fut>(self, run: F) -> StepBuilder<D, Local<R>>
     where
         R: Serialize + DeserializeOwned + Send + 'static,
-        F: Fn(D) -> Fut + Send + Sync + 'static,
+        F: Fn(D, LocalContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, StepError>> + Send + 'static,
     {
         self.with_action(Local {
@@ -268,27 +298,41 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
         self
     }
 
-    /// Undoes the step with a local function.
+    /// Undoes the step with a local function (not allowed for a remote step
+    /// before the pivot: only its participant can refuse a late copy of its
+    /// command).
     pub fn compensate_local<F, Fut>(mut self, run: F) -> Self
     where
-        F: Fn(D) -> Fut + Send + Sync + 'static,
+        F: Fn(D, LocalContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), StepError>> + Send + 'static,
     {
         self.compensation = Some(Action::Local { run: local_fn(run) });
         self
     }
 
-    /// How failed or timed-out attempts are retried (default: 100 ms doubling to
-    /// 10 s, 5 attempts). When attempts run out, the saga compensates.
+    /// How failed or timed-out attempts are retried (default: the saga's
+    /// [`default_retry`](SagaBuilder::default_retry)). When attempts run out,
+    /// the saga compensates. The pivot and retriable steps retry until they
+    /// succeed: give them a policy without an attempt limit
+    /// ([`RetryPolicy::unlimited`]), or none.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
+        self.retry = Some(policy);
         self
     }
 
-    /// How a failing compensation is retried (default: 200 ms doubling to 30 s,
-    /// 10 attempts). Past the limit the saga ends `Failed` for an operator.
+    /// How a failing compensation is retried (default: the saga's
+    /// [`default_compensation_retry`](SagaBuilder::default_compensation_retry)).
+    /// Past the limit the saga ends `Failed` for an operator.
     pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
-        self.compensation_retry = policy;
+        self.compensation_retry = Some(policy);
+        self
+    }
+
+    /// Declares that the step changes nothing (a check, a quote, a lookup), so
+    /// it needs no compensation: a late copy of its command is harmless. A
+    /// remote step before the pivot must otherwise have a compensation.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
         self
     }
 
@@ -319,16 +363,38 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
 
     fn finish(self) -> SagaBuilder<D> {
         let mut saga = self.saga;
+        // The pivot and retriable steps cannot be compensated: they retry
+        // until they succeed or fail for a business reason.
+        let until_success = self.kind != StepKind::Compensatable;
+        let retry = match self.retry {
+            Some(policy) if until_success && policy.attempt_limit().is_some() => {
+                saga.problems.push(format!(
+                    "step `{}` is {} and retries until it succeeds or fails for a business reason, \
+                     but its retry policy stops after {} attempt(s): give it a policy without a limit \
+                     (`RetryPolicy::..().unlimited()`) or leave the retry unset",
+                    self.name,
+                    kind_name(self.kind),
+                    policy.attempt_limit().unwrap_or_default()
+                ));
+                policy
+            }
+            Some(policy) => policy,
+            None if until_success => saga.default_retry.unlimited(),
+            None => saga.default_retry,
+        };
         saga.steps.push(StepDefinition {
             name: self.name,
             kind: self.kind,
             action: self.action.into_action(),
             on_output: self.on_output,
             compensation: self.compensation,
-            retry: self.retry,
-            compensation_retry: self.compensation_retry,
+            retry,
+            compensation_retry: self
+                .compensation_retry
+                .unwrap_or(saga.default_compensation_retry),
             timeout: self.timeout,
             on_unknown: self.on_unknown,
+            read_only: self.read_only,
         });
         saga
     }
@@ -343,10 +409,19 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
     /// # Errors
     /// [`Error::InvalidDefinition`] naming the problem: an empty or malformed
     /// name, duplicate step names, an empty endpoint, a zero timeout, more than
-    /// one pivot, a pivot with a compensation, or a step after the pivot that is
-    /// not retriable or has a compensation.
+    /// one pivot, a pivot with a compensation, a step after the pivot that is
+    /// not retriable or has a compensation, a pivot or retriable step with an
+    /// attempt limit or [`OnUnknown::Compensate`], or a remote step before the
+    /// pivot without a compensation sent to its own endpoint (unless
+    /// [`read_only`](Self::read_only)).
     pub fn build(self) -> Result<Saga<D>, Error> {
-        let saga = self.finish();
+        let mut saga = self.finish();
+        if !saga.problems.is_empty() {
+            return Err(Error::InvalidDefinition {
+                saga: saga.name,
+                reason: std::mem::take(&mut saga.problems).join("; "),
+            });
+        }
         let definition = SagaDefinition {
             pivot: saga.steps.iter().position(|s| s.kind == StepKind::Pivot),
             name: saga.name,
@@ -360,6 +435,56 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
             reason,
         })?;
         Ok(Saga::from_definition(definition))
+    }
+}
+
+const fn kind_name(kind: StepKind) -> &'static str {
+    match kind {
+        StepKind::Compensatable => "compensatable",
+        StepKind::Pivot => "the pivot",
+        StepKind::Retriable => "retriable",
+    }
+}
+
+/// Why a step's late command copy could go unrefused, if it could.
+///
+/// A remote step that may be compensated must be compensated at its own
+/// endpoint: the participant then records a refusal under the step's invoke
+/// key, so a copy of the command still queued when the saga compensated
+/// (an outage longer than the step's retries, say) is refused instead of
+/// taking effect after everything else was undone.
+fn unrefusable(step: &StepDefinition) -> Option<String> {
+    let Action::Remote {
+        endpoint, command, ..
+    } = &step.action
+    else {
+        return None;
+    };
+    let fix = format!(
+        "give it `.compensate(\"{endpoint}\", ..)` (the participant then refuses a late copy), \
+         mark it `.read_only()` if it changes nothing, or make it the pivot"
+    );
+    match &step.compensation {
+        None if step.read_only => None,
+        None => Some(format!(
+            "step `{}` sends `{command}` to `{endpoint}` and may be compensated, but has no \
+             compensation: a copy of its command still queued when the saga compensates would \
+             take effect with nothing to undo it; {fix}",
+            step.name
+        )),
+        Some(Action::Local { .. }) => Some(format!(
+            "step `{}` sends `{command}` to `{endpoint}` but is compensated locally: only its \
+             participant can refuse a late copy of the command; {fix}",
+            step.name
+        )),
+        Some(Action::Remote {
+            endpoint: other, ..
+        }) if other != endpoint => Some(format!(
+            "step `{}` sends `{command}` to `{endpoint}` but is compensated at `{other}`: only \
+             `{endpoint}` can refuse a late copy of the command; {fix}",
+            step.name
+        )),
+        Some(Action::Remote { .. }) => None,
     }
 }
 
@@ -409,6 +534,25 @@ fn validate(def: &SagaDefinition) -> Result<(), String> {
         if step.timeout.is_some_and(|t| t.is_zero()) {
             return Err(format!("step `{}` has a zero timeout", step.name));
         }
+        if step.read_only && step.compensation.is_some() {
+            return Err(format!(
+                "step `{}` is read-only and has nothing to compensate: remove `.compensate(..)` \
+                 or `.read_only()`",
+                step.name
+            ));
+        }
+        if step.kind != StepKind::Compensatable && step.on_unknown == OnUnknown::Compensate {
+            return Err(format!(
+                "step `{}` is {} and cannot be compensated, so `OnUnknown::Compensate` would stop \
+                 the saga for an operator: keep `OnUnknown::Retry`",
+                step.name,
+                kind_name(step.kind)
+            ));
+        }
+    }
+    let compensable = def.pivot.unwrap_or(def.steps.len());
+    if let Some(reason) = def.steps[..compensable].iter().find_map(unrefusable) {
+        return Err(reason);
     }
     let pivots: Vec<&str> = def
         .steps
@@ -483,7 +627,7 @@ mod tests {
             .on_reply(|d, n| d.n = n)
             .compensate("svc", |_| Ping)
             .step("b")
-            .local(|d: Data| async move { Ok(d.n + 1) })
+            .local(|d: Data, _| async move { Ok(d.n + 1) })
             .build()
             .expect("valid");
         assert_eq!(saga.name(), "s");
@@ -587,5 +731,120 @@ mod tests {
             .retriable()
             .build();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn a_remote_step_that_may_be_compensated_needs_a_compensation_at_its_endpoint() {
+        // The checkout's old shape: a side-effecting last step with no
+        // compensation and no pivot. A copy of its command still queued
+        // when the saga compensates would confirm an order nobody pays for.
+        let r = Saga::<Data>::builder("s")
+            .step("pay")
+            .invoke("payment", |_| Ping)
+            .compensate("payment", |_| Ping)
+            .step("confirm")
+            .invoke("order", |_| Ping)
+            .build();
+        let why = reason(r);
+        assert!(why.contains("step `confirm`"), "{why}");
+        assert!(why.contains("no compensation"), "{why}");
+        assert!(
+            why.contains(".read_only()") && why.contains("pivot"),
+            "{why}"
+        );
+
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .compensate("other", |_| Ping)
+            .build();
+        assert!(reason(r).contains("compensated at `other`"));
+
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .compensate_local(|_, _| async { Ok(()) })
+            .build();
+        assert!(reason(r).contains("compensated locally"));
+    }
+
+    #[test]
+    fn read_only_steps_and_the_pivot_need_no_compensation() {
+        let ok = Saga::<Data>::builder("s")
+            .step("check")
+            .invoke("credit", |_| Ping)
+            .read_only()
+            .step("pay")
+            .invoke("payment", |_| Ping)
+            .compensate("payment", |_| Ping)
+            .step("confirm")
+            .invoke("order", |_| Ping)
+            .pivot()
+            .build();
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let r = Saga::<Data>::builder("s")
+            .step("check")
+            .invoke("credit", |_| Ping)
+            .read_only()
+            .compensate("credit", |_| Ping)
+            .build();
+        assert!(reason(r).contains("read-only"));
+    }
+
+    #[test]
+    fn the_pivot_and_retriable_steps_retry_without_limit() {
+        let saga = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .retriable()
+            .build()
+            .expect("valid");
+        for step in saga.definition().steps() {
+            assert_eq!(step.retry().attempt_limit(), None, "{}", step.name());
+        }
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(3))
+            .build();
+        let why = reason(r);
+        assert!(why.contains("stops after 3 attempt(s)"), "{why}");
+        let r = Saga::<Data>::builder("s")
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .on_unknown(OnUnknown::Compensate)
+            .build();
+        assert!(reason(r).contains("OnUnknown::Compensate"));
+    }
+
+    #[test]
+    fn saga_level_defaults_apply_to_steps_that_set_none() {
+        let retry = RetryPolicy::fixed(Duration::from_millis(7)).max_attempts(9);
+        let undo = RetryPolicy::fixed(Duration::from_millis(3)).max_attempts(4);
+        let saga = Saga::<Data>::builder("s")
+            .default_retry(retry)
+            .default_compensation_retry(undo)
+            .step("a")
+            .invoke("svc", |_| Ping)
+            .compensate("svc", |_| Ping)
+            .step("b")
+            .invoke("svc", |_| Ping)
+            .compensate("svc", |_| Ping)
+            .retry(RetryPolicy::none())
+            .step("c")
+            .invoke("svc", |_| Ping)
+            .pivot()
+            .build()
+            .expect("valid");
+        let steps = saga.definition().steps();
+        assert_eq!(*steps[0].retry(), retry);
+        assert_eq!(*steps[0].compensation_retry(), undo);
+        assert_eq!(*steps[1].retry(), RetryPolicy::none());
+        assert_eq!(*steps[2].retry(), retry.unlimited());
     }
 }

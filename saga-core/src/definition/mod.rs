@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 pub use builder::{
     DEFAULT_STEP_TIMEOUT, HasAction, Local, NoAction, Remote, SagaBuilder, StepBuilder,
 };
-pub use step::{Action, OnUnknown, StepDefinition, StepKind};
+pub use step::{Action, LocalContext, OnUnknown, StepDefinition, StepKind};
 
 /// A command a saga sends to a participant, with the reply it expects.
 ///

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::StepError;
+use crate::id::{Direction, IdempotencyKey, SagaId};
 use crate::retry::RetryPolicy;
 
 /// A boxed, sendable future.
@@ -16,7 +17,29 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// Builds a command payload from the saga data.
 pub(crate) type PayloadFn = Arc<dyn Fn(&Value) -> Result<Value, serde_json::Error> + Send + Sync>;
 /// Runs a local step on a copy of the saga data.
-pub(crate) type LocalFn = Arc<dyn Fn(Value) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
+pub(crate) type LocalFn =
+    Arc<dyn Fn(Value, LocalContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
+
+/// What a local step function knows about the attempt it runs.
+///
+/// The engine runs one attempt of a step at a time, drops an attempt's future
+/// when the step's timeout passes, and may run a later attempt after a crash
+/// or a timeout: make the function's effects idempotent on
+/// [`idempotency_key`](Self::idempotency_key), which every attempt shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalContext {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// The step's name.
+    pub step: String,
+    /// Action or compensation.
+    pub direction: Direction,
+    /// The attempt (1 for the first).
+    pub attempt: u32,
+    /// Stable across the attempts of this step's action (or compensation).
+    pub idempotency_key: IdempotencyKey,
+}
 /// Folds a step's output into the saga data.
 pub(crate) type FoldFn =
     Arc<dyn Fn(&mut Value, Value) -> Result<(), serde_json::Error> + Send + Sync>;
@@ -76,9 +99,10 @@ pub enum StepKind {
     /// Can be undone by its compensation if a later step fails (the default).
     Compensatable,
     /// The go/no-go point: once it succeeds the saga only goes forward. It has no
-    /// compensation; every step after it must be retriable.
+    /// compensation, retries until it succeeds or fails for a business reason,
+    /// and every step after it must be retriable.
     Pivot,
-    /// Retried until it succeeds (its retry policy's attempt limit is ignored).
+    /// Retried until it succeeds or fails for a business reason.
     Retriable,
 }
 
@@ -105,6 +129,7 @@ pub struct StepDefinition {
     pub(crate) compensation_retry: RetryPolicy,
     pub(crate) timeout: Option<Duration>,
     pub(crate) on_unknown: OnUnknown,
+    pub(crate) read_only: bool,
 }
 
 impl StepDefinition {
@@ -154,6 +179,13 @@ impl StepDefinition {
     #[must_use]
     pub fn on_unknown(&self) -> OnUnknown {
         self.on_unknown
+    }
+
+    /// Whether the step was declared read-only: it changes nothing, so it
+    /// needs no compensation.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 }
 

@@ -6,6 +6,8 @@
 //! local steps, wake waiters). A version conflict reloads and re-applies, so
 //! two engines working on the same saga never both dispatch.
 
+mod apply;
+mod local;
 mod run;
 
 use std::collections::HashMap;
@@ -17,13 +19,13 @@ use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
-use crate::definition::{Action, Saga, SagaData, SagaDefinition};
+use crate::definition::{Saga, SagaData, SagaDefinition};
 use crate::error::{Error, Result};
 use crate::id::SagaId;
-use crate::machine::{self, Effect, Event};
+use crate::machine::{self, Event};
 use crate::message::ReplyMessage;
-use crate::state::{LogEntry, SagaInstance, SagaStatus};
-use crate::store::{Created, SagaQuery, SagaStore};
+use crate::state::{LogEntry, SagaInstance, SagaStatus, Waiting};
+use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
 use crate::transport::Transport;
 
 /// Tuning for an [`Engine`].
@@ -50,6 +52,15 @@ pub struct EngineConfig {
     /// them, so a reply needs no load first (0 disables). A stale entry costs
     /// one version conflict and a reload, never a wrong transition.
     pub cache_capacity: usize,
+    /// How many of the most recently updated in-flight sagas [`Engine::run`]
+    /// sends their command again at start-up, to recover commands a crashed
+    /// engine committed but never sent (0 disables). Older ones are recovered
+    /// by their step's timeout.
+    pub startup_resend_limit: usize,
+    /// How long a reply for a definition this engine does not have is held
+    /// before it goes back to the reply queue for an engine that has it (a
+    /// rolling deploy of a new definition version).
+    pub hand_back_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +75,8 @@ impl Default for EngineConfig {
             conflict_retries: 16,
             wait_poll: Duration::from_millis(250),
             cache_capacity: 4096,
+            startup_resend_limit: 1000,
+            hand_back_delay: Duration::from_secs(1),
         }
     }
 }
@@ -142,15 +155,23 @@ impl EngineBuilder {
     /// Finishes the engine.
     pub fn build(self) -> Engine {
         let (finished, _) = broadcast::channel(1024);
+        let mut known: Vec<DefinitionKey> = self
+            .definitions
+            .keys()
+            .map(|(name, version)| DefinitionKey::new(name.clone(), *version))
+            .collect();
+        known.sort();
         Engine {
             inner: Arc::new(Inner {
                 store: self.store,
                 transport: self.transport,
                 clock: self.clock,
                 definitions: self.definitions,
+                known,
                 config: self.config,
                 finished,
                 cache: Mutex::default(),
+                local: local::LocalRuns::default(),
             }),
         }
     }
@@ -161,11 +182,15 @@ struct Inner {
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
+    /// The registered definitions, for claiming only sagas this engine can run.
+    known: Vec<DefinitionKey>,
     config: EngineConfig,
     /// Sagas this engine finished, with their final saved state.
     finished: broadcast::Sender<Arc<SagaInstance>>,
     /// Last saved state of unfinished sagas this engine worked on.
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
+    /// Local step attempts running in this process.
+    local: local::LocalRuns,
 }
 
 /// Runs sagas. Cheap to clone; clones share everything.
@@ -271,8 +296,11 @@ impl Engine {
     /// Applies a participant's reply.
     ///
     /// # Errors
-    /// `NotFound` for an unknown saga; `MalformedMessage` when the step index
-    /// and name disagree with the definition; store errors.
+    /// `NotFound` for an unknown saga; `UnknownDefinition` when the saga's
+    /// definition is not registered with this engine (another engine may have
+    /// it: [`run`](Self::run) hands such a reply back to the queue);
+    /// `MalformedMessage` when the step index and name disagree with the
+    /// definition; store errors.
     pub async fn handle_reply(&self, reply: ReplyMessage) -> Result<()> {
         let id = reply.saga_id;
         let event = Event::Reply {
@@ -313,6 +341,7 @@ impl Engine {
                 config.claim_batch,
                 &config.instance_name,
                 config.lease,
+                &self.inner.known,
             )
             .await?;
         let count = due.len();
@@ -328,7 +357,9 @@ impl Engine {
         Ok(count)
     }
 
-    /// Re-sends the in-flight command of a running saga now.
+    /// Sends the in-flight command of a running saga again now (its timeout is
+    /// not extended), or performs its scheduled retry or pending send now. A
+    /// local step that may still be running is not run again.
     ///
     /// # Errors
     /// `NotFound`; `InvalidOperation` when the saga has finished.
@@ -341,7 +372,12 @@ impl Engine {
         .await
     }
 
-    /// Retries a `Failed` saga from the step (or compensation) where it stopped.
+    /// Retries a `Failed` saga from the step (or compensation) where it
+    /// stopped: a new attempt with a new message id and a fresh attempt
+    /// budget. If the participant refused the step (a business failure, which
+    /// it records), the new attempt carries a new idempotency key so the
+    /// participant runs it again; otherwise the key stays, so a command whose
+    /// outcome is unknown cannot take effect twice.
     ///
     /// # Errors
     /// `NotFound`; `InvalidOperation` unless the saga is `Failed`.
@@ -377,7 +413,7 @@ impl Engine {
         event: Event,
         allowed: impl Fn(&SagaDefinition, &SagaInstance) -> Result<(), &'static str>,
     ) -> Result<SagaInstance> {
-        self.apply_checked(id, event, |def, instance| {
+        self.apply_to(None, id, &event, |def, instance| {
             allowed(def, instance).map_err(|reason| Error::InvalidOperation {
                 id,
                 action,
@@ -468,165 +504,58 @@ impl Engine {
         run::run(self, shutdown).await
     }
 
-    // ---- core loop --------------------------------------------------------
-
-    async fn apply_checked(
-        &self,
-        id: SagaId,
-        event: Event,
-        check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
-    ) -> Result<(Arc<SagaInstance>, Arc<SagaInstance>)> {
-        self.apply_to(None, id, &event, check).await
-    }
-
-    /// Load (unless given), transition, save with version check, perform effects.
-    /// Returns the instance before and after.
-    async fn apply_to(
-        &self,
-        mut loaded: Option<Arc<SagaInstance>>,
-        id: SagaId,
-        event: &Event,
-        check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
-    ) -> Result<(Arc<SagaInstance>, Arc<SagaInstance>)> {
-        for attempt in 0..=self.inner.config.conflict_retries {
-            if attempt > 0 {
-                self.forget(id);
-            }
-            let instance = match loaded.take() {
-                Some(instance) => instance,
-                None => self
-                    .inner
-                    .store
-                    .load(id)
-                    .await?
-                    .map(Arc::new)
-                    .ok_or(Error::NotFound(id))?,
+    /// Sends again the command of every recently updated saga that waits for
+    /// a reply (up to [`EngineConfig::startup_resend_limit`], newest first),
+    /// so that a command a crashed engine committed but never sent is not lost
+    /// until its timeout. Participants deduplicate; no attempt is consumed.
+    /// [`run`](Self::run) calls it once at start-up. Returns how many were sent.
+    ///
+    /// # Errors
+    /// When the store cannot be queried.
+    pub async fn resend_in_flight(&self) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let mut sent = 0;
+        for status in [SagaStatus::Running, SagaStatus::Compensating] {
+            let query = SagaQuery {
+                status: Some(status),
+                limit: self.inner.config.startup_resend_limit,
+                ..SagaQuery::default()
             };
-            let def =
-                Arc::clone(self.definition(&instance.saga_type, instance.definition_version)?);
-            check(&def, &instance)?;
-            let step = instance
-                .cursor
-                .and_then(|c| def.steps().get(c.step))
-                .map(|s| s.name().to_owned())
-                .unwrap_or_default();
-            let span = tracing::debug_span!("saga.transition", saga_id = %id, saga_type = %def.name(), step = %step);
-            let t = machine::transition(&def, &instance, event.clone(), self.inner.clock.now());
-            if t.is_noop() {
-                return Ok((instance, Arc::new(t.instance)));
-            }
-            match self
-                .inner
-                .store
-                .save(&t.instance, instance.version, &t.logs)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(()) => {
-                    let after = Arc::new(t.instance);
-                    self.remember(&after);
-                    self.perform(&def, &after, t.effects).instrument(span).await;
-                    return Ok((instance, after));
+            for instance in self.inner.store.list(&query).await? {
+                let Some(cursor) = instance.cursor else {
+                    continue;
+                };
+                // Due ones are the poller's; a pending send is already recorded.
+                let due = instance.next_wake_at.is_none_or(|at| at <= now);
+                if cursor.waiting != Waiting::Reply || due {
+                    continue;
                 }
-                Err(Error::Conflict { .. }) => {
-                    tracing::debug!(saga_id = %id, "version conflict; reloading");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::Conflict { id, expected: 0 })
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, Arc<SagaInstance>>> {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn cached(&self, id: SagaId) -> Option<Arc<SagaInstance>> {
-        self.cache().get(&id).cloned()
-    }
-
-    fn forget(&self, id: SagaId) {
-        self.cache().remove(&id);
-    }
-
-    /// Keeps an unfinished saga's last saved state; drops finished ones.
-    fn remember(&self, instance: &Arc<SagaInstance>) {
-        let capacity = self.inner.config.cache_capacity;
-        let mut cache = self.cache();
-        if instance.is_terminal() || capacity == 0 {
-            cache.remove(&instance.id);
-            return;
-        }
-        if cache.len() >= capacity && !cache.contains_key(&instance.id) {
-            // Crude but bounded: start over rather than track recency.
-            cache.clear();
-        }
-        cache.insert(instance.id, Arc::clone(instance));
-    }
-
-    async fn perform(
-        &self,
-        def: &Arc<SagaDefinition>,
-        instance: &Arc<SagaInstance>,
-        effects: Vec<Effect>,
-    ) {
-        for effect in effects {
-            match effect {
-                Effect::SendCommand(mut command) => {
-                    command.reply_to = Some(self.inner.config.reply_queue.clone());
-                    if let Err(e) = self.inner.transport.send_command(&command).await {
-                        tracing::warn!(
-                            saga_id = %command.saga_id, step = %command.step_name, error = %e,
-                            "command not sent; the step's timeout will send it again"
-                        );
-                    }
-                }
-                Effect::RunLocal {
-                    step,
-                    direction,
-                    attempt,
-                    data,
-                } => self.spawn_local(def, instance.id, step, direction, attempt, data),
-                Effect::Finished(status) => {
-                    tracing::info!(saga_id = %instance.id, saga_type = %instance.saga_type, %status, "saga finished");
-                    let _ = self.inner.finished.send(Arc::clone(instance));
+                let Ok(def) = self.definition(&instance.saga_type, instance.definition_version)
+                else {
+                    continue;
+                };
+                let Ok(Some(command)) = machine::command_for(def, &instance, cursor) else {
+                    continue;
+                };
+                if self.send(&Arc::new(instance), command).await {
+                    sent += 1;
                 }
             }
         }
+        if sent > 0 {
+            tracing::info!(
+                sent,
+                "sent the commands of in-flight sagas again at start-up"
+            );
+        }
+        Ok(sent)
     }
 
-    fn spawn_local(
-        &self,
-        def: &Arc<SagaDefinition>,
-        id: SagaId,
-        step: usize,
-        direction: crate::Direction,
-        attempt: u32,
-        data: serde_json::Value,
-    ) {
-        let action = def.steps().get(step).and_then(|s| match direction {
-            crate::Direction::Invoke => Some(s.action()),
-            crate::Direction::Compensate => s.compensation(),
-        });
-        let Some(Action::Local { run }) = action.cloned() else {
-            return;
-        };
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let outcome = run(data).await;
-            let event = Event::Reply {
-                step,
-                direction,
-                attempt,
-                outcome,
-            };
-            if let Err(e) = engine.apply_to(None, id, &event, |_, _| Ok(())).await {
-                tracing::warn!(saga_id = %id, error = %e, "local step result not saved; its timeout will run it again");
-            }
-        });
+    /// Stops at once, like a crash: drops the local step attempts in flight.
+    /// A clean stop is [`run`](Self::run)'s shutdown. For simulations.
+    #[cfg(feature = "testing")]
+    pub fn abort(&self) {
+        self.inner.local.abort();
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -9,7 +10,14 @@ use tokio::task::JoinSet;
 use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::ReplyMessage;
+use crate::retry::RetryPolicy;
 use crate::transport::Delivery;
+
+/// How a reply is retried while the store fails: it stays in hand (no
+/// redelivery counts against the queue's delivery limit) until the store
+/// answers or the engine stops.
+const STORE_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).unlimited();
 
 pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let config = engine.config().clone();
@@ -25,16 +33,18 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
         return Ok(());
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let poller = tokio::spawn(poll(engine.clone(), stop_rx));
+    let poller = tokio::spawn(poll(engine.clone(), stop_rx.clone()));
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tracing::info!(instance = %config.instance_name, queue = %config.reply_queue, "engine running");
     loop {
         let permit = tokio::select! {
+            biased;
             () = &mut shutdown => break,
             permit = Arc::clone(&permits).acquire_owned() => permit.map_err(|_| Error::Shutdown)?,
         };
         let delivery = tokio::select! {
+            biased;
             () = &mut shutdown => break,
             delivery = replies.next() => match delivery {
                 Some(delivery) => delivery,
@@ -46,8 +56,9 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
         };
         while tasks.try_join_next().is_some() {}
         let engine = engine.clone();
+        let stop = stop_rx.clone();
         tasks.spawn(async move {
-            process_reply(&engine, delivery).await;
+            process_reply(&engine, delivery, stop).await;
             drop(permit);
         });
     }
@@ -55,35 +66,107 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     let _ = poller.await;
+    engine.drain_local().await;
     tracing::info!(instance = %config.instance_name, "engine stopped");
     Ok(())
 }
 
-async fn process_reply(engine: &Engine, delivery: Delivery<ReplyMessage>) {
+/// Resolves once the engine is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn process_reply(
+    engine: &Engine,
+    delivery: Delivery<ReplyMessage>,
+    mut stop: watch::Receiver<bool>,
+) {
     let saga_id = delivery.message.saga_id;
-    match engine.handle_reply(delivery.message.clone()).await {
-        Ok(()) => {
-            if let Err(e) = delivery.ack().await {
-                tracing::warn!(%saga_id, error = %e, "reply ack failed; it will be redelivered and ignored");
+    let mut failures = 0;
+    loop {
+        let error = match engine.handle_reply(delivery.message.clone()).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(%saga_id, error = %e, "reply ack failed; it will be redelivered and ignored");
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        match error {
+            Error::UnknownDefinition { name, version } => {
+                return hand_back(engine, delivery, &name, version, &mut stop).await;
+            }
+            e if matches!(e.kind(), ErrorKind::Invalid | ErrorKind::NotFound) => {
+                tracing::warn!(%saga_id, error = %e, "reply dead-lettered");
+                let _ = delivery.reject(&e.to_string()).await;
+                return;
+            }
+            e => {
+                // The store is unavailable (or keeps conflicting): keep the
+                // reply in hand and try again, rather than requeue it against
+                // the queue's delivery limit.
+                failures += 1;
+                let delay = STORE_RETRY.delay_after(failures, u64::from(failures));
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(%saga_id, error = %e, failures, ?delay, "reply not applied yet; trying again");
+                }
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut stop) => {
+                        let _ = delivery.nack().await;
+                        return;
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
         }
-        Err(e) if e.is_transient() || e.kind() == ErrorKind::Other => {
-            tracing::warn!(%saga_id, error = %e, "reply not applied; it will be redelivered");
-            let _ = delivery.nack().await;
+    }
+}
+
+/// A reply for a definition this engine does not have (a newer version during
+/// a rolling deploy) goes back to the reply queue, as a new message so that no
+/// delivery limit counts it, for an engine that has the definition.
+async fn hand_back(
+    engine: &Engine,
+    delivery: Delivery<ReplyMessage>,
+    name: &str,
+    version: u32,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let saga_id = delivery.message.saga_id;
+    tracing::warn!(
+        %saga_id, saga_type = name, definition_version = version,
+        "this engine does not have the saga's definition; handing the reply back to the queue"
+    );
+    tokio::select! {
+        biased;
+        () = stopped(stop) => {}
+        () = tokio::time::sleep(engine.config().hand_back_delay) => {}
+    }
+    match engine.inner.transport.send_reply(&delivery.message).await {
+        Ok(()) => {
+            let _ = delivery.ack().await;
         }
         Err(e) => {
-            tracing::warn!(%saga_id, error = %e, "reply dead-lettered");
-            let _ = delivery.reject(&e.to_string()).await;
+            tracing::warn!(%saga_id, error = %e, "could not hand the reply back; it will be redelivered");
+            let _ = delivery.nack().await;
         }
     }
 }
 
 async fn poll(engine: Engine, mut stop: watch::Receiver<bool>) {
+    if engine.config().startup_resend_limit > 0
+        && let Err(e) = engine.resend_in_flight().await
+    {
+        tracing::warn!(error = %e, "could not send the in-flight commands again at start-up");
+    }
     let mut interval = tokio::time::interval(engine.config().poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            biased;
+            () = stopped(&mut stop) => return,
             _ = interval.tick() => {}
         }
         loop {

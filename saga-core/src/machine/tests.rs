@@ -56,11 +56,11 @@ fn trip() -> Saga<Trip> {
         .step("pay")
         .invoke("bank", |_| Book("pay".into()))
         .pivot()
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
         .step("notify")
         .invoke("mail", |_| Book("mail".into()))
         .retriable()
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(1))
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
         .build()
         .expect("valid definition")
 }
@@ -311,34 +311,27 @@ fn exhausted_retryable_failures_leave_the_step_uncertain_and_compensate_it() {
 }
 
 #[test]
-fn a_pivot_that_runs_out_of_retries_needs_an_operator() {
+fn the_pivot_retries_until_it_succeeds() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    r.reply(
-        2,
-        Direction::Invoke,
-        1,
-        Err(StepError::retryable("bank busy")),
-    );
-    r.apply(Event::WakeUp, at(100));
-    r.reply(
-        2,
-        Direction::Invoke,
-        2,
-        Err(StepError::retryable("bank busy")),
-    );
-    assert_eq!(r.inst.status, SagaStatus::Failed);
-    assert!(
-        r.sent().is_empty(),
-        "nothing is compensated while the pivot may still happen"
-    );
-    assert!(
-        r.inst
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("pivot")
-    );
+    for attempt in 1..=12 {
+        r.reply(
+            2,
+            Direction::Invoke,
+            attempt,
+            Err(StepError::retryable("bank busy")),
+        );
+        assert_eq!(r.inst.status, SagaStatus::Running);
+        let due = r.inst.next_wake_at.expect("wake");
+        r.apply(Event::WakeUp, due);
+        assert_eq!(
+            r.sent(),
+            vec![("pay".into(), Direction::Invoke, attempt + 1)],
+            "nothing is compensated while the pivot may still happen"
+        );
+    }
+    r.ok(2);
+    assert_eq!(r.inst.steps[2], StepStatus::Succeeded);
 }
 
 #[test]
@@ -404,7 +397,7 @@ fn compensation_failure_is_retried_then_the_saga_fails() {
         1,
         Direction::Compensate,
         2,
-        Err(StepError::business("still down")),
+        Err(StepError::retryable("still down")),
     );
     assert_eq!(r.inst.status, SagaStatus::Failed);
     assert!(
@@ -412,7 +405,7 @@ fn compensation_failure_is_retried_then_the_saga_fails() {
             .error
             .as_deref()
             .unwrap_or_default()
-            .contains("compensation of step `hotel`")
+            .contains("compensation of step `hotel` failed after 2 attempt(s)")
     );
     assert_eq!(r.inst.next_wake_at, None);
     assert!(r.effects.contains(&Effect::Finished(SagaStatus::Failed)));
@@ -461,9 +454,117 @@ fn operator_retry_resumes_a_failed_compensation() {
     assert_eq!(r.inst.status, SagaStatus::Failed);
     r.apply(Event::Retry, at(60_000));
     assert_eq!(r.inst.status, SagaStatus::Compensating);
-    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 1)]);
+    // A new attempt (a new message id), under the same key: the earlier ones'
+    // outcome is unknown, so the participant must still deduplicate them.
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 3)]);
+    let Effect::SendCommand(cmd) = &r.effects[0] else {
+        panic!("a command")
+    };
+    assert_eq!(cmd.message_id, format!("{}:hotel:compensate:3", r.inst.id));
+    assert_eq!(
+        cmd.idempotency_key.as_str(),
+        format!("{}:hotel:compensate", r.inst.id)
+    );
+    // The retry has the compensation's whole budget again (2 attempts).
+    r.reply(
+        1,
+        Direction::Compensate,
+        3,
+        Err(StepError::retryable("down")),
+    );
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    let due = r.inst.next_wake_at.expect("retry");
+    r.apply(Event::WakeUp, due);
+    assert_eq!(r.sent(), vec![("hotel".into(), Direction::Compensate, 4)]);
+    // A late failure of the attempt before the operator's retry changes nothing.
+    r.reply(
+        1,
+        Direction::Compensate,
+        2,
+        Err(StepError::retryable("down")),
+    );
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
     r.comp_ok(1).comp_ok(0);
     assert_eq!(r.inst.status, SagaStatus::Compensated);
+}
+
+#[test]
+fn a_refused_compensation_fails_at_once_and_a_retry_uses_a_new_key() {
+    let mut r = Run::new();
+    r.ok(0).ok(1);
+    r.reply(
+        2,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("declined")),
+    );
+    r.reply(
+        1,
+        Direction::Compensate,
+        1,
+        Err(StepError::business("booking is locked")),
+    );
+    assert_eq!(
+        r.inst.status,
+        SagaStatus::Failed,
+        "asking again under the same key would only get the recorded refusal"
+    );
+    assert!(r.inst.cursor.expect("cursor").refused);
+    r.apply(Event::Retry, at(60_000));
+    let Effect::SendCommand(cmd) = &r.effects[0] else {
+        panic!("a command")
+    };
+    assert_eq!(cmd.attempt, 2);
+    assert_eq!(
+        cmd.idempotency_key.as_str(),
+        format!("{}:hotel:compensate#2", r.inst.id),
+        "a new key, so the participant runs the compensation again"
+    );
+    // The refusal of the old key, delivered again, is ignored.
+    r.reply(
+        1,
+        Direction::Compensate,
+        1,
+        Err(StepError::business("booking is locked")),
+    );
+    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    r.comp_ok(1);
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Compensate, 1)]);
+}
+
+#[test]
+fn an_operator_retry_after_a_refusal_past_the_pivot_runs_the_step_again() {
+    let mut r = Run::new();
+    r.ok(0).ok(1).ok(2);
+    r.reply(
+        3,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("bad address")),
+    );
+    assert_eq!(r.inst.status, SagaStatus::Failed);
+    // The operator fixes the address, then retries.
+    r.apply(Event::Retry, at(60_000));
+    assert_eq!(r.inst.status, SagaStatus::Running);
+    let Effect::SendCommand(cmd) = &r.effects[0] else {
+        panic!("a command")
+    };
+    assert_eq!(cmd.message_id, format!("{}:notify:invoke:2", r.inst.id));
+    assert_eq!(
+        cmd.idempotency_key.as_str(),
+        format!("{}:notify:invoke#2", r.inst.id)
+    );
+    // A redelivered reply of the first attempt is not read as this one's.
+    r.reply(
+        3,
+        Direction::Invoke,
+        1,
+        Err(StepError::business("bad address")),
+    );
+    assert_eq!(r.inst.status, SagaStatus::Running);
+    r.reply(3, Direction::Invoke, 2, Ok(json!("sent")));
+    assert_eq!(r.inst.status, SagaStatus::Completed);
 }
 
 #[test]
@@ -510,18 +611,17 @@ fn retriable_step_ignores_the_attempt_limit() {
 }
 
 #[test]
-fn uncertain_pivot_past_its_retries_needs_an_operator() {
+fn a_pivot_that_keeps_timing_out_keeps_retrying() {
     let mut r = Run::new();
     r.ok(0).ok(1);
-    let due = r.inst.next_wake_at.expect("wake");
-    r.apply(Event::WakeUp, due);
-    let due = r.inst.next_wake_at.expect("wake");
-    r.apply(Event::WakeUp, due);
-    let due = r.inst.next_wake_at.expect("wake");
-    r.apply(Event::WakeUp, due);
-    assert_eq!(r.inst.status, SagaStatus::Failed);
-    assert_eq!(r.inst.steps[2], StepStatus::Uncertain);
-    assert!(r.sent().is_empty());
+    for attempt in 2..=8 {
+        let due = r.inst.next_wake_at.expect("timeout");
+        r.apply(Event::WakeUp, due);
+        assert_eq!(r.inst.status, SagaStatus::Running);
+        let due = r.inst.next_wake_at.expect("retry");
+        r.apply(Event::WakeUp, due);
+        assert_eq!(r.sent(), vec![("pay".into(), Direction::Invoke, attempt)]);
+    }
 }
 
 #[test]
@@ -565,22 +665,92 @@ fn success_of_an_earlier_attempt_is_accepted() {
 }
 
 #[test]
-fn replies_after_the_end_are_ignored() {
+fn replies_after_the_end_change_nothing() {
     let mut r = Run::new();
     r.reply(0, Direction::Invoke, 1, Err(StepError::business("no")));
     r.comp_ok(0);
     assert_eq!(r.inst.status, SagaStatus::Compensated);
-    r.reply(0, Direction::Invoke, 1, Ok(json!("late")));
-    assert_eq!(r.events(), vec![LogEvent::ReplyIgnored]);
-    assert_eq!(r.inst.status, SagaStatus::Compensated);
+    let before = r.inst.clone();
+    for _ in 0..3 {
+        r.reply(0, Direction::Invoke, 1, Ok(json!("late")));
+        r.reply(0, Direction::Compensate, 1, Ok(Value::Null));
+        assert!(r.logs.is_empty() && r.effects.is_empty());
+        assert_eq!(r.inst, before, "no log row, no version bump");
+    }
 }
 
 #[test]
-fn resume_redispatches_the_in_flight_attempt() {
+fn resume_resends_the_in_flight_attempt_without_extending_its_timeout() {
     let mut r = Run::new();
     r.apply(Event::Resume, at(10));
     assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 1)]);
-    assert_eq!(r.inst.next_wake_at, Some(at(1010)));
+    assert_eq!(r.events(), vec![LogEvent::Resumed]);
+    assert_eq!(
+        r.inst.next_wake_at,
+        Some(at(1000)),
+        "resuming again and again must not keep an attempt alive forever"
+    );
+}
+
+#[test]
+fn resume_never_passes_the_attempt_limit() {
+    let mut r = Run::new();
+    // flight: 3 attempts.
+    for _ in 0..3 {
+        let due = r.inst.next_wake_at.expect("wake");
+        r.apply(Event::Resume, due - chrono::Duration::milliseconds(1));
+        r.apply(Event::WakeUp, due);
+        if r.inst.status != SagaStatus::Running {
+            break;
+        }
+        let due = r.inst.next_wake_at.expect("retry");
+        r.apply(Event::Resume, due - chrono::Duration::milliseconds(50));
+    }
+    assert_eq!(r.inst.status, SagaStatus::Compensating);
+    let dispatched = r
+        .inst
+        .cursor
+        .map(|c| (c.direction, c.attempt))
+        .expect("cursor");
+    assert_eq!(dispatched, (Direction::Compensate, 1));
+}
+
+#[test]
+fn a_failed_send_is_sent_again_without_consuming_an_attempt() {
+    let mut r = Run::new();
+    r.apply(
+        Event::SendFailed {
+            step: 0,
+            direction: Direction::Invoke,
+            attempt: 1,
+            error: "broker down".into(),
+        },
+        at(5),
+    );
+    let c = r.inst.cursor.expect("cursor");
+    assert_eq!((c.waiting, c.attempt), (Waiting::Send, 1));
+    assert_eq!(r.events(), vec![LogEvent::SendFailed]);
+    assert_eq!(
+        r.inst.next_wake_at,
+        Some(at(5) + chrono::Duration::seconds(1))
+    );
+    // Long after the original timeout: still the same attempt, sent again,
+    // and its timeout starts now.
+    r.apply(Event::WakeUp, at(1005));
+    assert_eq!(r.sent(), vec![("flight".into(), Direction::Invoke, 1)]);
+    assert_eq!(r.inst.next_wake_at, Some(at(2005)));
+    // A late "failed" for an attempt that moved on changes nothing.
+    r.ok(0);
+    r.apply(
+        Event::SendFailed {
+            step: 0,
+            direction: Direction::Invoke,
+            attempt: 1,
+            error: "late".into(),
+        },
+        at(2000),
+    );
+    assert!(r.logs.is_empty());
 }
 
 #[test]
@@ -681,7 +851,7 @@ fn a_reply_that_does_not_decode_counts_as_unknown() {
 fn local_steps_emit_run_local() {
     let saga = Saga::<Trip>::builder("l")
         .step("calc")
-        .local(|_d: Trip| async { Ok(5u32) })
+        .local(|_d: Trip, _| async { Ok(5u32) })
         .build()
         .expect("valid");
     let t = start(
@@ -691,14 +861,85 @@ fn local_steps_emit_run_local() {
         None,
         t0(),
     );
-    assert!(matches!(
-        t.effects[0],
-        Effect::RunLocal {
-            step: 0,
-            attempt: 1,
-            ..
-        }
-    ));
+    let Effect::RunLocal(run) = &t.effects[0] else {
+        panic!("a local run")
+    };
+    assert_eq!((run.step, run.attempt), (0, 1));
+    assert_eq!(
+        run.idempotency_key.as_str(),
+        format!("{}:calc:invoke", t.instance.id)
+    );
+    assert_eq!(run.until, at(30_000), "the default timeout");
+    assert_eq!(
+        t.instance.next_wake_at,
+        Some(at(31_000)),
+        "woken only after the attempt surely ended"
+    );
+}
+
+fn local_then_remote() -> Saga<Trip> {
+    Saga::<Trip>::builder("lr")
+        .step("hold")
+        .local(|_d: Trip, _| async { Ok(()) })
+        .compensate_local(|_d: Trip, _| async { Ok(()) })
+        .timeout(Duration::from_secs(2))
+        .step("flight")
+        .invoke("airline", |_| Book("flight".into()))
+        .compensate("airline", |_| Cancel("flight".into()))
+        .build()
+        .expect("valid")
+}
+
+#[test]
+fn compensation_waits_for_a_local_attempt_that_may_still_run() {
+    let saga = local_then_remote();
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
+    let t = transition(
+        saga.definition(),
+        &t.instance,
+        Event::Cancel {
+            reason: "customer".into(),
+        },
+        at(100),
+    );
+    assert_eq!(t.instance.status, SagaStatus::Compensating);
+    assert!(
+        t.effects.is_empty(),
+        "nothing runs while the local attempt may still be running"
+    );
+    let c = t.instance.cursor.expect("cursor");
+    assert_eq!(
+        (c.direction, c.waiting),
+        (Direction::Compensate, Waiting::Send)
+    );
+    assert_eq!(t.instance.next_wake_at, Some(at(3000)));
+    let early = transition(saga.definition(), &t.instance, Event::WakeUp, at(2999));
+    assert!(early.effects.is_empty());
+    let t = transition(saga.definition(), &t.instance, Event::WakeUp, at(3000));
+    let Effect::RunLocal(run) = &t.effects[0] else {
+        panic!("the compensation runs")
+    };
+    assert_eq!((run.direction, run.attempt), (Direction::Compensate, 1));
+}
+
+#[test]
+fn a_local_attempt_that_may_still_run_is_not_resumed() {
+    let saga = local_then_remote();
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
+    let resumed = transition(saga.definition(), &t.instance, Event::Resume, at(10));
+    assert!(resumed.is_noop());
 }
 
 #[test]

@@ -2,17 +2,31 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use super::lock;
 use crate::error::Result;
 use crate::id::IdempotencyKey;
 use crate::message::ReplyOutcome;
-use crate::participant::Inbox;
+use crate::participant::{Claim, Inbox, InboxClaim, compensated_refusal};
+
+#[derive(Debug)]
+enum Entry {
+    /// A command with this key is being handled; the notify fires when it settles.
+    Claimed(Arc<Notify>),
+    /// Processed, with this outcome.
+    Done(ReplyOutcome),
+}
+
+type Records = Arc<Mutex<HashMap<IdempotencyKey, Entry>>>;
 
 /// An [`Inbox`] in process memory. Clones share the same records.
+///
+/// It lives and dies with the process: after a restart it remembers nothing,
+/// so it suits tests, examples and participants whose effects are in memory too.
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryInbox {
-    records: Arc<Mutex<HashMap<IdempotencyKey, ReplyOutcome>>>,
+    records: Records,
 }
 
 impl InMemoryInbox {
@@ -22,33 +36,120 @@ impl InMemoryInbox {
         Self::default()
     }
 
-    /// How many keys are recorded.
+    /// How many keys are recorded or claimed.
     #[must_use]
     pub fn len(&self) -> usize {
         lock(&self.records).len()
     }
 
-    /// Whether nothing is recorded.
+    /// Whether nothing is recorded or claimed.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The outcome recorded for `key`, if any (a claim in progress is `None`).
+    #[must_use]
+    pub fn recorded(&self, key: &IdempotencyKey) -> Option<ReplyOutcome> {
+        match lock(&self.records).get(key) {
+            Some(Entry::Done(outcome)) => Some(outcome.clone()),
+            _ => None,
+        }
     }
 }
 
 #[async_trait]
 impl Inbox for InMemoryInbox {
-    async fn get(&self, key: &IdempotencyKey) -> Result<Option<ReplyOutcome>> {
-        Ok(lock(&self.records).get(key).cloned())
-    }
-
-    async fn put_if_absent(
+    async fn claim(
         &self,
         key: &IdempotencyKey,
-        outcome: &ReplyOutcome,
-    ) -> Result<ReplyOutcome> {
-        Ok(lock(&self.records)
-            .entry(key.clone())
-            .or_insert_with(|| outcome.clone())
-            .clone())
+        tombstone: Option<&IdempotencyKey>,
+    ) -> Result<Claim> {
+        loop {
+            let wait = {
+                let mut records = lock(&self.records);
+                let held = |k: &IdempotencyKey| match records.get(k) {
+                    Some(Entry::Claimed(notify)) => Some(Arc::clone(notify)),
+                    _ => None,
+                };
+                // Wait for an invoke in flight before tombstoning it, and for a
+                // duplicate in flight before answering from its record.
+                match tombstone.and_then(held).or_else(|| held(key)) {
+                    Some(busy) => {
+                        // Registered while the lock is held, so the holder's
+                        // notification (sent after it changes the entry) reaches us.
+                        let mut wait = Box::pin(busy.notified_owned());
+                        wait.as_mut().enable();
+                        wait
+                    }
+                    None => {
+                        if let Some(Entry::Done(outcome)) = records.get(key) {
+                            return Ok(Claim::Recorded(outcome.clone()));
+                        }
+                        if let Some(tombstone) = tombstone {
+                            records
+                                .entry(tombstone.clone())
+                                .or_insert_with(|| Entry::Done(compensated_refusal()));
+                        }
+                        let notify = Arc::new(Notify::new());
+                        records.insert(key.clone(), Entry::Claimed(Arc::clone(&notify)));
+                        return Ok(Claim::Claimed(Box::new(MemoryClaim {
+                            records: Arc::clone(&self.records),
+                            key: key.clone(),
+                            notify,
+                            settled: false,
+                        })));
+                    }
+                }
+            };
+            wait.await;
+        }
+    }
+}
+
+/// A key held in an [`InMemoryInbox`].
+struct MemoryClaim {
+    records: Records,
+    key: IdempotencyKey,
+    notify: Arc<Notify>,
+    settled: bool,
+}
+
+impl MemoryClaim {
+    fn settle(&mut self, outcome: Option<&ReplyOutcome>) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let mut records = lock(&self.records);
+        match outcome {
+            Some(outcome) => {
+                records.insert(self.key.clone(), Entry::Done(outcome.clone()));
+            }
+            None => {
+                records.remove(&self.key);
+            }
+        }
+        drop(records);
+        self.notify.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl InboxClaim for MemoryClaim {
+    async fn record(mut self: Box<Self>, outcome: &ReplyOutcome) -> Result<ReplyOutcome> {
+        self.settle(Some(outcome));
+        Ok(outcome.clone())
+    }
+
+    async fn release(mut self: Box<Self>) -> Result<()> {
+        self.settle(None);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryClaim {
+    fn drop(&mut self) {
+        self.settle(None);
     }
 }

@@ -11,7 +11,7 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::id::SagaId;
 use crate::state::{LogEntry, SagaInstance};
-use crate::store::{Created, SagaQuery, SagaStore};
+use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
 
 struct Row {
     instance: SagaInstance,
@@ -56,14 +56,16 @@ impl InMemoryStore {
         }
     }
 
-    /// Every saga in the store (for tests and simulations).
+    /// Every saga in the store, by id (for tests and simulations).
     #[must_use]
     pub fn all(&self) -> Vec<SagaInstance> {
-        lock(&self.state)
+        let mut all: Vec<SagaInstance> = lock(&self.state)
             .sagas
             .values()
             .map(|row| row.instance.clone())
-            .collect()
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
     }
 }
 
@@ -142,6 +144,7 @@ impl SagaStore for InMemoryStore {
         limit: usize,
         _owner: &str,
         lease: Duration,
+        definitions: &[DefinitionKey],
     ) -> Result<Vec<SagaInstance>> {
         let mut state = lock(&self.state);
         let mut due: Vec<&mut Row> = state
@@ -150,6 +153,7 @@ impl SagaStore for InMemoryStore {
             .filter(|row| {
                 row.instance.next_wake_at.is_some_and(|at| at <= now)
                     && row.lease_until.is_none_or(|until| until <= now)
+                    && definitions.iter().any(|d| d.runs(&row.instance))
             })
             .collect();
         due.sort_by_key(|row| (row.instance.next_wake_at, row.instance.id));

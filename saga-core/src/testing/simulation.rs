@@ -151,7 +151,7 @@ pub fn definition() -> Saga<SimData> {
         .invoke("p3", |_| SimCommand { step: 3 })
         .on_reply(fold)
         .retriable()
-        .retry(RetryPolicy::fixed(Duration::from_millis(300)))
+        .retry(RetryPolicy::fixed(Duration::from_millis(300)).unlimited())
         .build()
         .unwrap_or_else(|e| panic!("the simulated definition is valid: {e}"))
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::error::{Error, ErrorKind};
 use crate::id::SagaId;
 use crate::state::{LogEntry, LogEvent, SagaInstance, SagaStatus, StepStatus};
-use crate::store::{Created, SagaQuery, SagaStore};
+use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
 
 fn time(seconds: i64) -> DateTime<Utc> {
     // Stores keep microseconds; use whole seconds so round trips compare equal.
@@ -26,13 +26,7 @@ fn instance(
         definition_version: 2,
         status: SagaStatus::Running,
         steps: vec![StepStatus::Running, StepStatus::Pending],
-        cursor: Some(crate::state::Cursor {
-            step: 0,
-            direction: crate::Direction::Invoke,
-            attempt: 1,
-            waiting: crate::state::Waiting::Reply,
-            uncertain: false,
-        }),
+        cursor: Some(crate::state::Cursor::first(0, crate::Direction::Invoke)),
         data: json!({ "order": "o-1", "items": [1, 2, 3], "total": "19.99", "nested": { "a": null } }),
         error: None,
         idempotency_key: key.map(str::to_owned),
@@ -87,7 +81,9 @@ pub async fn store_conformance<S: SagaStore + ?Sized>(store: &S) {
     save_checks_the_version(store).await;
     save_of_a_missing_saga_is_not_found(store).await;
     logs_are_complete_and_ordered(store).await;
+    every_cursor_field_round_trips(store).await;
     claim_due_leases_only_due_sagas(store).await;
+    claim_due_takes_only_the_given_definitions(store).await;
     concurrent_claimers_get_disjoint_sagas(store).await;
     list_filters_and_orders(store).await;
     finished_sagas_are_announced(store).await;
@@ -113,6 +109,40 @@ async fn create_then_load_round_trips<S: SagaStore + ?Sized>(store: &S) {
     assert_eq!(loaded, saga, "a loaded saga equals the created one");
     assert_eq!(store.logs(saga.id).await.expect("logs"), vec![first]);
     terminate(store, &saga).await;
+}
+
+async fn every_cursor_field_round_trips<S: SagaStore + ?Sized>(store: &S) {
+    let mut saga = instance("cursor", None, Some(time(5_000)));
+    saga.cursor = Some(crate::state::Cursor {
+        step: 1,
+        direction: crate::Direction::Compensate,
+        attempt: 9,
+        waiting: crate::state::Waiting::Send,
+        uncertain: true,
+        round_from: 7,
+        key_from: 4,
+        refused: true,
+    });
+    store.create(&saga, &[]).await.expect("create");
+    let loaded = store.load(saga.id).await.expect("load").expect("exists");
+    assert_eq!(loaded.cursor, saga.cursor, "every cursor field is kept");
+    for waiting in [crate::state::Waiting::Reply, crate::state::Waiting::Retry] {
+        let mut current = store.load(saga.id).await.expect("load").expect("exists");
+        let mut changed = next(&current);
+        changed.cursor = changed.cursor.map(|c| crate::state::Cursor {
+            waiting,
+            refused: false,
+            ..c
+        });
+        store
+            .save(&changed, current.version, &[])
+            .await
+            .expect("save");
+        current = store.load(saga.id).await.expect("load").expect("exists");
+        assert_eq!(current.cursor, changed.cursor, "a saved cursor is kept");
+    }
+    let current = store.load(saga.id).await.expect("load").expect("exists");
+    terminate(store, &current).await;
 }
 
 async fn load_of_a_missing_saga_is_none<S: SagaStore + ?Sized>(store: &S) {
@@ -285,7 +315,11 @@ async fn claim_due_leases_only_due_sagas<S: SagaStore + ?Sized>(store: &S) {
     for saga in [&due, &later, &idle] {
         store.create(saga, &[]).await.expect("create");
     }
-    let claimed = store.claim_due(now, 10, "a", lease).await.expect("claim");
+    let claim = [DefinitionKey::new("claim", 2)];
+    let claimed = store
+        .claim_due(now, 10, "a", lease, &claim)
+        .await
+        .expect("claim");
     assert_eq!(
         claimed.iter().map(|s| s.id).collect::<Vec<_>>(),
         vec![due.id],
@@ -293,7 +327,7 @@ async fn claim_due_leases_only_due_sagas<S: SagaStore + ?Sized>(store: &S) {
     );
     assert!(
         store
-            .claim_due(now, 10, "b", lease)
+            .claim_due(now, 10, "b", lease, &claim)
             .await
             .expect("claim")
             .is_empty(),
@@ -301,7 +335,7 @@ async fn claim_due_leases_only_due_sagas<S: SagaStore + ?Sized>(store: &S) {
     );
     let after_lease = time(1_031);
     let reclaimed = store
-        .claim_due(after_lease, 10, "b", lease)
+        .claim_due(after_lease, 10, "b", lease, &claim)
         .await
         .expect("claim");
     assert_eq!(
@@ -313,11 +347,63 @@ async fn claim_due_leases_only_due_sagas<S: SagaStore + ?Sized>(store: &S) {
     let saved = next(&due);
     store.save(&saved, due.version, &[]).await.expect("save");
     let again = store
-        .claim_due(after_lease, 10, "c", lease)
+        .claim_due(after_lease, 10, "c", lease, &claim)
         .await
         .expect("claim");
     assert_eq!(again.len(), 1, "a save releases the lease");
     for saga in [&saved, &later, &idle] {
+        terminate(store, saga).await;
+    }
+}
+
+async fn claim_due_takes_only_the_given_definitions<S: SagaStore + ?Sized>(store: &S) {
+    let lease = Duration::from_secs(30);
+    let now = time(20_000);
+    let known = instance("versioned", None, Some(time(19_000)));
+    let mut newer = instance("versioned", None, Some(time(19_001)));
+    newer.definition_version = 3;
+    let other = instance("unregistered", None, Some(time(19_002)));
+    for saga in [&known, &newer, &other] {
+        store.create(saga, &[]).await.expect("create");
+    }
+    let v2 = [DefinitionKey::new("versioned", 2)];
+    let claimed: Vec<SagaId> = store
+        .claim_due(now, 10, "old-engine", lease, &v2)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![known.id],
+        "an engine claims only sagas whose definition it has"
+    );
+    let both = [
+        DefinitionKey::new("versioned", 2),
+        DefinitionKey::new("versioned", 3),
+    ];
+    let claimed: Vec<SagaId> = store
+        .claim_due(now, 10, "new-engine", lease, &both)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![newer.id],
+        "the newer version is left for an engine that has it"
+    );
+    assert!(
+        store
+            .claim_due(now, 10, "nobody", lease, &[])
+            .await
+            .expect("claim")
+            .is_empty(),
+        "no definitions, no claims"
+    );
+    for saga in [&known, &newer, &other] {
         terminate(store, saga).await;
     }
 }
@@ -331,9 +417,10 @@ async fn concurrent_claimers_get_disjoint_sagas<S: SagaStore + ?Sized>(store: &S
         store.create(&saga, &[]).await.expect("create");
         sagas.push(saga);
     }
+    let concurrent = [DefinitionKey::new("concurrent", 2)];
     let (a, b) = tokio::join!(
-        store.claim_due(now, 12, "a", lease),
-        store.claim_due(now, 12, "b", lease)
+        store.claim_due(now, 12, "a", lease, &concurrent),
+        store.claim_due(now, 12, "b", lease, &concurrent)
     );
     let (a, b) = (a.expect("claim a"), b.expect("claim b"));
     let ids_a: HashSet<SagaId> = a.iter().map(|s| s.id).collect();
@@ -348,7 +435,7 @@ async fn concurrent_claimers_get_disjoint_sagas<S: SagaStore + ?Sized>(store: &S
         "together they claim every due saga"
     );
     let oldest: Vec<SagaId> = store
-        .claim_due(time(10_001), 100, "c", lease)
+        .claim_due(time(10_001), 100, "c", lease, &concurrent)
         .await
         .expect("claim")
         .iter()

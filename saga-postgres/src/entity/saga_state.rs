@@ -5,8 +5,8 @@ use sea_orm::entity::prelude::*;
 /// One saga instance, as stored.
 ///
 /// The cursor of [`SagaInstance`](saga_core::SagaInstance) is spread over
-/// `current_step`, `phase`, `attempt`, `waiting` and `uncertain` (all null, or
-/// `false`, when the saga has no cursor); `lease_owner` and `lease_until` are
+/// `current_step`, `phase`, `attempt`, `waiting`, `uncertain`, `round_from`,
+/// `key_from` and `refused` (null, `false` or 1 when the saga has no cursor); `lease_owner` and `lease_until` are
 /// the due-saga claim, which is not part of the instance.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "saga_state")]
@@ -26,10 +26,16 @@ pub struct Model {
     pub phase: Option<String>,
     /// Attempt number of the current step, from 1.
     pub attempt: Option<i32>,
-    /// `reply` or `retry`: what the current step waits for.
+    /// `reply`, `retry` or `send`: what the current step waits for.
     pub waiting: Option<String>,
     /// Whether an earlier attempt of the current step had an unknown outcome.
     pub uncertain: bool,
+    /// The first attempt of the current round (an operator's retry starts one).
+    pub round_from: i32,
+    /// The first attempt under the current idempotency key.
+    pub key_from: i32,
+    /// Whether the participant refused the current key.
+    pub refused: bool,
     /// Per-step status, a JSON array of strings.
     #[sea_orm(column_type = "JsonBinary")]
     pub steps: Json,

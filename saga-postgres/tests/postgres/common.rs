@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use saga_core::{
-    Cursor, Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, StepStatus, Waiting,
+    Cursor, Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, StepStatus,
 };
 use saga_postgres::{PgConfig, PgSagaStore};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
@@ -147,13 +147,7 @@ pub(crate) fn instance(
         definition_version: 1,
         status: SagaStatus::Running,
         steps: vec![StepStatus::Running, StepStatus::Pending],
-        cursor: Some(Cursor {
-            step: 0,
-            direction: Direction::Invoke,
-            attempt: 1,
-            waiting: Waiting::Reply,
-            uncertain: false,
-        }),
+        cursor: Some(Cursor::first(0, Direction::Invoke)),
         data: json!({ "order": "o-1" }),
         error: None,
         idempotency_key: key.map(str::to_owned),

@@ -66,7 +66,7 @@ fn checkout() -> Saga<Order> {
         })
         .timeout(Duration::from_secs(1))
         .step("charge")
-        .local(|o: Order| async move {
+        .local(|o: Order, _| async move {
             if o.number % 7 == 3 {
                 Err(StepError::business("card declined"))
             } else {
@@ -79,6 +79,7 @@ fn checkout() -> Saga<Order> {
         .timeout(Duration::from_secs(1))
         .step("ship")
         .invoke("shipping", |o: &Order| Ship { order: o.number })
+        .pivot()
         .timeout(Duration::from_secs(1))
         .build()
         .expect("valid saga")

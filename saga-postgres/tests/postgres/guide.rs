@@ -21,6 +21,14 @@ impl Command for Reserve {
     const NAME: &'static str = "reserve";
     type Reply = Reserved;
 }
+#[derive(Serialize, Deserialize)]
+struct Release {
+    reservation: Option<String>,
+}
+impl Command for Release {
+    const NAME: &'static str = "release";
+    type Reply = ();
+}
 
 #[derive(Serialize, Deserialize)]
 struct Order {
@@ -42,6 +50,9 @@ async fn the_quick_start_runs_against_postgres() -> Result<(), Box<dyn std::erro
         .step("reserve")
         .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
         .on_reply(|o, r| o.reservation = Some(r.reservation))
+        .compensate("inventory", |o: &Order| Release {
+            reservation: o.reservation.clone(),
+        })
         .timeout(Duration::from_secs(10))
         .build()?;
     let transport = InMemoryTransport::new();
@@ -56,6 +67,7 @@ async fn the_quick_start_runs_against_postgres() -> Result<(), Box<dyn std::erro
                 reservation: format!("r-{}", cmd.sku),
             })
         })
+        .on(|_cmd: Release, _ctx| async move { Ok(()) })
         .build();
 
     let (stop, stopped) = tokio::sync::watch::channel(());

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use saga_core::store::{Created, SagaQuery};
+use saga_core::store::{Created, DefinitionKey, SagaQuery};
 use saga_core::{
     Cursor, Direction, Error, ErrorKind, LogEvent, SagaId, SagaStatus, SagaStore, StepStatus,
     Waiting,
@@ -81,7 +81,13 @@ async fn concurrent_claimers_get_disjoint_sagas() {
         let mut mine = Vec::new();
         loop {
             let batch = store
-                .claim_due(at(5_000), 7, owner, lease)
+                .claim_due(
+                    at(5_000),
+                    7,
+                    owner,
+                    lease,
+                    &[DefinitionKey::new("claimed", 1)],
+                )
                 .await
                 .expect("claim");
             if batch.is_empty() {
@@ -117,7 +123,13 @@ async fn an_expired_lease_is_reclaimed_by_another_owner() {
     let lease = Duration::from_secs(30);
 
     let first = store
-        .claim_due(at(200), 10, "engine-a", lease)
+        .claim_due(
+            at(200),
+            10,
+            "engine-a",
+            lease,
+            &[DefinitionKey::new("leased", 1)],
+        )
         .await
         .expect("claim");
     assert_eq!(
@@ -135,14 +147,26 @@ async fn an_expired_lease_is_reclaimed_by_another_owner() {
 
     assert!(
         store
-            .claim_due(at(229), 10, "engine-b", lease)
+            .claim_due(
+                at(229),
+                10,
+                "engine-b",
+                lease,
+                &[DefinitionKey::new("leased", 1)]
+            )
             .await
             .expect("claim")
             .is_empty(),
         "lease still held"
     );
     let second = store
-        .claim_due(at(230), 10, "engine-b", lease)
+        .claim_due(
+            at(230),
+            10,
+            "engine-b",
+            lease,
+            &[DefinitionKey::new("leased", 1)],
+        )
         .await
         .expect("claim");
     assert_eq!(second.len(), 1, "the lease expired: engine-b takes over");
@@ -165,7 +189,13 @@ async fn an_expired_lease_is_reclaimed_by_another_owner() {
     assert_eq!((row.lease_owner, row.lease_until), (None, None));
     assert!(
         store
-            .claim_due(at(10_000), 10, "engine-c", lease)
+            .claim_due(
+                at(10_000),
+                10,
+                "engine-c",
+                lease,
+                &[DefinitionKey::new("leased", 1)]
+            )
             .await
             .expect("claim")
             .is_empty()
@@ -343,6 +373,9 @@ async fn load_returns_exactly_what_was_saved() {
         attempt: 4,
         waiting: Waiting::Retry,
         uncertain: true,
+        round_from: 3,
+        key_from: 3,
+        refused: false,
     });
     compensating.error = Some("payment declined: \"insufficient funds\"".to_owned());
     store

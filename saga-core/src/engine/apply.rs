@@ -1,0 +1,195 @@
+//! The core loop: load, transition, save with a version check, then act.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use super::Engine;
+use crate::definition::SagaDefinition;
+use crate::error::{Error, Result};
+use crate::id::SagaId;
+use crate::machine::{self, Effect, Event, Transition};
+use crate::message::CommandMessage;
+use crate::state::SagaInstance;
+
+type Applied = (Arc<SagaInstance>, Arc<SagaInstance>);
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Engine {
+    /// Load (unless given), transition, save with version check, perform effects.
+    /// Returns the instance before and after.
+    pub(super) async fn apply_to(
+        &self,
+        mut loaded: Option<Arc<SagaInstance>>,
+        id: SagaId,
+        event: &Event,
+        check: impl Fn(&SagaDefinition, &SagaInstance) -> Result<()>,
+    ) -> Result<Applied> {
+        for attempt in 0..=self.inner.config.conflict_retries {
+            if attempt > 0 {
+                self.forget(id);
+            }
+            let instance = match loaded.take() {
+                Some(instance) => instance,
+                None => self
+                    .inner
+                    .store
+                    .load(id)
+                    .await?
+                    .map(Arc::new)
+                    .ok_or(Error::NotFound(id))?,
+            };
+            let def =
+                Arc::clone(self.definition(&instance.saga_type, instance.definition_version)?);
+            check(&def, &instance)?;
+            let step = instance
+                .cursor
+                .and_then(|c| def.steps().get(c.step))
+                .map(|s| s.name().to_owned())
+                .unwrap_or_default();
+            let span = tracing::debug_span!("saga.transition", saga_id = %id, saga_type = %def.name(), step = %step);
+            let t = machine::transition(&def, &instance, event.clone(), self.inner.clock.now());
+            if t.is_noop() {
+                return Ok((instance, Arc::new(t.instance)));
+            }
+            match self.save(&instance, &t).instrument(span.clone()).await {
+                Ok(()) => {
+                    let after = Arc::new(t.instance);
+                    self.remember(&after);
+                    self.perform(&def, &after, t.effects).instrument(span).await;
+                    return Ok((instance, after));
+                }
+                Err(Error::Conflict { .. }) => {
+                    tracing::debug!(saga_id = %id, "version conflict; reloading");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict { id, expected: 0 })
+    }
+
+    /// [`apply_to`](Self::apply_to) boxed, for the one place that applies an
+    /// event while performing another's effects.
+    fn apply_boxed<'a>(
+        &'a self,
+        loaded: Arc<SagaInstance>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<Applied>> {
+        Box::pin(self.apply_to(Some(Arc::clone(&loaded)), loaded.id, event, |_, _| Ok(())))
+    }
+
+    /// Saves a transition. A store error that is not a conflict may have hit
+    /// after the commit (the connection dropped while committing), so the saga
+    /// is read back: if it holds this transition, the save succeeded and its
+    /// effects must be performed, or a dispatched command would be lost.
+    async fn save(&self, before: &SagaInstance, t: &Transition) -> Result<()> {
+        let store = &self.inner.store;
+        let error = match store.save(&t.instance, before.version, &t.logs).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::Conflict { .. } | Error::NotFound(_))) => return Err(e),
+            Err(e) => e,
+        };
+        match store.load(t.instance.id).await {
+            Ok(Some(stored)) if holds(&stored, &t.instance) => {
+                tracing::warn!(saga_id = %t.instance.id, error = %error, "the save reported an error but committed; going on");
+                Ok(())
+            }
+            _ => Err(error),
+        }
+    }
+
+    pub(super) fn cached(&self, id: SagaId) -> Option<Arc<SagaInstance>> {
+        self.cache().get(&id).cloned()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, Arc<SagaInstance>>> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn forget(&self, id: SagaId) {
+        self.cache().remove(&id);
+    }
+
+    /// Keeps an unfinished saga's last saved state; drops finished ones.
+    pub(super) fn remember(&self, instance: &Arc<SagaInstance>) {
+        let capacity = self.inner.config.cache_capacity;
+        let mut cache = self.cache();
+        if instance.is_terminal() || capacity == 0 {
+            cache.remove(&instance.id);
+            return;
+        }
+        if cache.len() >= capacity && !cache.contains_key(&instance.id) {
+            // Crude but bounded: start over rather than track recency.
+            cache.clear();
+        }
+        cache.insert(instance.id, Arc::clone(instance));
+    }
+
+    pub(super) async fn perform(
+        &self,
+        def: &Arc<SagaDefinition>,
+        instance: &Arc<SagaInstance>,
+        effects: Vec<Effect>,
+    ) {
+        for effect in effects {
+            match effect {
+                Effect::SendCommand(command) => {
+                    self.send(instance, *command).await;
+                }
+                Effect::RunLocal(run) => self.spawn_local(def, instance.id, *run),
+                Effect::Finished(status) => {
+                    tracing::info!(saga_id = %instance.id, saga_type = %instance.saga_type, %status, "saga finished");
+                    let _ = self.inner.finished.send(Arc::clone(instance));
+                }
+            }
+        }
+    }
+
+    /// Sends a command of `instance`'s in-flight attempt. When the transport
+    /// refuses it, the store records that the command must be sent again
+    /// ([`Event::SendFailed`]): the poller does it shortly, without consuming
+    /// an attempt. Returns whether the command was sent.
+    pub(super) async fn send(
+        &self,
+        instance: &Arc<SagaInstance>,
+        mut command: CommandMessage,
+    ) -> bool {
+        command.reply_to = Some(self.inner.config.reply_queue.clone());
+        let Err(e) = self.inner.transport.send_command(&command).await else {
+            return true;
+        };
+        tracing::warn!(
+            saga_id = %command.saga_id, step = %command.step_name, attempt = command.attempt, error = %e,
+            "command not sent; it is sent again from the store"
+        );
+        let event = Event::SendFailed {
+            step: command.step as usize,
+            direction: command.direction,
+            attempt: command.attempt,
+            error: e.to_string(),
+        };
+        if let Err(e) = self.apply_boxed(Arc::clone(instance), &event).await {
+            tracing::warn!(
+                saga_id = %command.saga_id, step = %command.step_name, error = %e,
+                "could not record the failed send; the step's timeout sends it again"
+            );
+        }
+        false
+    }
+}
+
+/// Whether `stored` is the state `saved` tried to write.
+fn holds(stored: &SagaInstance, saved: &SagaInstance) -> bool {
+    stored.version == saved.version
+        && stored.log_seq == saved.log_seq
+        && stored.status == saved.status
+        && stored.cursor == saved.cursor
+        && stored.steps == saved.steps
+        && stored.data == saved.data
+}
