@@ -17,9 +17,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::error::Error;
-use crate::topology::{self, QueueSpec, short};
+use crate::topology::{self, DeadLettering, QueueSpec, short};
 
 /// How often the supervisor checks the connection when nobody reports a problem.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     /// Wakes the supervisor early when an operation saw a broken connection.
     kick: Notify,
     generations: AtomicU64,
+    /// Queues found with an earlier version's arguments (at-most-once
+    /// dead-lettering) and already warned about.
+    at_most_once: Mutex<HashSet<String>>,
 }
 
 /// One AMQP connection with its publisher channels.
@@ -85,19 +88,61 @@ impl Live {
     }
 
     /// Declares `spec` unless this connection already did; returns the queue name.
+    ///
+    /// A quorum queue is declared with at-least-once dead-lettering. When the
+    /// broker refuses that because the queue exists with the arguments of an
+    /// earlier version (without the strategy), it is declared with those and
+    /// used as it is, with a warning that says how to upgrade it; any other
+    /// difference is an [`Error::TopologyMismatch`].
     pub(crate) async fn ensure(&self, shared: &Shared, spec: &QueueSpec) -> Result<String, Error> {
         let name = spec.queue_name(&shared.config);
         if lock(&self.declared).contains(spec) {
             return Ok(name);
         }
-        let channel = self.channel().await?;
-        let declared = topology::declare_queue(&channel, &shared.config, spec).await;
-        let _ = channel.close(200, "OK".into()).await;
-        declared?;
+        match self.declare(shared, spec, DeadLettering::AtLeastOnce).await {
+            Ok(_) => {}
+            Err(Error::TopologyMismatch {
+                name: mismatched,
+                source: refused,
+            }) if shared.config.queue_type == QueueType::Quorum && mismatched == name => {
+                // The broker closed that channel; try the earlier arguments on
+                // a new one.
+                match self.declare(shared, spec, DeadLettering::AtMostOnce).await {
+                    Ok(_) => shared.warn_at_most_once(&name, &refused),
+                    Err(Error::TopologyMismatch {
+                        name,
+                        source: again,
+                    }) if again.to_string().contains("x-dead-letter-strategy") => {
+                        // The queue has the strategy, so the first refusal
+                        // names the argument that really differs.
+                        return Err(Error::TopologyMismatch {
+                            name,
+                            source: refused,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
         lock(&self.declared).insert(spec.clone());
         lock(&shared.known).insert(spec.clone());
         tracing::debug!(queue = %name, generation = self.generation, "queue declared");
         Ok(name)
+    }
+
+    /// Declares `spec` on a channel of its own (a refused declaration closes it).
+    async fn declare(
+        &self,
+        shared: &Shared,
+        spec: &QueueSpec,
+        dead_lettering: DeadLettering,
+    ) -> Result<String, Error> {
+        let channel = self.channel().await?;
+        let declared =
+            topology::declare_queue(&channel, &shared.config, spec, dead_lettering).await;
+        let _ = channel.close(200, "OK".into()).await;
+        declared
     }
 }
 
@@ -121,7 +166,28 @@ impl Shared {
             known: Mutex::new(BTreeSet::new()),
             kick: Notify::new(),
             generations: AtomicU64::new(0),
+            at_most_once: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Says, once per queue and transport, that `queue` keeps an earlier
+    /// version's at-most-once dead-lettering, and how to upgrade it.
+    fn warn_at_most_once(&self, queue: &str, refused: &lapin::Error) {
+        let dead_letter_queue = (self.config.dead_letter_queue)(queue);
+        if !lock(&self.at_most_once).insert(queue.to_owned()) {
+            tracing::debug!(
+                queue,
+                "queue declared with the earlier arguments (at-most-once dead-lettering)"
+            );
+            return;
+        }
+        tracing::warn!(
+            queue,
+            dead_letter_queue = %dead_letter_queue,
+            refused = %refused,
+            "{}",
+            at_most_once_warning(queue, &dead_letter_queue)
+        );
     }
 
     /// Asks the supervisor to check the connection now.
@@ -277,6 +343,22 @@ impl Shared {
     }
 }
 
+/// What the operator reads when `queue` keeps an earlier version's arguments.
+fn at_most_once_warning(queue: &str, dead_letter_queue: &str) -> String {
+    format!(
+        "queue `{queue}` exists with the arguments of an earlier saga-rabbitmq, without \
+         x-dead-letter-strategy=at-least-once; it is used as it is, so unless a policy sets the \
+         strategy the broker dead-letters its messages at most once (one dead-lettered while \
+         `{dead_letter_queue}` is missing or unavailable is lost). A queue's arguments cannot \
+         change: upgrade it in place with a policy, `rabbitmqctl set_policy -p <vhost> \
+         --apply-to queues saga-dead-letter-at-least-once '{pattern}' \
+         '{{\"dead-letter-strategy\":\"at-least-once\",\"overflow\":\"reject-publish\"}}'` \
+         (or add both keys to the policy that already applies to it), or delete it once it is \
+         empty so that it is declared anew",
+        pattern = topology::policy_pattern(queue),
+    )
+}
+
 /// Connects (retrying within the connect timeout) and starts the supervisor,
 /// which stops when `shutdown` turns true or its sender is dropped.
 pub(crate) async fn start(
@@ -376,5 +458,26 @@ async fn close(shared: &Shared) {
             let _ = live.connection.close(200, "OK".into()).await;
         }
         tracing::debug!(generation = live.generation, "RabbitMQ connection closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_at_most_once_warning_names_the_queue_and_the_fix() {
+        let text = at_most_once_warning("saga.replies", "saga.replies.dlq");
+        assert!(text.contains("queue `saga.replies` exists"), "{text}");
+        assert!(text.contains("`saga.replies.dlq` is missing"), "{text}");
+        assert!(
+            text.contains(
+                "rabbitmqctl set_policy -p <vhost> --apply-to queues saga-dead-letter-at-least-once \
+                 '^saga\\.replies$' \
+                 '{\"dead-letter-strategy\":\"at-least-once\",\"overflow\":\"reject-publish\"}'"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("  "), "no stray spaces: {text}");
     }
 }

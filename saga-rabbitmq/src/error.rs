@@ -68,9 +68,14 @@ pub enum Error {
         timeout: Duration,
     },
     /// A queue or exchange exists with other arguments (for example classic
-    /// instead of quorum).
+    /// instead of quorum, or another delivery limit). The broker's message,
+    /// in `source`, names the argument.
+    ///
+    /// Not raised for a quorum queue that an earlier version declared without
+    /// at-least-once dead-lettering: that one is used as it is (see the crate
+    /// documentation, *Upgrading*).
     #[error(
-        "`{name}` exists on the broker with different settings ({source}); delete it or match Config::queue_type"
+        "`{name}` exists on the broker with other arguments ({source}); match its Config::queue_type and Config::max_deliveries, or delete it once it is empty so that it is declared anew"
     )]
     TopologyMismatch {
         /// The queue or exchange.

@@ -51,6 +51,7 @@
 //!                                                                 (competing consumers)
 //!
 //!  every queue Q: x-dead-letter-exchange = saga.dead_letter, x-dead-letter-routing-key = Q
+//!  quorum queues also: x-dead-letter-strategy = at-least-once, x-overflow = reject-publish
 //!  poison / rejected / over the delivery limit
 //!      Q ──────────▶ [saga.dead_letter] (direct) ──"Q"──▶ Q.dlq   (e.g. order_commands.dlq)
 //! ```
@@ -58,9 +59,9 @@
 //! | what | name | settings |
 //! |---|---|---|
 //! | command exchange | `saga.commands` ([`Config::commands_exchange`]) | direct, durable |
-//! | command queue of endpoint `e` | `e_commands` ([`Config::command_queue`]) | durable, quorum, `x-delivery-limit` |
+//! | command queue of endpoint `e` | `e_commands` ([`Config::command_queue`]) | durable, quorum, `x-delivery-limit`, at-least-once dead-lettering |
 //! | reply exchange | `saga.replies` ([`Config::replies_exchange`]) | direct, durable |
-//! | reply queue | the engine's `reply_queue` (`saga_replies`) | durable, quorum, shared by all orchestrators |
+//! | reply queue | the engine's `reply_queue` (`saga_replies`) | durable, quorum, at-least-once dead-lettering, shared by all orchestrators |
 //! | dead-letter exchange | `saga.dead_letter` ([`Config::dead_letter_exchange`]) | direct, durable |
 //! | dead-letter queue of `q` | `q.dlq` ([`Config::dead_letter_queue`]) | durable |
 //!
@@ -116,9 +117,63 @@
 //!   dead-letters it with its standard `x-death` header. Messages over the
 //!   quorum delivery limit are dead-lettered by the broker (`x-death` reason
 //!   `delivery_limit`).
+//! - **Dead-lettering is at least once on quorum queues** (RabbitMQ 3.10+).
+//!   Their command and reply queues are declared with
+//!   `x-dead-letter-strategy = at-least-once` and its prerequisite
+//!   `x-overflow = reject-publish`: the broker keeps a message it dead-letters
+//!   (over the delivery limit, or rejected when the republish above failed)
+//!   in the source queue, out of consumers' reach, until the dead-letter
+//!   queue confirmed it. With RabbitMQ's default (at most once) such a
+//!   message is lost when `Q.dlq` or its binding is missing or the queue is
+//!   unavailable. The broker retries such a message at once when the queue's
+//!   policy changes, otherwise every
+//!   `dead_letter_worker_publisher_confirm_timeout` (3 minutes by default);
+//!   the transport declares `Q.dlq` and its binding again at every
+//!   reconnect. No length limit is set, so `reject-publish` never refuses a
+//!   publish; an operator who sets one (`max-length` policy) should know
+//!   that dead letters awaiting their route count towards it. Classic
+//!   queues keep at-most-once dead-lettering: the broker has no other
+//!   strategy for them and refuses the argument.
 //! - **No ordering promise** beyond what one queue and one consumer give:
 //!   requeued and redelivered messages can overtake others, as in every
 //!   competing-consumer setup.
+//!
+//! ## Upgrading: queues declared without at-least-once dead-lettering
+//!
+//! Earlier versions declared quorum queues without `x-dead-letter-strategy`
+//! and `x-overflow`, and RabbitMQ refuses to redeclare a queue with other
+//! arguments (`PRECONDITION_FAILED`). So when the broker refuses the new
+//! arguments for a quorum queue, the transport declares it with the earlier
+//! ones and uses it as it is: the upgrade needs no downtime and no deleted
+//! queue, and processes of the earlier version keep working beside it (both
+//! declare those queues the same way). It logs a warning once per queue,
+//! naming the queue and the fix, because such a queue still dead-letters at
+//! most once. Two ways to upgrade it:
+//!
+//! - **A policy, in place** (the queue keeps its messages). Policies override
+//!   what the queue's arguments leave unset:
+//!
+//!   ```text
+//!   rabbitmqctl set_policy -p <vhost> --apply-to queues saga-dead-letter-at-least-once \
+//!     '^(order_commands|inventory_commands|payment_commands|saga_replies)$' \
+//!     '{"dead-letter-strategy":"at-least-once","overflow":"reject-publish"}'
+//!   ```
+//!
+//!   Only one policy applies to a queue (the one with the highest priority):
+//!   if one already matches these queues, add both keys to it instead. The
+//!   transport cannot see policies, so the warning stays (once per queue and
+//!   process) after the policy is set.
+//! - **Delete the queue once it is empty** (no sagas in flight), and let the
+//!   transport declare it anew with the new arguments.
+//!
+//! Any other difference (queue type, delivery limit, dead-letter exchange) is
+//! an [`Error::TopologyMismatch`] (kind `Invalid`) whose message quotes the
+//! broker, which names the argument. A queue this version created cannot be
+//! declared by an earlier version (which sends fewer arguments and gets that
+//! error): before rolling back, delete such queues once they are empty. On
+//! RabbitMQ 3.10 a policy's `overflow` wins over the queue's argument, so a
+//! policy that sets `drop-head` on these queues silently turns their
+//! dead-lettering back to at most once.
 //!
 //! ## Reconnects
 //!
@@ -159,7 +214,11 @@
 //! ## Operations
 //!
 //! - Inspect dead letters in the management UI (queue `<queue>.dlq`, header
-//!   `x-saga-dead-reason`). After fixing the cause, move a message back with
+//!   `x-saga-dead-reason`). Dead letters that a quorum queue holds because
+//!   their route is missing show in its `messages` but not in
+//!   `messages_ready` (management API: `messages_dlx`), and the broker logs
+//!   "Cannot forward any dead-letter messages from source quorum queue".
+//!   After fixing the cause, move a message back with
 //!   the management UI's *shovel* / *move messages* or with
 //!   [`RabbitTransport::publish_raw`].
 //! - Errors convert into [`saga_core::Error`] with a kind: `Unavailable`

@@ -347,6 +347,269 @@ async fn classic_queues_dead_letter_after_the_delivery_limit() {
     delivery_limit_dead_letters(QueueType::Classic, "limit-classic").await;
 }
 
+/// The policy docs/lib.rs tell operators to apply to queues declared before
+/// at-least-once dead-lettering (queue arguments cannot change).
+fn at_least_once_policy() -> serde_json::Value {
+    json!({ "dead-letter-strategy": "at-least-once", "overflow": "reject-publish" })
+}
+
+/// The `reason` of the first `x-death` entry the broker added when it dead-lettered.
+fn death_reason(properties: &lapin::BasicProperties) -> Option<String> {
+    use lapin::types::AMQPValue;
+    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")?
+    else {
+        return None;
+    };
+    let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match death.inner().get("reason")? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Declares `queue` with the arguments saga-rabbitmq declared before
+/// at-least-once dead-lettering (quorum, dead-letter exchange and routing key,
+/// delivery limit), with a raw connection.
+async fn declare_earlier_queue(vhost: &TestVhost, queue: &str, delivery_limit: i64) {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let raw = lapin::Connection::connect(&vhost.amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let channel = raw.create_channel().await.expect("channel");
+    let long = |v: &str| AMQPValue::LongString(LongString::from(v));
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    args.insert("x-dead-letter-exchange".into(), long("saga.dead_letter"));
+    args.insert("x-dead-letter-routing-key".into(), long(queue));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .expect("the earlier version's queue");
+    let _ = raw.close(200, "OK".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_command_and_reply_queues_dead_letter_at_least_once() {
+    let vhost = TestVhost::new("dlx-strategy").await;
+    let config = vhost
+        .config()
+        .with_endpoints(["order"])
+        .with_reply_queue("saga_replies");
+    let transport = vhost.transport(config).await;
+    // Declared at connect (order, saga_replies) and on first use (payment).
+    transport
+        .send_command(&command("payment", 1))
+        .await
+        .expect("send");
+    for queue in ["order_commands", "payment_commands", "saga_replies"] {
+        let q = vhost.queue(queue).await;
+        let args = &q["arguments"];
+        assert_eq!(q["type"], json!("quorum"), "{queue}: {q}");
+        assert_eq!(
+            args["x-dead-letter-strategy"],
+            json!("at-least-once"),
+            "{queue}: {args}"
+        );
+        assert_eq!(
+            args["x-overflow"],
+            json!("reject-publish"),
+            "{queue}: {args}"
+        );
+        // At-least-once needs a dead-letter exchange and a route from it to a queue.
+        assert_eq!(
+            args["x-dead-letter-exchange"],
+            json!("saga.dead_letter"),
+            "{args}"
+        );
+        assert_eq!(args["x-dead-letter-routing-key"], json!(queue), "{args}");
+        let dlq = format!("{queue}.dlq");
+        let bindings = vhost.bindings("saga.dead_letter", &dlq).await;
+        assert!(
+            bindings
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["routing_key"] == json!(queue))),
+            "{dlq} is bound with routing key {queue}: {bindings}"
+        );
+        // No length limit: reject-publish never refuses a publish.
+        assert!(args.get("x-max-length").is_none(), "{args}");
+        assert!(args.get("x-max-length-bytes").is_none(), "{args}");
+    }
+    drop(transport);
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_are_declared_without_the_quorum_only_strategy() {
+    let vhost = TestVhost::new("dlx-classic").await;
+    let config = vhost
+        .config()
+        .with_queue_type(QueueType::Classic)
+        .with_endpoints(["order"])
+        .with_reply_queue("saga_replies");
+    let transport = vhost.transport(config).await;
+    for queue in ["order_commands", "saga_replies"] {
+        let q = vhost.queue(queue).await;
+        assert_eq!(q["type"], json!("classic"), "{queue}: {q}");
+        let args = &q["arguments"];
+        assert!(args.get("x-dead-letter-strategy").is_none(), "{args}");
+        assert!(args.get("x-overflow").is_none(), "{args}");
+        assert_eq!(
+            args["x-dead-letter-exchange"],
+            json!("saga.dead_letter"),
+            "{args}"
+        );
+    }
+    drop(transport);
+    vhost.delete().await;
+}
+
+/// Dead-letters a message of `endpoint` (delivery limit) while its dead-letter
+/// queue is missing, checks that the source queue keeps it, brings the
+/// dead-letter queue back, and checks that the message arrives there.
+///
+/// The broker's dead-letter worker retries a message it could not route when
+/// the queue's policy changes, and otherwise every
+/// `dead_letter_worker_publisher_confirm_timeout` (3 minutes by default): the
+/// test applies `policy` (name, priority) to get the first, and allows for the
+/// second.
+async fn a_dead_letter_waits_for_its_route(
+    vhost: &TestVhost,
+    config: Config,
+    endpoint: &str,
+    policy: (&str, u32),
+) {
+    let transport = vhost.transport(config.clone()).await;
+    let queue = transport.declare_endpoint(endpoint).await.expect("declare");
+    let dlq = transport.dead_letter_queue(&queue);
+    // The route goes away: the dead-letter queue is deleted with its binding.
+    vhost.delete_queue(&dlq).await;
+
+    let mut sub = transport.consume_commands(endpoint).await.expect("consume");
+    transport
+        .send_command(&command(endpoint, 1))
+        .await
+        .expect("send");
+    for _ in 0..config.max_deliveries {
+        let d = next(&mut sub, "a delivery of the failing message").await;
+        assert_eq!(n_of(&d), 1);
+        d.nack().await.expect("nack");
+    }
+    nothing_more(&mut sub, "a dead-lettered message came back").await;
+
+    // Kept by the source queue, out of consumers' reach (at most once, the
+    // broker would have dropped it: no queue to route it to).
+    vhost
+        .wait_queue(
+            &queue,
+            "the dead letter kept while it has no route",
+            Duration::from_secs(30),
+            |q| {
+                q["messages"] == json!(1)
+                    && q["messages_dlx"] == json!(1)
+                    && q["messages_ready"] == json!(0)
+                    && q["messages_unacknowledged"] == json!(0)
+            },
+        )
+        .await;
+
+    // Another process declares the topology: the dead-letter queue is back.
+    let restorer = vhost
+        .transport(config.with_endpoints([endpoint.to_owned()]))
+        .await;
+    let (name, priority) = policy;
+    vhost
+        .put_policy(
+            name,
+            &format!("^{queue}$"),
+            at_least_once_policy(),
+            priority,
+        )
+        .await;
+    vhost
+        .wait_queue(
+            &dlq,
+            "the dead letter delivered once its route is back",
+            Duration::from_secs(200),
+            |q| q["messages_ready"] == json!(1),
+        )
+        .await;
+    vhost.wait_stat(&queue, "messages", 0).await;
+    let dead = drain(&vhost.amqp_url(), &dlq, 10).await;
+    assert_eq!(dead.len(), 1, "exactly the one dead letter");
+    let body: CommandMessage = serde_json::from_slice(&dead[0].delivery.data).expect("JSON");
+    assert_eq!(body.payload, json!({ "n": 1 }));
+    assert_eq!(
+        death_reason(&dead[0].delivery.properties).as_deref(),
+        Some("delivery_limit")
+    );
+    drop((sub, transport, restorer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_without_a_route_is_kept_until_the_route_is_back() {
+    let vhost = TestVhost::new("dlx-held").await;
+    let config = vhost.config().with_max_deliveries(2);
+    // The policy only makes the broker look up the route again (the queue's
+    // own arguments already say at-least-once).
+    a_dead_letter_waits_for_its_route(&vhost, config, "held", ("nudge", 0)).await;
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_by_an_earlier_version_is_used_as_is_and_a_policy_upgrades_it() {
+    let vhost = TestVhost::new("dlx-upgrade").await;
+    let config = vhost.config().with_max_deliveries(2);
+
+    declare_earlier_queue(&vhost, "old_commands", 1).await;
+
+    // The transport connects and uses it as it is (the broker refuses to
+    // change a queue's arguments).
+    let transport = vhost
+        .transport(config.clone().with_endpoints(["old"]))
+        .await;
+    let mut sub = transport.consume_commands("old").await.expect("consume");
+    transport
+        .send_command(&command("old", 7))
+        .await
+        .expect("send");
+    let d = next(&mut sub, "a command through the earlier queue").await;
+    assert_eq!(n_of(&d), 7);
+    d.ack().await.expect("ack");
+    let args = &vhost.queue("old_commands").await["arguments"];
+    assert!(args.get("x-dead-letter-strategy").is_none(), "{args}");
+    drop((sub, transport));
+
+    // The documented upgrade: a policy, no redeclaration, no downtime.
+    let name = "saga-dead-letter-at-least-once";
+    vhost
+        .put_policy(name, "^old_commands$", at_least_once_policy(), 0)
+        .await;
+    vhost
+        .wait_queue(
+            "old_commands",
+            "the policy applied",
+            Duration::from_secs(30),
+            |q| q["effective_policy_definition"] == at_least_once_policy(),
+        )
+        .await;
+    a_dead_letter_waits_for_its_route(&vhost, config, "old", (name, 1)).await;
+    vhost.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_disconnect_mid_stream_loses_nothing() {
     // Messages the publisher still sends once it has seen the new connection.
@@ -522,6 +785,31 @@ async fn an_existing_queue_of_another_type_is_a_clear_invalid_error() {
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     assert!(err.to_string().contains("order"), "{err}");
     drop((classic, quorum));
+    vhost.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_delivery_limit_is_a_clear_invalid_error_naming_the_argument() {
+    let vhost = TestVhost::new("mismatch-limit").await;
+    // One queue as this version declares it, one as an earlier version did;
+    // both with 5 deliveries.
+    let five = vhost.default_transport().await;
+    five.declare_endpoint("order").await.expect("declare");
+    declare_earlier_queue(&vhost, "old_commands", 4).await;
+    let three = vhost.transport(vhost.config().with_max_deliveries(3)).await;
+    for queue in ["order_commands", "old_commands"] {
+        let endpoint = queue.trim_end_matches("_commands");
+        let err = three
+            .declare_endpoint(endpoint)
+            .await
+            .expect_err("another delivery limit");
+        let message = err.to_string();
+        assert!(message.contains(&format!("`{queue}`")), "{message}");
+        assert!(message.contains("x-delivery-limit"), "{message}");
+        assert!(message.contains("Config::max_deliveries"), "{message}");
+        assert_eq!(saga_core::Error::from(err).kind(), ErrorKind::Invalid);
+    }
+    drop((five, three));
     vhost.delete().await;
 }
 

@@ -343,6 +343,73 @@ impl TestVhost {
             .json()
     }
 
+    /// Deletes a queue (and with it its bindings).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.api
+            .ok(
+                "DELETE",
+                &format!("/queues/{}/{}", encode(&self.name), encode(queue)),
+                None,
+            )
+            .await;
+    }
+
+    /// The bindings from `exchange` to `queue`.
+    pub async fn bindings(&self, exchange: &str, queue: &str) -> Value {
+        self.api
+            .ok(
+                "GET",
+                &format!(
+                    "/bindings/{}/e/{}/q/{}",
+                    encode(&self.name),
+                    encode(exchange),
+                    encode(queue)
+                ),
+                None,
+            )
+            .await
+            .json()
+    }
+
+    /// Creates or replaces the policy `name` of this vhost (applied to queues).
+    pub async fn put_policy(&self, name: &str, pattern: &str, definition: Value, priority: u32) {
+        let body = serde_json::json!({
+            "pattern": pattern,
+            "definition": definition,
+            "priority": priority,
+            "apply-to": "queues",
+        });
+        self.api
+            .ok(
+                "PUT",
+                &format!("/policies/{}/{}", encode(&self.name), encode(name)),
+                Some(&body.to_string()),
+            )
+            .await;
+    }
+
+    /// Polls `queue`'s details until `done` holds, for up to `within`.
+    pub async fn wait_queue(
+        &self,
+        queue: &str,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let q = self.queue(queue).await;
+            if done(&q) {
+                return q;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue}: {what} not seen within {within:?}: {q}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until `queue` holds `count` ready messages.
     pub async fn wait_ready(&self, queue: &str, count: u64) {
         self.wait_stat(queue, "messages_ready", count).await;
