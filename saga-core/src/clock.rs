@@ -35,6 +35,45 @@ impl Clock for SystemClock {
     }
 }
 
+/// Wall-clock time measured by tokio's clock: the time it was created plus
+/// the [`tokio::time::Instant`] elapsed since. Under tokio's paused test time
+/// (`#[tokio::test(start_paused = true)]`) it moves with
+/// `tokio::time::advance` and the runtime's auto-advance, so an engine's
+/// timeouts and retries take no real time in tests.
+#[derive(Clone, Copy, Debug)]
+pub struct TokioClock {
+    origin: DateTime<Utc>,
+    started: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock that starts at the current wall-clock time.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            origin: Utc::now(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        add(self.origin, self.started.elapsed())
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
+        let wait = (at - self.origin).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep_until(self.started + wait))
+    }
+}
+
 /// A clock that moves only when told to: for deterministic tests and simulations.
 #[derive(Debug)]
 pub struct ManualClock {

@@ -192,6 +192,9 @@ impl InMemoryTransport {
                     // Dropping the delivery requeued it.
                     return;
                 }
+                // Let competing consumers take the next message, as a broker
+                // dispatches round-robin.
+                tokio::task::yield_now().await;
             }
         });
         Subscription::new(rx)

@@ -335,3 +335,158 @@ async fn pg_inbox_makes_a_participant_effectively_once() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
 }
+
+#[derive(Serialize, Deserialize)]
+struct Refund {
+    amount: u32,
+}
+
+impl Command for Refund {
+    const NAME: &'static str = "refund";
+    type Reply = ();
+}
+
+/// A payment participant on `PgInbox` whose charge waits for `release` before
+/// it takes effect; the refund undoes a charge if there is one.
+fn held_payment(
+    db: &sea_orm::DatabaseConnection,
+    effects: &Arc<std::sync::Mutex<Vec<&'static str>>>,
+    started: &Arc<tokio::sync::Notify>,
+    release: &Arc<tokio::sync::Notify>,
+) -> Participant {
+    let (charge_effects, refund_effects) = (Arc::clone(effects), Arc::clone(effects));
+    let (started, release) = (Arc::clone(started), Arc::clone(release));
+    Participant::builder("payment")
+        .inbox(PgInbox::new(db.clone()))
+        .on(move |cmd: Charge, _ctx| {
+            let (effects, started, release) = (
+                Arc::clone(&charge_effects),
+                Arc::clone(&started),
+                Arc::clone(&release),
+            );
+            async move {
+                started.notify_one();
+                release.notified().await;
+                effects.lock().expect("effects").push("charged");
+                Ok(cmd.amount)
+            }
+        })
+        .on(move |_cmd: Refund, _ctx| {
+            let effects = Arc::clone(&refund_effects);
+            async move {
+                let mut effects = effects.lock().expect("effects");
+                if effects.contains(&"charged") {
+                    effects.push("refunded");
+                }
+                Ok(())
+            }
+        })
+        .build()
+}
+
+fn payment_command(saga: SagaId, direction: Direction, attempt: u32) -> CommandMessage {
+    let (command, payload) = match direction {
+        Direction::Invoke => ("charge", json!({ "amount": 21 })),
+        Direction::Compensate => ("refund", json!({ "amount": 21 })),
+    };
+    CommandMessage {
+        message_id: format!("{saga}:charge:{direction}:{attempt}"),
+        idempotency_key: IdempotencyKey::new(saga, "charge", direction),
+        saga_id: saga,
+        saga_type: "checkout".to_owned(),
+        step: 0,
+        step_name: "charge".to_owned(),
+        direction,
+        attempt,
+        endpoint: "payment".to_owned(),
+        command: command.to_owned(),
+        payload,
+        reply_to: Some("saga_replies".to_owned()),
+        headers: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_inbox_makes_a_duplicate_of_a_command_in_flight_wait() {
+    let test = TestDb::new().await;
+    let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let payment = held_payment(&test.db, &effects, &started, &release);
+    let saga = SagaId::new();
+    let first = tokio::spawn({
+        let payment = payment.clone();
+        async move {
+            payment
+                .handle(&payment_command(saga, Direction::Invoke, 1), 1)
+                .await
+        }
+    });
+    started.notified().await;
+    // The step timed out; attempt 2 (same key) arrives while attempt 1 runs.
+    let second = tokio::spawn({
+        let payment = payment.clone();
+        async move {
+            payment
+                .handle(&payment_command(saga, Direction::Invoke, 2), 1)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the duplicate waits for the first copy"
+    );
+    release.notify_one();
+    let first = first.await.expect("task").expect("handled");
+    let second = second.await.expect("task").expect("handled");
+    assert_eq!(first.outcome, ReplyOutcome::Success(json!(21)));
+    assert_eq!(second.outcome, first.outcome, "answered from the record");
+    assert_eq!(*effects.lock().expect("effects"), vec!["charged"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_inbox_makes_a_compensation_wait_for_its_invoke_and_undo_it() {
+    let test = TestDb::new().await;
+    let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let payment = held_payment(&test.db, &effects, &started, &release);
+    let saga = SagaId::new();
+    let charge = tokio::spawn({
+        let payment = payment.clone();
+        async move {
+            payment
+                .handle(&payment_command(saga, Direction::Invoke, 1), 1)
+                .await
+        }
+    });
+    started.notified().await;
+    let refund = tokio::spawn({
+        let payment = payment.clone();
+        async move {
+            payment
+                .handle(&payment_command(saga, Direction::Compensate, 1), 1)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !refund.is_finished(),
+        "the compensation waits for the charge in flight"
+    );
+    release.notify_one();
+    let charge = charge.await.expect("task").expect("handled");
+    let refund = refund.await.expect("task").expect("handled");
+    assert_eq!(charge.outcome, ReplyOutcome::Success(json!(21)));
+    assert_eq!(refund.outcome, ReplyOutcome::Success(json!(null)));
+    assert_eq!(
+        *effects.lock().expect("effects"),
+        vec!["charged", "refunded"],
+        "the charge that ran is refunded"
+    );
+}
