@@ -10,7 +10,8 @@
 
 mod support;
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::processes::{Cluster, Figures, LoadReport, Node, OPERATOR_TOKEN, Role, load};
@@ -550,4 +551,244 @@ async fn services_bind_loopback_and_never_print_credentials() {
 
 fn with_db(cluster: &Cluster) -> String {
     checkout_app::runtime::with_database(&cluster.infra.postgres, &cluster.databases.payments)
+}
+
+/// Timings of the order-outage scenario (the orchestrator's settings).
+const OUTAGE_STEP_TIMEOUT: Duration = Duration::from_millis(1_000);
+const OUTAGE_RETRY_MAX_DELAY: Duration = Duration::from_millis(500);
+const OUTAGE_STEP_ATTEMPTS: u32 = 3;
+const OUTAGE_COMPENSATION_ATTEMPTS: u32 = 40;
+/// How long the order service stays down at least (three step budgets).
+const OUTAGE: Duration = Duration::from_secs(10);
+/// Checkouts of the order-outage scenario: some answered before the kill,
+/// about half sent during the outage, the rest after the restart.
+const OUTAGE_LOAD: usize = 120;
+
+/// A step's whole retry budget with the outage scenario's settings: every
+/// attempt waits out its timeout, and the backoff between attempts is at
+/// most the policy's delay without jitter (the policy of `saga::definition`).
+fn outage_step_budget() -> Duration {
+    let initial = checkout_app::saga::Timing::default().retry_initial;
+    let policy = saga_core::RetryPolicy::exponential(initial, OUTAGE_RETRY_MAX_DELAY)
+        .max_attempts(OUTAGE_STEP_ATTEMPTS)
+        .jitter(0.0);
+    let backoff: Duration = (1..OUTAGE_STEP_ATTEMPTS)
+        .map(|attempt| policy.delay_after(attempt, 0))
+        .sum();
+    OUTAGE_STEP_TIMEOUT * OUTAGE_STEP_ATTEMPTS + backoff
+}
+
+/// GETs `url` from the orchestrator's API.
+async fn api_get(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The sagas of `status` as the orchestrator's API lists them.
+async fn sagas_by_status(http: &reqwest::Client, orchestrator: &str, status: &str) -> Vec<Value> {
+    let body = api_get(
+        http,
+        &format!("{orchestrator}/sagas?status={status}&limit=1000"),
+    )
+    .await;
+    body["sagas"].as_array().cloned().unwrap_or_default()
+}
+
+/// The review's hole: `confirm_order` has an effect that nothing undoes.
+/// With the order service down for longer than a step's whole retry budget,
+/// an ordinary last step would give up and compensate (refund, release)
+/// while its `confirm_order` commands still sat in the queue; the returning
+/// service would then confirm orders whose payment was refunded and whose
+/// stock was released, and the saga would end `Failed`. As the pivot,
+/// `confirm_order` keeps retrying through the outage, while sagas still at
+/// `create_order` give up and compensate as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_service_down_longer_than_a_step_budget_then_restarted_stays_consistent() {
+    let step_budget = outage_step_budget();
+    // While the service is down every compensation attempt waits out its timeout.
+    let compensation_floor = OUTAGE_STEP_TIMEOUT * OUTAGE_COMPENSATION_ATTEMPTS;
+    assert!(OUTAGE > 2 * step_budget && OUTAGE * 2 < compensation_floor);
+
+    let mut cluster = Cluster::new("f_order_outage").await;
+    let orchestrator = Node::new(Role::Orchestrator);
+    let timings = [
+        (
+            "STEP_TIMEOUT_MS",
+            OUTAGE_STEP_TIMEOUT.as_millis().to_string(),
+        ),
+        (
+            "RETRY_MAX_DELAY_MS",
+            OUTAGE_RETRY_MAX_DELAY.as_millis().to_string(),
+        ),
+        ("STEP_MAX_ATTEMPTS", OUTAGE_STEP_ATTEMPTS.to_string()),
+        (
+            "COMPENSATION_MAX_ATTEMPTS",
+            OUTAGE_COMPENSATION_ATTEMPTS.to_string(),
+        ),
+    ];
+    cluster.overrides.insert(
+        orchestrator,
+        timings
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    );
+    cluster.start_all().await;
+    let orchestrator_url = cluster.url(orchestrator);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client");
+
+    let (progress, handle) = run_load(&mut cluster, OUTAGE_LOAD, 12).await;
+    progress.reached(CLIENTS).await;
+    // Kill the order service while sagas are between create_order and
+    // confirm_order: they reach confirm_order during the outage.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let midway = sagas_by_status(&http, &orchestrator_url, "running")
+            .await
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s["currentStep"].as_str(),
+                    Some("reserve_inventory" | "process_payment")
+                )
+            })
+            .count();
+        if midway >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sagas between create_order and confirm_order under load"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let order = Node::new(Role::Order);
+    cluster.kill(order).await;
+    let killed = Instant::now();
+    let killed_at = chrono::Utc::now();
+    let answered_before = progress.done();
+
+    // While it is down: sagas that passed the payment wait at confirm_order,
+    // checkouts sent since the kill wait at create_order.
+    let mut at_confirm: HashMap<String, Instant> = HashMap::new();
+    let mut at_create = HashSet::new();
+    let mut max_confirm_attempt = 0;
+    let mut max_compensating = 0;
+    loop {
+        let now = Instant::now();
+        for saga in sagas_by_status(&http, &orchestrator_url, "running").await {
+            let id = saga["id"].as_str().unwrap_or_default().to_owned();
+            match saga["currentStep"].as_str() {
+                Some("confirm_order") => {
+                    at_confirm.entry(id).or_insert(now);
+                    max_confirm_attempt =
+                        max_confirm_attempt.max(saga["attempt"].as_u64().unwrap_or(0));
+                }
+                Some("create_order") => {
+                    let created = saga["createdAt"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    if created.is_some_and(|t| t > killed_at) {
+                        at_create.insert(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let compensating = sagas_by_status(&http, &orchestrator_url, "compensating").await;
+        max_compensating = max_compensating.max(compensating.len());
+        // Down for OUTAGE at least, and until a saga has waited at
+        // confirm_order for longer than a whole step budget.
+        let confirm_waited = at_confirm
+            .values()
+            .min()
+            .map(Instant::elapsed)
+            .unwrap_or_default();
+        if killed.elapsed() >= OUTAGE && !at_create.is_empty() && confirm_waited > step_budget {
+            break;
+        }
+        assert!(
+            killed.elapsed() < compensation_floor / 2,
+            "after {:?} of outage: {} saga(s) seen at confirm_order (the first {confirm_waited:?} ago), \
+             {} started since the kill at create_order",
+            killed.elapsed(),
+            at_confirm.len(),
+            at_create.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answered_during = progress.done() - answered_before;
+    // No process at all for `down`; unavailable until healthy for `outage`.
+    let down = killed.elapsed();
+    cluster.restart(order).await;
+    let outage = killed.elapsed();
+    println!(
+        "order service down {:.1}s (no process), {:.1}s from kill -9 to healthy again; \
+         step budget {:.1}s (STEP_TIMEOUT_MS={} x STEP_MAX_ATTEMPTS={} + backoff, RETRY_MAX_DELAY_MS={}); \
+         compensation budget at least {:.0}s (COMPENSATION_MAX_ATTEMPTS={})",
+        down.as_secs_f64(),
+        outage.as_secs_f64(),
+        step_budget.as_secs_f64(),
+        OUTAGE_STEP_TIMEOUT.as_millis(),
+        OUTAGE_STEP_ATTEMPTS,
+        OUTAGE_RETRY_MAX_DELAY.as_millis(),
+        compensation_floor.as_secs_f64(),
+        OUTAGE_COMPENSATION_ATTEMPTS
+    );
+    println!(
+        "during the outage: {} saga(s) at confirm_order (up to attempt {max_confirm_attempt}), \
+         {} started after the kill at create_order, up to {max_compensating} compensating at once; \
+         {answered_before} checkouts answered before the kill, {answered_during} during it",
+        at_confirm.len(),
+        at_create.len()
+    );
+    assert!(
+        down > 2 * step_budget,
+        "the outage ({down:?}) must clearly outlast a step's retry budget ({step_budget:?})"
+    );
+    assert!(
+        outage < compensation_floor,
+        "the outage ({outage:?}) must end within the compensation's budget ({compensation_floor:?})"
+    );
+    assert!(
+        !at_confirm.is_empty(),
+        "no saga waited at confirm_order during the outage"
+    );
+    assert!(
+        !at_create.is_empty(),
+        "no checkout sent during the outage waited at create_order"
+    );
+
+    let report = handle.await.expect("load");
+    // Every saga terminal and none Failed; every CONFIRMED order has exactly
+    // one SUCCESS payment and its reservation; no SUCCESS payment and no
+    // active reservation without a CONFIRMED order; stock taken equals the
+    // units of CONFIRMED orders; no order PENDING; queues drained.
+    verify(
+        &cluster,
+        "order service kill -9 for longer than a step's retry budget, restart",
+        &report,
+        0,
+        0,
+    )
+    .await;
+    // And every saga that waited at confirm_order through the outage completed.
+    for id in at_confirm.keys() {
+        let saga = api_get(&http, &format!("{orchestrator_url}/sagas/{id}")).await;
+        assert_eq!(
+            saga["status"], "completed",
+            "saga {id} waited at confirm_order during the outage: {}",
+            saga["error"]
+        );
+    }
+    cluster.shutdown().await;
 }
