@@ -4,8 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// A boxed future that sleeps.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -75,9 +77,38 @@ impl Clock for TokioClock {
 }
 
 /// A clock that moves only when told to: for deterministic tests and simulations.
+///
+/// Sleeps wake in the order they started waiting (one `Notify`; a `watch`
+/// channel would wake them in a randomised order), so a simulation replays
+/// exactly.
 #[derive(Debug)]
 pub struct ManualClock {
-    now: watch::Sender<DateTime<Utc>>,
+    inner: Arc<ManualTime>,
+}
+
+#[derive(Debug)]
+struct ManualTime {
+    now: std::sync::Mutex<DateTime<Utc>>,
+    moved: Notify,
+}
+
+impl ManualTime {
+    fn now(&self) -> DateTime<Utc> {
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn change(&self, change: impl FnOnce(&mut DateTime<Utc>)) {
+        change(
+            &mut self
+                .now
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.moved.notify_waiters();
+    }
 }
 
 impl ManualClock {
@@ -85,20 +116,22 @@ impl ManualClock {
     #[must_use]
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
-            now: watch::Sender::new(start),
+            inner: Arc::new(ManualTime {
+                now: std::sync::Mutex::new(start),
+                moved: Notify::new(),
+            }),
         }
     }
 
     /// Moves the clock forward, waking the sleeps that are due.
     pub fn advance(&self, by: Duration) {
-        self.now.send_modify(|now| {
-            *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        });
+        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        self.inner.change(|now| *now += by);
     }
 
     /// Sets the clock to `to`, waking the sleeps that are due.
     pub fn set(&self, to: DateTime<Utc>) {
-        self.now.send_replace(to);
+        self.inner.change(|now| *now = to);
     }
 }
 
@@ -110,14 +143,22 @@ impl Default for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.borrow()
+        self.inner.now()
     }
 
     fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
-        let mut now = self.now.subscribe();
+        let time = Arc::clone(&self.inner);
         Box::pin(async move {
-            // Ends when the clock is dropped too: nothing would move it again.
-            let _ = now.wait_for(|now| *now >= at).await;
+            loop {
+                let moved = time.moved.notified();
+                tokio::pin!(moved);
+                // Registered before the time is read: a move in between wakes it.
+                moved.as_mut().enable();
+                if time.now() >= at {
+                    return;
+                }
+                moved.await;
+            }
         })
     }
 }

@@ -67,7 +67,7 @@ impl From<SagaId> for Uuid {
 }
 
 /// Whether a command runs a step's action or undoes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The step's forward action.

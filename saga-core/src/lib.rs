@@ -102,14 +102,32 @@
 //!
 //! ## Guarantees
 //!
+//! Nothing lost, nothing done twice, every started step undone in reverse,
+//! under the conditions docs/concepts.md spells out (participants follow the
+//! [`participant`] inbox contract, local steps are idempotent on their key,
+//! engines' clocks differ by less than a second):
+//!
 //! - Steps run in order; compensation runs for every step that was started
 //!   (succeeded, uncertain, or failed: the failed one's compensation makes the
-//!   participant refuse a late redelivered copy of its command), in reverse order.
+//!   participant refuse a late redelivered copy of its command), in reverse
+//!   order, and never starts while a local step's attempt may still run.
 //! - No step action is dispatched after compensation began; after the pivot
-//!   nothing is compensated.
+//!   nothing is compensated; the pivot and the steps after it never give up.
+//!   The builder refuses a remote step that may be compensated but has no
+//!   compensation at its own endpoint (only that participant can refuse a
+//!   late copy of its command).
 //! - Retries, timeouts and deadlines are persisted (`next_wake_at`): a restart
-//!   neither forgets a retry nor repeats a finished step. A command lost
-//!   between commit and send is sent again when its timeout fires.
+//!   neither forgets a retry nor repeats a finished step. A command the
+//!   transport refused is sent again from the store; a crashed engine's
+//!   commands are sent again when it restarts; a save that reported an error
+//!   but committed still sends; none of these costs an attempt.
+//! - A participant claims a command's key before it works on it: a duplicate
+//!   waits for the copy in flight, and a compensation racing its invoke waits
+//!   and then undoes it.
+//! - A reply the engine cannot apply yet (its store is down, its definition
+//!   is only on a newer engine) waits instead of being dead-lettered.
+//! - An operator's [`Engine::retry`] runs the step again with a new attempt,
+//!   under a new key when the participant had refused the old one.
 //! - Several engines may share a store: saves are version-checked, due sagas
 //!   are claimed with a lease, and any engine can process any reply.
 //!

@@ -78,9 +78,10 @@ pub enum Event {
     /// scheduled retries, pending sends and the deadline. A no-op when not yet due.
     WakeUp,
     /// An operator asks for the in-flight command to be sent again now, or for
-    /// a scheduled retry or send to happen now. Participants deduplicate; no
-    /// attempt is added beyond what the retry policy allows, and a local step
-    /// that may still be running is not run again.
+    /// a scheduled retry to happen now. Participants deduplicate; no attempt is
+    /// added beyond what the retry policy allows, a local step that may still
+    /// be running is not run again, and a pending send (or a compensation
+    /// waiting for a local attempt to end) is left to its time.
     Resume,
     /// An operator retries a `Failed` saga from the step where it stopped.
     Retry,
@@ -824,7 +825,7 @@ impl<'a> Machine<'a> {
                     self.effects.push(Effect::SendCommand(Box::new(command)));
                 }
             }
-            Waiting::Retry | Waiting::Send => {
+            Waiting::Retry => {
                 self.log(
                     LogEvent::Resumed,
                     Some(c.step),
@@ -833,6 +834,10 @@ impl<'a> Machine<'a> {
                 );
                 self.on_wake(true);
             }
+            // A pending send is the poller's within a second; and a
+            // compensation waiting for a local attempt to be surely over must
+            // not start early.
+            Waiting::Send => {}
         }
     }
 

@@ -73,6 +73,17 @@ pub trait Inbox: Send + Sync + 'static {
     ) -> Result<Claim>;
 }
 
+#[async_trait]
+impl<T: Inbox + ?Sized> Inbox for Arc<T> {
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        tombstone: Option<&IdempotencyKey>,
+    ) -> Result<Claim> {
+        (**self).claim(key, tombstone).await
+    }
+}
+
 /// What [`Inbox::claim`] found.
 pub enum Claim {
     /// The key was processed: answer with this outcome, do not run the handler.

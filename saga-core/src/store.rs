@@ -147,3 +147,48 @@ pub trait SagaStore: Send + Sync + 'static {
         None
     }
 }
+
+#[async_trait]
+impl<T: SagaStore + ?Sized> SagaStore for std::sync::Arc<T> {
+    async fn create(&self, instance: &SagaInstance, logs: &[LogEntry]) -> Result<Created> {
+        (**self).create(instance, logs).await
+    }
+
+    async fn load(&self, id: SagaId) -> Result<Option<SagaInstance>> {
+        (**self).load(id).await
+    }
+
+    async fn save(
+        &self,
+        instance: &SagaInstance,
+        expected_version: u64,
+        logs: &[LogEntry],
+    ) -> Result<()> {
+        (**self).save(instance, expected_version, logs).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+        definitions: &[DefinitionKey],
+    ) -> Result<Vec<SagaInstance>> {
+        (**self)
+            .claim_due(now, limit, owner, lease, definitions)
+            .await
+    }
+
+    async fn logs(&self, id: SagaId) -> Result<Vec<LogEntry>> {
+        (**self).logs(id).await
+    }
+
+    async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>> {
+        (**self).list(query).await
+    }
+
+    fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {
+        (**self).finished_events()
+    }
+}

@@ -32,6 +32,25 @@ pub trait Transport: Send + Sync + 'static {
     async fn consume_replies(&self, queue: &str) -> Result<Subscription<ReplyMessage>>;
 }
 
+#[async_trait]
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    async fn send_command(&self, command: &CommandMessage) -> Result<()> {
+        (**self).send_command(command).await
+    }
+
+    async fn send_reply(&self, reply: &ReplyMessage) -> Result<()> {
+        (**self).send_reply(reply).await
+    }
+
+    async fn consume_commands(&self, endpoint: &str) -> Result<Subscription<CommandMessage>> {
+        (**self).consume_commands(endpoint).await
+    }
+
+    async fn consume_replies(&self, queue: &str) -> Result<Subscription<ReplyMessage>> {
+        (**self).consume_replies(queue).await
+    }
+}
+
 /// Calls `subscribe` until it succeeds, retrying transient failures (the
 /// broker restarting, a queue not ready yet) with backoff from 100 ms to 5 s,
 /// until `shutdown` resolves (then `None`). Other errors are returned at once.

@@ -21,8 +21,6 @@ async fn undecodable_messages_are_dead_lettered_and_the_queue_keeps_flowing() {
     let transport = InMemoryTransport::new();
     let mut sub = transport.consume_commands("poison").await.expect("consume");
     transport.publish_raw("poison", b"{not json".to_vec());
-    let good = saga_core::testing::simulation::definition();
-    let _ = good; // the definition is irrelevant; any valid command will do
     let command: saga_core::CommandMessage = serde_json::from_value(serde_json::json!({
         "message_id": "m1", "idempotency_key": "k", "saga_id": "01890a5d-ac96-774b-bcce-b302099a8057",
         "saga_type": "t", "step": 0, "step_name": "s", "direction": "invoke", "attempt": 1,

@@ -135,7 +135,7 @@ async fn read_recorded<C: ConnectionTrait>(
 /// tombstone if it has no outcome yet (see the [module docs](self)).
 ///
 /// Run it inside the transaction of the business change (`conn` is a
-/// [`DatabaseTransaction`](sea_orm::DatabaseTransaction)); one round trip for
+/// [`DatabaseTransaction`]); one round trip for
 /// a new command.
 ///
 /// # Errors

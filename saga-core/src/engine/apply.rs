@@ -16,6 +16,16 @@ use crate::message::CommandMessage;
 use crate::state::SagaInstance;
 
 type Applied = (Arc<SagaInstance>, Arc<SagaInstance>);
+
+/// How sure a save is to have been this engine's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// The store said so.
+    Surely,
+    /// The store reported an error, but holds this very transition: ours,
+    /// or another engine's that applied the same event to the same state.
+    Probably,
+}
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Engine {
@@ -56,10 +66,18 @@ impl Engine {
                 return Ok((instance, Arc::new(t.instance)));
             }
             match self.save(&instance, &t).instrument(span.clone()).await {
-                Ok(()) => {
+                Ok(saved) => {
                     let after = Arc::new(t.instance);
                     self.remember(&after);
-                    self.perform(&def, &after, t.effects).instrument(span).await;
+                    let mut effects = t.effects;
+                    if saved == Saved::Probably {
+                        // Another engine may have committed this very
+                        // transition and be running its local step: sending
+                        // a command twice is harmless, running an attempt
+                        // twice is not. Its timeout starts the next attempt.
+                        effects.retain(|e| !matches!(e, Effect::RunLocal(_)));
+                    }
+                    self.perform(&def, &after, effects).instrument(span).await;
                     return Ok((instance, after));
                 }
                 Err(Error::Conflict { .. }) => {
@@ -83,19 +101,20 @@ impl Engine {
 
     /// Saves a transition. A store error that is not a conflict may have hit
     /// after the commit (the connection dropped while committing), so the saga
-    /// is read back: if it holds this transition, the save succeeded and its
-    /// effects must be performed, or a dispatched command would be lost.
-    async fn save(&self, before: &SagaInstance, t: &Transition) -> Result<()> {
+    /// is read back: if it holds this transition, the save (ours, or another
+    /// engine's identical one) succeeded and its effects must be performed, or
+    /// a dispatched command would be lost.
+    async fn save(&self, before: &SagaInstance, t: &Transition) -> Result<Saved> {
         let store = &self.inner.store;
         let error = match store.save(&t.instance, before.version, &t.logs).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Saved::Surely),
             Err(e @ (Error::Conflict { .. } | Error::NotFound(_))) => return Err(e),
             Err(e) => e,
         };
         match store.load(t.instance.id).await {
             Ok(Some(stored)) if holds(&stored, &t.instance) => {
-                tracing::warn!(saga_id = %t.instance.id, error = %error, "the save reported an error but committed; going on");
-                Ok(())
+                tracing::warn!(saga_id = %t.instance.id, error = %error, "the save reported an error but the transition is stored; going on");
+                Ok(Saved::Probably)
             }
             _ => Err(error),
         }

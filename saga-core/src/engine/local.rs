@@ -100,10 +100,16 @@ impl Engine {
             async move {
                 let outcome = {
                     let _attempt = step_lock.lock().await;
-                    tokio::select! {
-                        biased;
-                        outcome = function(run.data, ctx) => Some(outcome),
-                        () = timed_out => None,
+                    // Past its timeout (it waited for the lock), the attempt
+                    // must not start: the next one may be due elsewhere.
+                    if engine.inner.clock.now() >= run.until {
+                        None
+                    } else {
+                        tokio::select! {
+                            biased;
+                            () = timed_out => None,
+                            outcome = function(run.data, ctx) => Some(outcome),
+                        }
                     }
                 };
                 engine.inner.local.release(id, run.step, step_lock);

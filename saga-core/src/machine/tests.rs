@@ -929,6 +929,30 @@ fn compensation_waits_for_a_local_attempt_that_may_still_run() {
 }
 
 #[test]
+fn resume_does_not_start_a_compensation_waiting_for_a_local_attempt() {
+    // Found by the simulation (seed 5072): an operator's resume dispatched
+    // the deferred compensation while the local attempt still ran.
+    let saga = local_then_remote();
+    let t = start(
+        saga.definition(),
+        SagaId::new(),
+        json!(Trip::default()),
+        None,
+        t0(),
+    );
+    let t = transition(
+        saga.definition(),
+        &t.instance,
+        Event::Cancel {
+            reason: "customer".into(),
+        },
+        at(100),
+    );
+    let resumed = transition(saga.definition(), &t.instance, Event::Resume, at(200));
+    assert!(resumed.is_noop(), "{:?}", resumed.effects);
+}
+
+#[test]
 fn a_local_attempt_that_may_still_run_is_not_resumed() {
     let saga = local_then_remote();
     let t = start(

@@ -6,4 +6,5 @@ mod engine;
 mod errors;
 mod guide;
 mod inbox;
+mod simulation;
 mod store;
