@@ -193,7 +193,17 @@ impl Stack {
         for task in self.tasks {
             task.await.expect("task");
         }
+        // Whatever the test did, no attempt was dispatched twice.
+        for saga in self.store.all() {
+            let logs = self.engine.logs(saga.id).await.expect("logs");
+            assert_no_duplicate_dispatch(&logs);
+        }
     }
+}
+
+fn assert_no_duplicate_dispatch(logs: &[saga_core::LogEntry]) {
+    let twice = saga_core::testing::dispatched_twice(logs);
+    assert!(twice.is_empty(), "{twice:?}: {logs:#?}");
 }
 
 #[tokio::test]

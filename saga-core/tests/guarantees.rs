@@ -6,7 +6,6 @@
 //! Most run under tokio's paused time with a [`TokioClock`], so timeouts,
 //! retries and a minute-long outage take no real time.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -180,25 +179,9 @@ impl<S: SagaStore + Clone> ArcStore for S {
     }
 }
 
-/// Every dispatch of a (step, direction, attempt) happens once, unless its
-/// send failed and it was sent again.
-fn assert_no_duplicate_dispatch(logs: &[LogEntry]) {
-    let mut dispatched: HashMap<(Option<String>, u32, bool), i32> = HashMap::new();
-    for log in logs {
-        let key = |compensate| (log.step.clone(), log.attempt.unwrap_or(0), compensate);
-        match log.event {
-            LogEvent::StepDispatched => *dispatched.entry(key(false)).or_default() += 1,
-            LogEvent::CompensationDispatched => *dispatched.entry(key(true)).or_default() += 1,
-            LogEvent::SendFailed => {
-                *dispatched.entry(key(false)).or_default() -= 1;
-                *dispatched.entry(key(true)).or_default() -= 1;
-            }
-            _ => {}
-        }
-    }
-    for (key, times) in dispatched {
-        assert!(times <= 1, "{key:?} dispatched {times} times: {logs:#?}");
-    }
+fn assert_no_duplicate_dispatch(logs: &[saga_core::LogEntry]) {
+    let twice = saga_core::testing::dispatched_twice(logs);
+    assert!(twice.is_empty(), "{twice:?}: {logs:#?}");
 }
 
 fn events(logs: &[LogEntry]) -> Vec<LogEvent> {

@@ -18,6 +18,37 @@ mod transport_suite;
 pub use store_suite::store_conformance;
 pub use transport_suite::transport_conformance;
 
+use crate::state::{LogEntry, LogEvent};
+
+/// Attempts a saga's log shows dispatched more than once, one line each
+/// (empty when none was). A command whose send failed is dispatched again;
+/// that second dispatch is not counted.
+#[must_use]
+pub fn dispatched_twice(logs: &[LogEntry]) -> Vec<String> {
+    let mut count: std::collections::BTreeMap<(Option<String>, u32, bool), i32> =
+        std::collections::BTreeMap::new();
+    for log in logs {
+        let key = |compensate| (log.step.clone(), log.attempt.unwrap_or(0), compensate);
+        match log.event {
+            LogEvent::StepDispatched => *count.entry(key(false)).or_default() += 1,
+            LogEvent::CompensationDispatched => *count.entry(key(true)).or_default() += 1,
+            LogEvent::SendFailed => {
+                *count.entry(key(false)).or_default() -= 1;
+                *count.entry(key(true)).or_default() -= 1;
+            }
+            _ => {}
+        }
+    }
+    count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|((step, attempt, compensate), n)| {
+            let what = if compensate { "compensation" } else { "step" };
+            format!("{what} {step:?} attempt {attempt} dispatched {n} times")
+        })
+        .collect()
+}
+
 /// A small deterministic random number generator (SplitMix64) so simulations
 /// need no extra dependency and replay exactly from a seed.
 #[derive(Clone, Debug)]

@@ -1,8 +1,6 @@
 //! The checker: the participants' journal of effects against what the store
 //! recorded as dispatched, not against the machine's own step labels.
 
-use std::collections::BTreeMap;
-
 use super::model::{self, Mark, lock};
 use super::world::World;
 use crate::definition::SagaDefinition;
@@ -89,7 +87,7 @@ pub(super) async fn check(world: &mut World, definitions: [&SagaDefinition; 2]) 
             }
             other => fail(format!("ended {other}: {}", saga.error.unwrap_or_default())),
         }
-        for why in dispatched_twice(&logs) {
+        for why in crate::testing::dispatched_twice(&logs) {
             fail(why);
         }
         for why in failed_without_cause(def, &logs) {
@@ -100,33 +98,6 @@ pub(super) async fn check(world: &mut World, definitions: [&SagaDefinition; 2]) 
         }
     }
     world.report.violations.extend(found);
-}
-
-/// Every (step, direction, attempt) is dispatched once, unless its send
-/// failed and it was sent again.
-fn dispatched_twice(logs: &[LogEntry]) -> Vec<String> {
-    let mut count: BTreeMap<(Option<String>, u32, bool), i32> = BTreeMap::new();
-    for log in logs {
-        let key = |compensate| (log.step.clone(), log.attempt.unwrap_or(0), compensate);
-        match log.event {
-            LogEvent::StepDispatched => *count.entry(key(false)).or_default() += 1,
-            LogEvent::CompensationDispatched => *count.entry(key(true)).or_default() += 1,
-            LogEvent::SendFailed => {
-                let compensate = log.payload.get("compensation").is_some();
-                *count.entry(key(compensate)).or_default() -= 1;
-                *count.entry(key(!compensate)).or_default() -= 1;
-            }
-            _ => {}
-        }
-    }
-    count
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|((step, attempt, compensate), n)| {
-            let what = if compensate { "compensation" } else { "step" };
-            format!("{what} {step:?} attempt {attempt} dispatched {n} times")
-        })
-        .collect()
 }
 
 /// A saga may stop `Failed` only for a cause an operator must see: a
