@@ -53,21 +53,24 @@ fn saga() -> Saga<Checkout> {
         user: c.user.clone(),
     };
     Saga::<Checkout>::builder("bench")
-        .step("create_order")
-        .invoke("order", cmd)
-        .on_reply(|c, r| c.order_id = Some(r))
-        .compensate("order", |_| Undo)
-        .step("reserve_inventory")
-        .invoke("inventory", cmd)
-        .on_reply(|c, r| c.reservation = Some(r))
-        .compensate("inventory", |_| Undo)
-        .step("process_payment")
-        .invoke("payment", cmd)
-        .on_reply(|c, r| c.payment = Some(r))
-        .compensate("payment", |_| Undo)
-        .step("confirm_order")
-        .invoke("order", cmd)
-        .on_reply(|c, _| c.confirmed = true)
+        .step("create_order", |step| {
+            step.invoke(cmd)
+                .on_reply(|c, r| c.order_id = Some(r))
+                .compensate(|_| Undo)
+        })
+        .step("reserve_inventory", |step| {
+            step.invoke(cmd)
+                .on_reply(|c, r| c.reservation = Some(r))
+                .compensate(|_| Undo)
+        })
+        .step("process_payment", |step| {
+            step.invoke(cmd)
+                .on_reply(|c, r| c.payment = Some(r))
+                .compensate(|_| Undo)
+        })
+        .step("confirm_order", |step| {
+            step.invoke(cmd).on_reply(|c, _| c.confirmed = true)
+        })
         .build()
         .expect("valid")
 }

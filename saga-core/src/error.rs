@@ -17,7 +17,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A saga definition failed validation in [`build`](crate::definition::StepBuilder::build).
+    /// A saga definition failed validation in [`build`](crate::definition::SagaBuilder::build).
     #[error("invalid saga definition `{saga}`: {reason}")]
     InvalidDefinition {
         /// The saga's name.
@@ -25,6 +25,10 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// A participant was built wrong (no handler, commands of different
+    /// endpoints, two handlers for one command). Fix the code.
+    #[error("invalid participant: {0}")]
+    InvalidParticipant(String),
     /// No definition with this name and version is registered with the engine.
     #[error("no saga definition `{name}` version {version} is registered with this engine")]
     UnknownDefinition {
@@ -91,6 +95,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidDefinition { .. }
+            | Self::InvalidParticipant(_)
             | Self::InvalidOperation { .. }
             | Self::Serialization(_)
             | Self::MalformedMessage(_) => ErrorKind::Invalid,

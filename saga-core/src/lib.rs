@@ -23,16 +23,14 @@
 //! use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
 //! use saga_core::{Command, Engine, Participant, Saga, SagaStatus, StepError};
 //!
-//! // Messages, shared by the orchestrator and the participant.
+//! // Messages, shared by the orchestrator and the participant. A command
+//! // names the participant endpoint that handles it.
 //! #[derive(Serialize, Deserialize)]
 //! struct Reserve { sku: String, quantity: u32 }
+//! impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = String; }
 //! #[derive(Serialize, Deserialize)]
-//! struct Reserved { reservation: String }
-//! impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
-//!
-//! #[derive(Serialize, Deserialize)]
-//! struct Release { reservation: String }
-//! impl Command for Release { const NAME: &'static str = "release"; type Reply = (); }
+//! struct Release { reservation: Option<String> }
+//! impl Command for Release { const NAME: &'static str = "release"; const ENDPOINT: &'static str = "inventory"; type Reply = (); }
 //!
 //! // The saga's data.
 //! #[derive(Serialize, Deserialize)]
@@ -41,43 +39,44 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), saga_core::Error> {
 //! let checkout = Saga::<Order>::builder("checkout")
-//!     .step("reserve")
-//!         .invoke("inventory", |o| Reserve { sku: o.sku.clone(), quantity: o.quantity })
-//!         .on_reply(|o, r| o.reservation = Some(r.reservation))
-//!         .compensate("inventory", |o| Release { reservation: o.reservation.clone().unwrap_or_default() })
-//!     .step("charge")
-//!         .local(|o: Order, _| async move {
+//!     .step("reserve", |step| {
+//!         step.invoke(|o: &Order| Reserve { sku: o.sku.clone(), quantity: o.quantity })
+//!             .on_reply(|o, reservation| o.reservation = Some(reservation))
+//!             .compensate(|o: &Order| Release { reservation: o.reservation.clone() })
+//!     })
+//!     .step("charge", |step| {
+//!         step.local(|o: Order, _| async move {
 //!             if o.quantity > 10 { Err(StepError::business("card limit exceeded")) } else { Ok(true) }
 //!         })
 //!         .on_reply(|o, charged| o.charged = charged)
+//!         .pivot()
+//!     })
 //!     .build()?;
 //!
-//! let store = InMemoryStore::new();
 //! let transport = InMemoryTransport::new();
-//! let engine = Engine::builder(store, transport.clone()).register(&checkout).build();
+//! let engine = Engine::builder(InMemoryStore::new(), transport.clone()).register(&checkout).build();
 //!
 //! // A participant: idempotent through an inbox.
-//! let inventory = Participant::builder("inventory")
+//! let inventory = Participant::builder()
 //!     .inbox(InMemoryInbox::new())
-//!     .on(|cmd: Reserve, _ctx| async move { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) })
+//!     .on(|cmd: Reserve, _ctx| async move { Ok(format!("r-{}", cmd.sku)) })
 //!     .on(|_cmd: Release, _ctx| async move { Ok(()) })
-//!     .build();
+//!     .build()?;
 //!
-//! let (stop, stopped) = tokio::sync::watch::channel(());
-//! let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move { let _ = rx.changed().await; };
-//! let runner = { let e = engine.clone(); let s = shutdown(stopped.clone()); tokio::spawn(async move { e.run(s).await }) };
-//! let serving = { let t = std::sync::Arc::new(transport); let s = shutdown(stopped); tokio::spawn(async move { inventory.run(t, s).await }) };
+//! let running = engine.spawn();
+//! let serving = inventory.spawn(transport);
 //!
-//! let ok = engine.start(&checkout, Order { sku: "book".into(), quantity: 2, reservation: None, charged: false }).await?;
-//! assert_eq!(engine.wait(ok, Duration::from_secs(5)).await?.status, SagaStatus::Completed);
+//! let order = |quantity| Order { sku: "book".into(), quantity, reservation: None, charged: false };
+//! let ok = engine.start(&checkout, order(2)).await?;
+//! let done = engine.wait_for(&checkout, ok, Duration::from_secs(5)).await?;
+//! assert_eq!((done.status, done.data.charged), (SagaStatus::Completed, true));
 //!
-//! let too_many = engine.start(&checkout, Order { sku: "book".into(), quantity: 50, reservation: None, charged: false }).await?;
-//! let finished = engine.wait(too_many, Duration::from_secs(5)).await?;
-//! assert_eq!(finished.status, SagaStatus::Compensated); // the reservation was released
+//! let too_many = engine.start(&checkout, order(50)).await?;
+//! let undone = engine.wait_for(&checkout, too_many, Duration::from_secs(5)).await?;
+//! assert_eq!(undone.status, SagaStatus::Compensated); // the reservation was released
 //!
-//! drop(stop);
-//! runner.await.expect("engine task")?;
-//! serving.await.expect("participant task")?;
+//! serving.shutdown().await?;
+//! running.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -99,6 +98,8 @@
 //!   attempts and redeliveries; participants deduplicate on it (see
 //!   [`participant`]). Starting with [`StartOptions::idempotency_key`] makes
 //!   `start` itself idempotent.
+//! - **Adapters** implement the traits in [`adapter`] (store, transport,
+//!   inbox) and prove themselves with the conformance suites of `testing`.
 //!
 //! ## Guarantees
 //!
@@ -145,50 +146,40 @@
 //! |---|---|
 //! | `testing` | [`testing`]: conformance suites for store and transport adapters, and a deterministic simulation harness |
 
+pub mod adapter;
 pub mod clock;
 pub mod definition;
 mod engine;
 mod error;
 mod id;
+mod inbox;
 pub mod machine;
 pub mod memory;
 mod mermaid;
 mod message;
 pub mod participant;
 mod retry;
+mod running;
 mod state;
-pub mod store;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod transport;
+mod transport;
 
 #[doc(inline)]
 pub use definition::{Command, LocalContext, OnUnknown, Saga, SagaData, StepKind};
 #[doc(inline)]
-pub use engine::{Engine, EngineBuilder, EngineConfig, StartOptions};
+pub use engine::{Engine, EngineBuilder, EngineConfig, Outcome, StartOptions};
 pub use error::{BoxError, Error, ErrorKind, Result, StepError, StepErrorKind};
 pub use id::{Direction, IdempotencyKey, SagaId};
-pub use message::{CommandMessage, ReplyMessage, ReplyOutcome};
 #[doc(inline)]
-pub use participant::{CommandContext, Inbox, Participant};
+pub use inbox::Inbox;
+#[doc(inline)]
+pub use participant::{CommandContext, Participant};
 pub use retry::RetryPolicy;
-pub use state::{Cursor, LogEntry, LogEvent, SagaInstance, SagaStatus, StepStatus, Waiting};
+pub use running::Running;
+pub use state::{LogEntry, LogEvent, SagaInstance, SagaStatus, StepStatus};
 #[doc(inline)]
 pub use store::SagaStore;
 #[doc(inline)]
 pub use transport::Transport;
-
-/// Mermaid diagram text for a definition (also [`Saga::to_mermaid`]).
-#[must_use]
-pub fn mermaid_definition(definition: &definition::SagaDefinition) -> String {
-    mermaid::definition(definition)
-}
-
-/// Mermaid diagram text for an instance's progress (also [`Engine::mermaid`]).
-#[must_use]
-pub fn mermaid_instance(
-    definition: &definition::SagaDefinition,
-    instance: &SagaInstance,
-) -> String {
-    mermaid::instance(definition, instance)
-}

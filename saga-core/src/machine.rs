@@ -60,6 +60,7 @@ pub const SEND_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Something that happened to a saga.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// A participant's reply (or a local step's result) for a step's action or
     /// compensation. Covers step succeeded/failed and compensation
@@ -123,6 +124,7 @@ pub struct LocalRun {
 
 /// Work to do once the transition is persisted.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Effect {
     /// Send this command to its participant.
     SendCommand(Box<CommandMessage>),

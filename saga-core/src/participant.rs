@@ -33,7 +33,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -42,83 +41,14 @@ use tracing::Instrument;
 use crate::definition::Command;
 use crate::error::{Error, Result, StepError};
 use crate::id::{Direction, IdempotencyKey, SagaId};
+use crate::inbox::{Claim, Inbox};
 use crate::message::{CommandMessage, ReplyMessage, ReplyOutcome};
+use crate::running::Running;
 use crate::transport::{Delivery, Transport};
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Handler =
     Arc<dyn Fn(Value, CommandContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
-
-/// Records which commands a participant processed, and their replies.
-///
-/// The runtime [claims](Inbox::claim) a command's key before its handler
-/// runs and [records](InboxClaim::record) the outcome after, so a key is
-/// handled by one copy of a command at a time. See the [module docs](self).
-///
-/// `async-trait` because the participant holds its inbox as a trait object.
-#[async_trait]
-pub trait Inbox: Send + Sync + 'static {
-    /// Claims `key`, or returns the outcome recorded for it.
-    ///
-    /// While another claim on `key` is held (its command is being handled),
-    /// waits for it to be recorded or released. With `tombstone` (for a
-    /// compensation: its step's invoke key), also records a business refusal
-    /// under `tombstone` unless it holds an outcome, waiting first while it is
-    /// claimed. A claim dropped without [`record`](InboxClaim::record) is
-    /// released, as on a crash.
-    async fn claim(
-        &self,
-        key: &IdempotencyKey,
-        tombstone: Option<&IdempotencyKey>,
-    ) -> Result<Claim>;
-}
-
-#[async_trait]
-impl<T: Inbox + ?Sized> Inbox for Arc<T> {
-    async fn claim(
-        &self,
-        key: &IdempotencyKey,
-        tombstone: Option<&IdempotencyKey>,
-    ) -> Result<Claim> {
-        (**self).claim(key, tombstone).await
-    }
-}
-
-/// What [`Inbox::claim`] found.
-pub enum Claim {
-    /// The key was processed: answer with this outcome, do not run the handler.
-    Recorded(ReplyOutcome),
-    /// The key is now held by this handling: run the handler, then settle the claim.
-    Claimed(Box<dyn InboxClaim>),
-}
-
-impl std::fmt::Debug for Claim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Recorded(outcome) => f.debug_tuple("Recorded").field(outcome).finish(),
-            Self::Claimed(_) => f.write_str("Claimed"),
-        }
-    }
-}
-
-/// A held claim on a key; dropping it releases the claim.
-#[async_trait]
-pub trait InboxClaim: Send {
-    /// Records `outcome` (a success or a business failure) under the key,
-    /// releases the claim, and returns the recorded outcome.
-    async fn record(self: Box<Self>, outcome: &ReplyOutcome) -> Result<ReplyOutcome>;
-
-    /// Releases the claim without recording anything (nothing happened).
-    async fn release(self: Box<Self>) -> Result<()>;
-}
-
-/// The refusal a compensation records under its step's invoke key.
-#[must_use]
-pub fn compensated_refusal() -> ReplyOutcome {
-    ReplyOutcome::Failure(StepError::business(
-        "refused: the step was compensated before this command ran",
-    ))
-}
 
 /// What a handler knows about the command it handles.
 #[derive(Clone, Debug)]
@@ -147,42 +77,47 @@ impl CommandContext {
     }
 }
 
-/// Builds a [`Participant`].
-#[must_use]
-pub struct ParticipantBuilder {
-    endpoint: String,
+/// Type state of a [`ParticipantBuilder`] whose handlers take no shared state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoState;
+
+/// Type state of a [`ParticipantBuilder`] whose handlers get a clone of `S`.
+#[derive(Clone, Debug)]
+pub struct WithState<S>(S);
+
+/// Builds a [`Participant`]; returned by [`Participant::builder`].
+#[must_use = "a participant does nothing until it is built and run"]
+pub struct ParticipantBuilder<S = NoState> {
+    state: S,
+    endpoint: Option<String>,
     handlers: HashMap<String, Handler>,
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
+    problems: Vec<String>,
 }
 
-impl ParticipantBuilder {
-    /// Handles command `C` with `handler`.
-    pub fn on<C, F, Fut>(mut self, handler: F) -> Self
-    where
-        C: Command,
-        F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<C::Reply, StepError>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        self.handlers.insert(
-            C::NAME.to_owned(),
-            Arc::new(move |payload: Value, ctx: CommandContext| {
-                let handler = Arc::clone(&handler);
-                Box::pin(async move {
-                    let command: C = serde_json::from_value(payload).map_err(|e| {
-                        StepError::business(format!("command `{}` does not decode: {e}", C::NAME))
-                    })?;
-                    let reply = handler(command, ctx).await?;
-                    serde_json::to_value(reply)
-                        .map_err(|e| StepError::unknown(format!("reply does not encode: {e}")))
-                })
-            }),
-        );
+impl<S> ParticipantBuilder<S> {
+    fn add<C: Command>(mut self, handler: Handler) -> Self {
+        match &self.endpoint {
+            None => self.endpoint = Some(C::ENDPOINT.to_owned()),
+            Some(endpoint) if endpoint != C::ENDPOINT => self.problems.push(format!(
+                "command `{}` goes to endpoint `{}`, but this participant serves `{endpoint}` \
+                 (its first command's): give it a participant of its own",
+                C::NAME,
+                C::ENDPOINT
+            )),
+            Some(_) => {}
+        }
+        if self.handlers.insert(C::NAME.to_owned(), handler).is_some() {
+            self.problems
+                .push(format!("command `{}` has two handlers", C::NAME));
+        }
         self
     }
 
-    /// Deduplicates through `inbox` around every handler call.
+    /// Deduplicates through `inbox` around every handler call (see the
+    /// [module docs](self); a handler with a database transaction of its own
+    /// is better served by an inbox inside that transaction).
     pub fn inbox(mut self, inbox: impl Inbox) -> Self {
         self.inbox = Some(Arc::new(inbox));
         self
@@ -194,18 +129,109 @@ impl ParticipantBuilder {
         self
     }
 
-    /// Finishes the participant.
-    pub fn build(self) -> Participant {
-        Participant {
-            inner: Arc::new(self),
+    /// Finishes the participant. It serves the endpoint of its commands
+    /// ([`Command::ENDPOINT`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParticipant`] when it has no handler, or commands of
+    /// different endpoints, or two handlers for one command.
+    pub fn build(self) -> Result<Participant> {
+        let Some(endpoint) = self.endpoint else {
+            return Err(Error::InvalidParticipant(
+                "a participant needs at least one handler (`.on(..)`)".to_owned(),
+            ));
+        };
+        if !self.problems.is_empty() {
+            return Err(Error::InvalidParticipant(format!(
+                "participant `{endpoint}`: {}",
+                self.problems.join("; ")
+            )));
+        }
+        Ok(Participant {
+            inner: Arc::new(Inner {
+                endpoint,
+                handlers: self.handlers,
+                inbox: self.inbox,
+                concurrency: self.concurrency,
+            }),
+        })
+    }
+}
+
+fn erase<C, Fut>(handler: impl Fn(C, CommandContext) -> Fut + Send + Sync + 'static) -> Handler
+where
+    C: Command,
+    Fut: Future<Output = Result<C::Reply, StepError>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |payload: Value, ctx: CommandContext| {
+        let handler = Arc::clone(&handler);
+        Box::pin(async move {
+            let command: C = serde_json::from_value(payload).map_err(|e| {
+                StepError::business(format!("command `{}` does not decode: {e}", C::NAME))
+            })?;
+            let reply = handler(command, ctx).await?;
+            serde_json::to_value(reply)
+                .map_err(|e| StepError::unknown(format!("reply does not encode: {e}")))
+        })
+    })
+}
+
+impl ParticipantBuilder<NoState> {
+    /// Handles command `C` with `handler`.
+    pub fn on<C, F, Fut>(self, handler: F) -> Self
+    where
+        C: Command,
+        F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Reply, StepError>> + Send + 'static,
+    {
+        self.add::<C>(erase(handler))
+    }
+
+    /// Gives every handler registered from here on a clone of `state` as its
+    /// third argument (a database pool, a client, a config): handlers need not
+    /// clone what they capture.
+    pub fn state<S: Clone + Send + Sync + 'static>(
+        self,
+        state: S,
+    ) -> ParticipantBuilder<WithState<S>> {
+        ParticipantBuilder {
+            state: WithState(state),
+            endpoint: self.endpoint,
+            handlers: self.handlers,
+            inbox: self.inbox,
+            concurrency: self.concurrency,
+            problems: self.problems,
         }
     }
+}
+
+impl<S: Clone + Send + Sync + 'static> ParticipantBuilder<WithState<S>> {
+    /// Handles command `C` with `handler`, which gets a clone of the state.
+    pub fn on<C, F, Fut>(self, handler: F) -> Self
+    where
+        C: Command,
+        F: Fn(C, CommandContext, S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Reply, StepError>> + Send + 'static,
+    {
+        let state = self.state.0.clone();
+        self.add::<C>(erase(move |command: C, ctx| {
+            handler(command, ctx, state.clone())
+        }))
+    }
+}
+
+struct Inner {
+    endpoint: String,
+    handlers: HashMap<String, Handler>,
+    inbox: Option<Arc<dyn Inbox>>,
+    concurrency: usize,
 }
 
 /// A service endpoint that handles saga commands. Cheap to clone.
 #[derive(Clone)]
 pub struct Participant {
-    inner: Arc<ParticipantBuilder>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Participant {
@@ -220,13 +246,15 @@ impl std::fmt::Debug for Participant {
 }
 
 impl Participant {
-    /// A participant serving `endpoint` (the queue commands are sent to).
-    pub fn builder(endpoint: impl Into<String>) -> ParticipantBuilder {
+    /// A participant; it serves the endpoint of the commands it handles.
+    pub fn builder() -> ParticipantBuilder {
         ParticipantBuilder {
-            endpoint: endpoint.into(),
+            state: NoState,
+            endpoint: None,
             handlers: HashMap::new(),
             inbox: None,
             concurrency: 16,
+            problems: Vec::new(),
         }
     }
 
@@ -293,6 +321,13 @@ impl Participant {
         Ok(command.reply(outcome))
     }
 
+    /// Serves the endpoint over `transport` in a task of its own until the
+    /// returned handle is shut down (see [`Running`]).
+    pub fn spawn(&self, transport: impl Transport) -> Running {
+        let participant = self.clone();
+        Running::spawn(move |stop| async move { participant.run(transport, stop).await })
+    }
+
     /// Consumes the endpoint's queue until `shutdown` resolves, then finishes
     /// the commands in hand. A transient failure to subscribe (the broker is
     /// restarting) is retried with backoff.
@@ -301,9 +336,10 @@ impl Participant {
     /// When the subscription cannot be opened for a reason that is not transient.
     pub async fn run(
         &self,
-        transport: Arc<dyn Transport>,
+        transport: impl Transport,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        let transport: Arc<dyn Transport> = Arc::new(transport);
         tokio::pin!(shutdown);
         let endpoint = &self.inner.endpoint;
         let subscribed = crate::transport::subscribe_with_retry(

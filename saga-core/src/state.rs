@@ -78,6 +78,7 @@ impl FromStr for SagaStatus {
 /// The state of one step of an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StepStatus {
     /// Not reached yet.
     Pending,
@@ -112,6 +113,7 @@ impl StepStatus {
 /// What the current step is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Waiting {
     /// A reply to the attempt that was dispatched; `next_wake_at` is its timeout.
     Reply,
@@ -260,6 +262,7 @@ impl SagaInstance {
 /// What happened, in one entry of a saga's audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LogEvent {
     /// The saga was created.
     SagaStarted,

@@ -56,7 +56,13 @@ impl DefinitionKey {
 }
 
 /// A filter for operator listings.
+///
+/// ```
+/// # use saga_core::{SagaStatus, adapter::SagaQuery};
+/// let failed = SagaQuery::new().status(SagaStatus::Failed).limit(20);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SagaQuery {
     /// Only sagas in this status.
     pub status: Option<SagaStatus>,
@@ -80,6 +86,40 @@ impl Default for SagaQuery {
 }
 
 impl SagaQuery {
+    /// Every saga, newest first, at most 100.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only sagas in `status`.
+    #[must_use]
+    pub fn status(mut self, status: SagaStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only sagas of type `saga_type`.
+    #[must_use]
+    pub fn saga_type(mut self, saga_type: impl Into<String>) -> Self {
+        self.saga_type = Some(saga_type.into());
+        self
+    }
+
+    /// Only sagas last changed before `at`.
+    #[must_use]
+    pub fn updated_before(mut self, at: DateTime<Utc>) -> Self {
+        self.updated_before = Some(at);
+        self
+    }
+
+    /// At most `limit` sagas.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
     /// Whether `instance` matches the filter (for stores that filter in memory).
     #[must_use]
     pub fn matches(&self, instance: &SagaInstance) -> bool {

@@ -67,21 +67,35 @@ where
     Fut: std::future::Future<Output = crate::Result<Subscription<T>>>,
 {
     tokio::pin!(shutdown);
-    let mut delay = std::time::Duration::from_millis(100);
+    let mut delays = reconnect_backoff();
     loop {
         match subscribe().await {
             Ok(subscription) => return Ok(Some(subscription)),
             Err(e) if e.is_transient() => {
+                let delay = delays.next().unwrap_or(RECONNECT_MAX);
                 tracing::warn!(queue = what, error = %e, ?delay, "cannot consume yet; retrying");
                 tokio::select! {
                     () = &mut shutdown => return Ok(None),
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The in-process backoff of the engine's and participants' loops: 100 ms
+/// doubling to 5 s, with jitter, without end.
+pub(crate) fn reconnect_backoff() -> backon::ExponentialBackoff {
+    backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_delay(RECONNECT_MAX)
+            .with_jitter()
+            .without_max_times(),
+    )
 }
 
 /// A stream of deliveries from one queue; dropping it stops consuming, and

@@ -21,7 +21,7 @@ async fn undecodable_messages_are_dead_lettered_and_the_queue_keeps_flowing() {
     let transport = InMemoryTransport::new();
     let mut sub = transport.consume_commands("poison").await.expect("consume");
     transport.publish_raw("poison", b"{not json".to_vec());
-    let command: saga_core::CommandMessage = serde_json::from_value(serde_json::json!({
+    let command: saga_core::adapter::CommandMessage = serde_json::from_value(serde_json::json!({
         "message_id": "m1", "idempotency_key": "k", "saga_id": "01890a5d-ac96-774b-bcce-b302099a8057",
         "saga_type": "t", "step": 0, "step_name": "s", "direction": "invoke", "attempt": 1,
         "endpoint": "poison", "command": "c", "payload": null, "reply_to": "r"
@@ -47,7 +47,7 @@ async fn a_message_past_its_delivery_limit_is_dead_lettered() {
         .consume_commands("limited")
         .await
         .expect("consume");
-    let command: saga_core::CommandMessage = serde_json::from_value(serde_json::json!({
+    let command: saga_core::adapter::CommandMessage = serde_json::from_value(serde_json::json!({
         "message_id": "m1", "idempotency_key": "k", "saga_id": "01890a5d-ac96-774b-bcce-b302099a8057",
         "saga_type": "t", "step": 0, "step_name": "s", "direction": "invoke", "attempt": 1,
         "endpoint": "limited", "command": "c", "payload": null, "reply_to": "r"

@@ -27,6 +27,7 @@ struct Book {
 }
 impl Command for Book {
     const NAME: &'static str = "book";
+    const ENDPOINT: &'static str = "travel";
     type Reply = String;
 }
 
@@ -36,6 +37,16 @@ struct Undo {
 }
 impl Command for Undo {
     const NAME: &'static str = "undo";
+    const ENDPOINT: &'static str = "travel";
+    type Reply = ();
+}
+
+/// A command nobody serves.
+#[derive(Serialize, Deserialize)]
+struct Unanswered;
+impl Command for Unanswered {
+    const NAME: &'static str = "unanswered";
+    const ENDPOINT: &'static str = "nobody_listens";
     type Reply = ();
 }
 
@@ -55,25 +66,29 @@ fn undo(step: &'static str) -> impl Fn(&Trip) -> Undo + Send + Sync + 'static {
 fn trip() -> Saga<Trip> {
     Saga::<Trip>::builder("trip")
         .default_timeout(Duration::from_millis(300))
-        .step("flight")
-        .invoke("travel", book("flight"))
-        .on_reply(|t, r| t.refs.push(r))
-        .compensate("travel", undo("flight"))
-        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
-        .step("hotel")
-        .invoke("travel", book("hotel"))
-        .on_reply(|t, r| t.refs.push(r))
-        .compensate("travel", undo("hotel"))
-        .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
-        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(3))
-        .step("car")
-        .invoke("travel", book("car"))
-        .on_reply(|t, r| t.refs.push(r))
-        .compensate("travel", undo("car"))
-        .step("pay")
-        .invoke("travel", book("pay"))
-        .pivot()
-        .retry(RetryPolicy::fixed(Duration::from_millis(20)).unlimited())
+        .step("flight", |step| {
+            step.invoke(book("flight"))
+                .on_reply(|t, r| t.refs.push(r))
+                .compensate(undo("flight"))
+                .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+        })
+        .step("hotel", |step| {
+            step.invoke(book("hotel"))
+                .on_reply(|t, r| t.refs.push(r))
+                .compensate(undo("hotel"))
+                .retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(5))
+                .compensation_retry(RetryPolicy::fixed(Duration::from_millis(20)).max_attempts(3))
+        })
+        .step("car", |step| {
+            step.invoke(book("car"))
+                .on_reply(|t, r| t.refs.push(r))
+                .compensate(undo("car"))
+        })
+        .step("pay", |step| {
+            step.invoke(book("pay"))
+                .pivot()
+                .retry(RetryPolicy::fixed(Duration::from_millis(20)).unlimited())
+        })
         .build()
         .expect("valid")
 }
@@ -96,7 +111,7 @@ impl Journal {
 
 fn travel(journal: Journal) -> Participant {
     let j1 = journal.clone();
-    Participant::builder("travel")
+    Participant::builder()
         .inbox(InMemoryInbox::new())
         .on(move |cmd: Book, ctx| {
             let journal = j1.clone();
@@ -122,6 +137,7 @@ fn travel(journal: Journal) -> Participant {
             }
         })
         .build()
+        .expect("valid participant")
 }
 
 struct Stack {
@@ -286,7 +302,7 @@ async fn starting_twice_with_the_same_key_returns_the_first_saga() {
         .start_with(
             &trip(),
             Trip::default(),
-            StartOptions::idempotency_key("order-7"),
+            StartOptions::new().idempotency_key("order-7"),
         )
         .await
         .expect("start");
@@ -295,7 +311,7 @@ async fn starting_twice_with_the_same_key_returns_the_first_saga() {
         .start_with(
             &trip(),
             Trip::default(),
-            StartOptions::idempotency_key("order-7"),
+            StartOptions::new().idempotency_key("order-7"),
         )
         .await
         .expect("start again");
@@ -424,10 +440,7 @@ async fn an_operator_retries_a_saga_whose_compensation_failed() {
     );
     let listed = stack
         .engine
-        .list(&saga_core::store::SagaQuery {
-            status: Some(SagaStatus::Failed),
-            ..Default::default()
-        })
+        .list(&saga_core::adapter::SagaQuery::new().status(SagaStatus::Failed))
         .await
         .expect("list");
     assert_eq!(listed.len(), 1, "a failed saga shows up for operators");
@@ -482,17 +495,19 @@ async fn local_steps_run_in_the_engine() {
         n: i64,
     }
     let saga = Saga::<Calc>::builder("calc")
-        .step("double")
-        .local(|c: Calc, _| async move { Ok(c.n * 2) })
-        .on_reply(|c, n| c.n = n)
-        .compensate_local(|_c: Calc, _| async { Ok(()) })
-        .step("check")
-        .local(|c: Calc, _| async move {
-            if c.n > 100 {
-                Err(StepError::business("too big"))
-            } else {
-                Ok(())
-            }
+        .step("double", |step| {
+            step.local(|c: Calc, _| async move { Ok(c.n * 2) })
+                .on_reply(|c, n| c.n = n)
+                .compensate_local(|_c: Calc, _| async { Ok(()) })
+        })
+        .step("check", |step| {
+            step.local(|c: Calc, _| async move {
+                if c.n > 100 {
+                    Err(StepError::business("too big"))
+                } else {
+                    Ok(())
+                }
+            })
         })
         .build()
         .expect("valid");
@@ -521,9 +536,10 @@ async fn local_steps_run_in_the_engine() {
 #[tokio::test]
 async fn a_command_without_a_handler_is_dead_lettered() {
     let transport = InMemoryTransport::new();
-    let participant = Participant::builder("travel")
+    let participant = Participant::builder()
         .on(|_: Undo, _| async { Ok(()) })
-        .build();
+        .build()
+        .expect("valid participant");
     let (stop, rx) = watch::channel(false);
     let runner = {
         let transport: Arc<dyn Transport> = Arc::new(transport.clone());
@@ -566,7 +582,9 @@ async fn a_reply_naming_the_wrong_step_is_refused() {
     let command = sub.next().await.expect("command");
     let mut reply = command
         .message
-        .reply(saga_core::ReplyOutcome::Success(serde_json::json!("x")));
+        .reply(saga_core::adapter::ReplyOutcome::Success(
+            serde_json::json!("x"),
+        ));
     reply.step_name = "not-a-step".into();
     let err = stack.engine.handle_reply(reply).await.expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Invalid);
@@ -577,12 +595,12 @@ async fn a_reply_naming_the_wrong_step_is_refused() {
 async fn the_deadline_compensates_a_stalled_saga() {
     let saga = Saga::<Trip>::builder("deadline")
         .deadline(Duration::from_millis(200))
-        .step("flight")
-        .invoke("travel", book("flight"))
-        .compensate("travel", undo("flight"))
-        .step("hotel")
-        .invoke("nobody_listens", book("hotel"))
-        .read_only()
+        .step("flight", |step| {
+            step.invoke(book("flight")).compensate(undo("flight"))
+        })
+        .step("hotel", |step| {
+            step.invoke(|_: &Trip| Unanswered).read_only()
+        })
         .build()
         .expect("valid");
     let mut stack = Stack::new();
@@ -638,22 +656,26 @@ struct FlakySubscribe {
 
 #[async_trait::async_trait]
 impl Transport for FlakySubscribe {
-    async fn send_command(&self, command: &saga_core::CommandMessage) -> saga_core::Result<()> {
+    async fn send_command(
+        &self,
+        command: &saga_core::adapter::CommandMessage,
+    ) -> saga_core::Result<()> {
         self.inner.send_command(command).await
     }
-    async fn send_reply(&self, reply: &saga_core::ReplyMessage) -> saga_core::Result<()> {
+    async fn send_reply(&self, reply: &saga_core::adapter::ReplyMessage) -> saga_core::Result<()> {
         self.inner.send_reply(reply).await
     }
     async fn consume_commands(
         &self,
         endpoint: &str,
-    ) -> saga_core::Result<saga_core::transport::Subscription<saga_core::CommandMessage>> {
+    ) -> saga_core::Result<saga_core::adapter::Subscription<saga_core::adapter::CommandMessage>>
+    {
         self.inner.consume_commands(endpoint).await
     }
     async fn consume_replies(
         &self,
         queue: &str,
-    ) -> saga_core::Result<saga_core::transport::Subscription<saga_core::ReplyMessage>> {
+    ) -> saga_core::Result<saga_core::adapter::Subscription<saga_core::adapter::ReplyMessage>> {
         if self.failures_left.load(Ordering::SeqCst) > 0 {
             self.failures_left.fetch_sub(1, Ordering::SeqCst);
             return Err(saga_core::Error::backend(

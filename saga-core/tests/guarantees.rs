@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use saga_core::adapter::{
+    CommandMessage, Created, DefinitionKey, ReplyMessage, SagaQuery, Subscription,
+};
 use saga_core::clock::{Clock, TokioClock};
 use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
-use saga_core::store::{Created, DefinitionKey, SagaQuery};
-use saga_core::transport::Subscription;
 use saga_core::{
-    Command, CommandMessage, Direction, Engine, EngineConfig, Error, ErrorKind, LogEntry, LogEvent,
-    Participant, ReplyMessage, RetryPolicy, Saga, SagaId, SagaInstance, SagaStatus, SagaStore,
-    StepError, Transport,
+    Command, Direction, Engine, EngineConfig, Error, ErrorKind, LogEntry, LogEvent, Participant,
+    RetryPolicy, Saga, SagaId, SagaInstance, SagaStatus, SagaStore, StepError, Transport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -33,29 +33,41 @@ struct Trip {
     refs: Vec<String>,
 }
 
+/// The tests' participants, by endpoint.
+const ENDPOINTS: [&str; 5] = ["travel", "hotels", "payment", "orders", "shop"];
+const TRAVEL: usize = 0;
+const HOTELS: usize = 1;
+const PAYMENT: usize = 2;
+const ORDERS: usize = 3;
+const SHOP: usize = 4;
+
+/// Books `what` at participant `E` of [`ENDPOINTS`].
 #[derive(Serialize, Deserialize)]
-struct Book {
+struct Book<const E: usize> {
     what: String,
 }
-impl Command for Book {
+impl<const E: usize> Command for Book<E> {
     const NAME: &'static str = "book";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = String;
 }
 
+/// Undoes the booking of `what` at participant `E`.
 #[derive(Serialize, Deserialize)]
-struct Undo {
+struct Undo<const E: usize> {
     what: String,
 }
-impl Command for Undo {
+impl<const E: usize> Command for Undo<E> {
     const NAME: &'static str = "undo";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = ();
 }
 
-fn book(what: &'static str) -> impl Fn(&Trip) -> Book + Send + Sync + 'static {
+fn book<const E: usize>(what: &'static str) -> impl Fn(&Trip) -> Book<E> + Send + Sync + 'static {
     move |_| Book { what: what.into() }
 }
 
-fn undo(what: &'static str) -> impl Fn(&Trip) -> Undo + Send + Sync + 'static {
+fn undo<const E: usize>(what: &'static str) -> impl Fn(&Trip) -> Undo<E> + Send + Sync + 'static {
     move |_| Undo { what: what.into() }
 }
 
@@ -79,14 +91,14 @@ impl Journal {
     }
 }
 
-/// A participant at `endpoint` that books and undoes into `journal`; an undo
-/// undoes only what was booked. `work` is how long a booking takes.
-fn bookings(endpoint: &str, journal: &Journal, work: Duration) -> Participant {
+/// A participant at endpoint `E` that books and undoes into `journal`; an
+/// undo undoes only what was booked. `work` is how long a booking takes.
+fn bookings<const E: usize>(journal: &Journal, work: Duration) -> Participant {
     let booked = journal.clone();
     let undone = journal.clone();
-    Participant::builder(endpoint)
+    Participant::builder()
         .inbox(InMemoryInbox::new())
-        .on(move |cmd: Book, ctx| {
+        .on(move |cmd: Book<E>, ctx| {
             let journal = booked.clone();
             async move {
                 tokio::time::sleep(work).await;
@@ -94,7 +106,7 @@ fn bookings(endpoint: &str, journal: &Journal, work: Duration) -> Participant {
                 Ok(format!("{}-ref", cmd.what))
             }
         })
-        .on(move |cmd: Undo, ctx| {
+        .on(move |cmd: Undo<E>, ctx| {
             let journal = undone.clone();
             async move {
                 let booked = journal
@@ -107,6 +119,7 @@ fn bookings(endpoint: &str, journal: &Journal, work: Duration) -> Participant {
             }
         })
         .build()
+        .expect("valid participant")
 }
 
 // ---- a running stack --------------------------------------------------------
@@ -161,7 +174,7 @@ fn engine_on(store: &dyn ArcStore, transport: impl Transport, saga: &Saga<Trip>)
     let mut config = EngineConfig::default();
     config.poll_interval = Duration::from_millis(10);
     config.hand_back_delay = Duration::from_millis(20);
-    Engine::builder_arc(store.arc(), Arc::new(transport))
+    Engine::builder(store.arc(), transport)
         .register(saga)
         .clock(Arc::new(TokioClock::new()))
         .config(config)
@@ -222,9 +235,9 @@ mod inbox_claims {
     fn held(journal: &Journal, started: Arc<Notify>, release: Arc<Notify>) -> Participant {
         let booked = journal.clone();
         let undone = journal.clone();
-        Participant::builder("hotels")
+        Participant::builder()
             .inbox(InMemoryInbox::new())
-            .on(move |cmd: Book, ctx| {
+            .on(move |cmd: Book<HOTELS>, ctx| {
                 let (journal, started, release) =
                     (booked.clone(), Arc::clone(&started), Arc::clone(&release));
                 async move {
@@ -234,7 +247,7 @@ mod inbox_claims {
                     Ok("ref".to_owned())
                 }
             })
-            .on(move |cmd: Undo, ctx| {
+            .on(move |cmd: Undo<HOTELS>, ctx| {
                 let journal = undone.clone();
                 async move {
                     if journal
@@ -247,6 +260,7 @@ mod inbox_claims {
                 }
             })
             .build()
+            .expect("valid participant")
     }
 
     #[tokio::test]
@@ -275,7 +289,13 @@ mod inbox_claims {
             "the duplicate waits for the first copy"
         );
         release.notify_one();
-        let (first, second) = (first.await, second.await);
+        // Had the duplicate run its own handler, it would wait for a release
+        // that never comes.
+        let (first, second) = tokio::time::timeout(Duration::from_secs(10), async {
+            (first.await, second.await)
+        })
+        .await
+        .expect("the duplicate was answered from the first copy's record");
         let first = first.expect("task").expect("handled");
         let second = second.expect("task").expect("handled");
         assert_eq!(first.outcome, second.outcome);
@@ -324,7 +344,7 @@ mod inbox_claims {
     #[tokio::test]
     async fn an_invoke_after_its_compensation_is_refused() {
         let journal = Journal::default();
-        let hotels = bookings("hotels", &journal, Duration::ZERO);
+        let hotels = bookings::<HOTELS>(&journal, Duration::ZERO);
         let saga = SagaId::new();
         let undo = command(saga, "hotel", Direction::Compensate, "hotel");
         hotels.handle(&undo, 1).await.expect("compensated");
@@ -339,10 +359,11 @@ mod inbox_claims {
     async fn a_handler_slower_than_its_step_timeout_takes_effect_once() {
         let saga = Saga::<Trip>::builder("trip")
             .default_timeout(Duration::from_millis(100))
-            .step("hotel")
-            .invoke("hotels", book("hotel"))
-            .compensate("hotels", undo("hotel"))
-            .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(10))
+            .step("hotel", |step| {
+                step.invoke(book::<HOTELS>("hotel"))
+                    .compensate(undo::<HOTELS>("hotel"))
+                    .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(10))
+            })
             .build()
             .expect("valid");
         let journal = Journal::default();
@@ -351,10 +372,12 @@ mod inbox_claims {
         let engine = engine_on(&store, transport.clone(), &saga);
         let mut stack = Stack::new(transport);
         stack.run_engine(&engine);
-        stack.serve(bookings("hotels", &journal, Duration::from_millis(450)));
+        stack.serve(bookings::<HOTELS>(&journal, Duration::from_millis(450)));
         let id = engine.start(&saga, Trip::default()).await.expect("start");
         let done = engine.wait(id, WAIT).await.expect("ends");
         assert_eq!(done.status, SagaStatus::Completed);
+        // The later attempts' copies may still be in their handler: let them end.
+        tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(journal.of(id), vec!["book hotel"]);
         let logs = engine.logs(id).await.expect("logs");
         assert!(events(&logs).contains(&LogEvent::StepTimedOut), "{logs:#?}");
@@ -376,12 +399,13 @@ mod late_copies {
         let saga = Saga::<Trip>::builder("checkout")
             .default_timeout(Duration::from_millis(100))
             .default_retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
-            .step("pay")
-            .invoke("payment", book("payment"))
-            .compensate("payment", undo("payment"))
-            .step("confirm")
-            .invoke("orders", book("order"))
-            .pivot()
+            .step("pay", |step| {
+                step.invoke(book::<PAYMENT>("payment"))
+                    .compensate(undo::<PAYMENT>("payment"))
+            })
+            .step("confirm", |step| {
+                step.invoke(book::<ORDERS>("order")).pivot()
+            })
             .build()
             .expect("valid");
         let journal = Journal::default();
@@ -390,13 +414,13 @@ mod late_copies {
         let engine = engine_on(&store, transport.clone(), &saga);
         let mut stack = Stack::new(transport);
         stack.run_engine(&engine);
-        stack.serve(bookings("payment", &journal, Duration::ZERO));
+        stack.serve(bookings::<PAYMENT>(&journal, Duration::ZERO));
         let id = engine.start(&saga, Trip::default()).await.expect("start");
         // The order service is down for ten times the step's whole budget.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let waiting = engine.get(id).await.expect("get").expect("exists");
         assert_eq!(waiting.status, SagaStatus::Running, "{waiting:?}");
-        stack.serve(bookings("orders", &journal, Duration::ZERO));
+        stack.serve(bookings::<ORDERS>(&journal, Duration::ZERO));
         let done = engine.wait(id, WAIT).await.expect("ends");
         assert_eq!(done.status, SagaStatus::Completed);
         assert_eq!(journal.of(id), vec!["book payment", "book order"]);
@@ -406,11 +430,11 @@ mod late_copies {
     #[test]
     fn the_builder_refuses_a_step_whose_late_copy_nothing_could_refuse() {
         let old_checkout = Saga::<Trip>::builder("checkout")
-            .step("pay")
-            .invoke("payment", book("payment"))
-            .compensate("payment", undo("payment"))
-            .step("confirm")
-            .invoke("orders", book("order"))
+            .step("pay", |step| {
+                step.invoke(book::<PAYMENT>("payment"))
+                    .compensate(undo::<PAYMENT>("payment"))
+            })
+            .step("confirm", |step| step.invoke(book::<ORDERS>("order")))
             .build();
         let Err(Error::InvalidDefinition { reason, .. }) = old_checkout else {
             panic!("the old checkout shape must be refused");
@@ -428,21 +452,17 @@ mod operator_retry {
     async fn fix_the_cause_then_retry_executes_the_step_again() {
         let saga = Saga::<Trip>::builder("ship")
             .default_timeout(Duration::from_millis(100))
-            .step("pay")
-            .invoke("shop", book("pay"))
-            .pivot()
-            .step("ship")
-            .invoke("shop", book("ship"))
-            .retriable()
+            .step("pay", |step| step.invoke(book::<SHOP>("pay")).pivot())
+            .step("ship", |step| step.invoke(book::<SHOP>("ship")).retriable())
             .build()
             .expect("valid");
         let journal = Journal::default();
         let address_fixed = Arc::new(AtomicBool::new(false));
         let shop = {
             let (journal, fixed) = (journal.clone(), Arc::clone(&address_fixed));
-            Participant::builder("shop")
+            Participant::builder()
                 .inbox(InMemoryInbox::new())
-                .on(move |cmd: Book, ctx| {
+                .on(move |cmd: Book<SHOP>, ctx| {
                     let (journal, fixed) = (journal.clone(), Arc::clone(&fixed));
                     async move {
                         if cmd.what == "ship" && !fixed.load(Ordering::SeqCst) {
@@ -453,6 +473,7 @@ mod operator_retry {
                     }
                 })
                 .build()
+                .expect("valid participant")
         };
         let transport = InMemoryTransport::new();
         let store = InMemoryStore::new();
@@ -565,12 +586,14 @@ mod replies_wait {
         Saga::<Trip>::builder("trip")
             .version(version)
             .default_timeout(Duration::from_secs(3_600))
-            .step("flight")
-            .invoke("travel", book("flight"))
-            .compensate("travel", undo("flight"))
-            .step("hotel")
-            .invoke("travel", book("hotel"))
-            .compensate("travel", undo("hotel"))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
+            .step("hotel", |step| {
+                step.invoke(book::<TRAVEL>("hotel"))
+                    .compensate(undo::<TRAVEL>("hotel"))
+            })
             .build()
             .expect("valid")
     }
@@ -590,7 +613,7 @@ mod replies_wait {
         // The participant answers while the orchestrator's database is down.
         store.down.store(true, Ordering::SeqCst);
         stack.run_engine(&engine);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         tokio::time::sleep(Duration::from_secs(75)).await;
         store.down.store(false, Ordering::SeqCst);
         for id in ids {
@@ -624,7 +647,7 @@ mod replies_wait {
         let mut stack = Stack::new(transport.clone());
         stack.run_engine(&old);
         stack.run_engine(&new);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         let mut ids = Vec::new();
         for _ in 0..10 {
             ids.push(new.start(&v2, Trip::default()).await.expect("start"));
@@ -700,12 +723,14 @@ mod lost_commands {
         Saga::<Trip>::builder("trip")
             .default_timeout(Duration::from_secs(3_600))
             .default_retry(RetryPolicy::none())
-            .step("flight")
-            .invoke("travel", book("flight"))
-            .compensate("travel", undo("flight"))
-            .step("hotel")
-            .invoke("travel", book("hotel"))
-            .compensate("travel", undo("hotel"))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
+            .step("hotel", |step| {
+                step.invoke(book::<TRAVEL>("hotel"))
+                    .compensate(undo::<TRAVEL>("hotel"))
+            })
             .build()
             .expect("valid")
     }
@@ -732,7 +757,7 @@ mod lost_commands {
         let engine = engine_on(&store, lossy.clone(), &saga);
         let mut stack = Stack::new(transport);
         stack.run_engine(&engine);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         let id = engine.start(&saga, Trip::default()).await.expect("start");
         let done = engine
             .wait(id, Duration::from_secs(60))
@@ -767,7 +792,7 @@ mod lost_commands {
         let restarted = engine_on(&store, transport.clone(), &saga);
         let mut stack = Stack::new(transport);
         stack.run_engine(&restarted);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         let done = restarted
             .wait(id, Duration::from_secs(60))
             .await
@@ -787,7 +812,7 @@ mod lost_commands {
         let engine = engine_on(&store, transport.clone(), &saga);
         let mut stack = Stack::new(transport);
         stack.run_engine(&engine);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         // The save that dispatches `hotel` commits, then the connection drops.
         store.lie_on_next_save.store(true, Ordering::SeqCst);
         let id = engine.start(&saga, Trip::default()).await.expect("start");
@@ -836,27 +861,28 @@ mod local_steps {
             let (running, most, keys) =
                 (Arc::clone(&running), Arc::clone(&most), Arc::clone(&keys));
             Saga::<Trip>::builder("slow")
-                .step("score")
-                .local(move |_t: Trip, ctx| {
-                    let (running, most, keys) =
-                        (Arc::clone(&running), Arc::clone(&most), Arc::clone(&keys));
-                    async move {
-                        keys.lock().expect("keys").push(ctx.idempotency_key.clone());
-                        let _running = Running::enter(&running, &most);
-                        // Slower than the timeout every time but the last.
-                        let slow = ctx.attempt < 3;
-                        tokio::time::sleep(if slow {
-                            Duration::from_secs(10)
-                        } else {
-                            Duration::from_millis(10)
-                        })
-                        .await;
-                        Ok(7u32)
-                    }
+                .step("score", |step| {
+                    step.local(move |_t: Trip, ctx| {
+                        let (running, most, keys) =
+                            (Arc::clone(&running), Arc::clone(&most), Arc::clone(&keys));
+                        async move {
+                            keys.lock().expect("keys").push(ctx.idempotency_key.clone());
+                            let _running = Running::enter(&running, &most);
+                            // Slower than the timeout every time but the last.
+                            let slow = ctx.attempt < 3;
+                            tokio::time::sleep(if slow {
+                                Duration::from_secs(10)
+                            } else {
+                                Duration::from_millis(10)
+                            })
+                            .await;
+                            Ok(7u32)
+                        }
+                    })
+                    .compensate_local(|_t: Trip, _| async { Ok(()) })
+                    .timeout(Duration::from_millis(500))
+                    .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(5))
                 })
-                .compensate_local(|_t: Trip, _| async { Ok(()) })
-                .timeout(Duration::from_millis(500))
-                .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(5))
                 .build()
                 .expect("valid")
         };
@@ -884,17 +910,18 @@ mod local_steps {
         let saga = {
             let finished = Arc::clone(&finished);
             Saga::<Trip>::builder("drain")
-                .step("work")
-                .local(move |_t: Trip, _| {
-                    let finished = Arc::clone(&finished);
-                    async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        finished.store(true, Ordering::SeqCst);
-                        Ok(())
-                    }
+                .step("work", |step| {
+                    step.local(move |_t: Trip, _| {
+                        let finished = Arc::clone(&finished);
+                        async move {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            finished.store(true, Ordering::SeqCst);
+                            Ok(())
+                        }
+                    })
+                    .compensate_local(|_t: Trip, _| async { Ok(()) })
+                    .timeout(Duration::from_secs(30))
                 })
-                .compensate_local(|_t: Trip, _| async { Ok(()) })
-                .timeout(Duration::from_secs(30))
                 .build()
                 .expect("valid")
         };
@@ -926,9 +953,10 @@ mod smaller {
     #[tokio::test(start_paused = true)]
     async fn a_duplicate_reply_to_a_finished_saga_writes_nothing() {
         let saga = Saga::<Trip>::builder("trip")
-            .step("flight")
-            .invoke("travel", book("flight"))
-            .compensate("travel", undo("flight"))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
             .build()
             .expect("valid");
         let journal = Journal::default();
@@ -937,7 +965,7 @@ mod smaller {
         let engine = engine_on(&store, transport.clone(), &saga);
         let mut stack = Stack::new(transport.clone());
         stack.run_engine(&engine);
-        stack.serve(bookings("travel", &journal, Duration::ZERO));
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         let id = engine.start(&saga, Trip::default()).await.expect("start");
         let done = engine.wait(id, WAIT).await.expect("ends");
         let logs = engine.logs(id).await.expect("logs");
@@ -953,7 +981,7 @@ mod smaller {
             direction: Direction::Invoke,
             attempt: first.attempt.unwrap_or(1),
             reply_to: Some("saga_replies".into()),
-            outcome: saga_core::ReplyOutcome::Success(serde_json::json!("flight-ref")),
+            outcome: saga_core::adapter::ReplyOutcome::Success(serde_json::json!("flight-ref")),
             headers: Default::default(),
         };
         for _ in 0..5 {

@@ -26,31 +26,31 @@ struct D {
 struct C;
 impl Command for C {
     const NAME: &'static str = "c";
+    const ENDPOINT: &'static str = "e";
     type Reply = Value;
 }
 
 fn saga() -> Saga<D> {
     Saga::<D>::builder("p")
         .deadline(Duration::from_secs(20))
-        .step("a")
-        .invoke("e", |_| C)
-        .compensate("e", |_| C)
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
-        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
-        .step("b")
-        .invoke("e", |_| C)
-        .read_only()
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
-        .step("c")
-        .invoke("e", |_| C)
-        .compensate("e", |_| C)
-        .on_unknown(saga_core::OnUnknown::Compensate)
-        .step("pivot")
-        .invoke("e", |_| C)
-        .pivot()
-        .step("d")
-        .invoke("e", |_| C)
-        .retriable()
+        .step("a", |step| {
+            step.invoke(|_| C)
+                .compensate(|_| C)
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
+                .compensation_retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
+        })
+        .step("b", |step| {
+            step.invoke(|_| C)
+                .read_only()
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+        })
+        .step("c", |step| {
+            step.invoke(|_| C)
+                .compensate(|_| C)
+                .on_unknown(saga_core::OnUnknown::Compensate)
+        })
+        .step("pivot", |step| step.invoke(|_| C).pivot())
+        .step("d", |step| step.invoke(|_| C).retriable())
         .build()
         .expect("valid")
 }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
 use saga_core::{
-    Cursor, Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
+    Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
+    adapter::Cursor,
 };
 use saga_postgres::{PgConfig, PgSagaStore};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};

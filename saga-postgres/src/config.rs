@@ -9,9 +9,10 @@ use crate::error::Error;
 
 /// How to connect to PostgreSQL: the URL and the pool's limits.
 ///
-/// Build it with [`PgConfig::new`] or from the environment with
-/// [`PgConfig::from_env`] (`DB_URL`...), adjust it with the setters, then
-/// [`connect`](PgConfig::connect). The defaults suit a service: a pool of 10
+/// Build it with [`PgConfig::new`], adjust it with the setters, then
+/// [`connect`](PgConfig::connect). The crate reads no environment variable:
+/// the application decides where the URL comes from (the checkout app's
+/// `--db-url`/`DB_URL`, say). The defaults suit a service: a pool of 10
 /// connections, 5 s to get a connection, no per-acquire ping (a connection idle
 /// for 60 s is checked before use), no statement logging.
 ///
@@ -55,9 +56,6 @@ impl fmt::Debug for PgConfig {
 }
 
 impl PgConfig {
-    /// The environment variable holding the database URL.
-    pub const URL_VAR: &'static str = "DB_URL";
-
     /// Defaults for `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -70,65 +68,6 @@ impl PgConfig {
             statement_timeout: None,
             application_name: "saga-postgres".to_owned(),
         }
-    }
-
-    /// Reads the configuration from the environment:
-    ///
-    /// | variable | meaning | default |
-    /// |---|---|---|
-    /// | `DB_URL` | the database URL | required |
-    /// | `DB_MAX_CONNECTIONS` | pool size | 10 |
-    /// | `DB_MIN_CONNECTIONS` | idle connections kept | 0 |
-    /// | `DB_ACQUIRE_TIMEOUT_MS` | wait for a connection | 5000 |
-    /// | `DB_STATEMENT_TIMEOUT_MS` | server statement timeout | none |
-    ///
-    /// # Errors
-    /// [`Error::Config`] when `DB_URL` is unset or a number does not parse.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// As [`from_env`](Self::from_env), reading variables through `lookup`
-    /// (a config file, a test map).
-    ///
-    /// # Errors
-    /// As [`from_env`](Self::from_env).
-    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let url = lookup(Self::URL_VAR)
-            .filter(|url| !url.trim().is_empty())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{} is not set; set it to the database URL, e.g. postgres://postgres@localhost:5432/orchestrator",
-                    Self::URL_VAR
-                ))
-            })?;
-        let number = |name: &str| -> Result<Option<u64>, Error> {
-            lookup(name)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|e| {
-                        Error::Config(format!("{name}=`{v}` is not a whole number: {e}"))
-                    })
-                })
-                .transpose()
-        };
-        let small = |name: &str, value: u64| {
-            u32::try_from(value).map_err(|_| Error::Config(format!("{name}={value} is too large")))
-        };
-        let mut config = Self::new(url.trim());
-        if let Some(n) = number("DB_MAX_CONNECTIONS")? {
-            config.max_connections = small("DB_MAX_CONNECTIONS", n)?;
-        }
-        if let Some(n) = number("DB_MIN_CONNECTIONS")? {
-            config.min_connections = small("DB_MIN_CONNECTIONS", n)?;
-        }
-        if let Some(ms) = number("DB_ACQUIRE_TIMEOUT_MS")? {
-            config.acquire_timeout = Duration::from_millis(ms);
-        }
-        if let Some(ms) = number("DB_STATEMENT_TIMEOUT_MS")? {
-            config.statement_timeout = Some(Duration::from_millis(ms));
-        }
-        config.validate()?;
-        Ok(config)
     }
 
     /// Sets the pool size.
@@ -274,39 +213,22 @@ mod tests {
     }
 
     #[test]
-    fn from_vars_reads_db_url_and_pool_settings() {
-        let vars = |name: &str| match name {
-            "DB_URL" => Some("postgresql://app@db/orders".to_owned()),
-            "DB_MAX_CONNECTIONS" => Some("32".to_owned()),
-            "DB_ACQUIRE_TIMEOUT_MS" => Some("250".to_owned()),
-            _ => None,
-        };
-        let config = PgConfig::from_vars(vars).expect("valid");
-        assert_eq!(config.max_connections, 32);
-        assert_eq!(config.acquire_timeout, Duration::from_millis(250));
+    fn the_url_scheme_and_pool_size_are_checked_before_connecting() {
+        let config = PgConfig::new("postgresql://app@db/orders").max_connections(32);
         assert_eq!(
             config.connect_options().get_url(),
             "postgres://app@db/orders"
         );
-    }
-
-    #[test]
-    fn from_vars_explains_what_is_missing_or_wrong() {
-        let missing = PgConfig::from_vars(|_| None).expect_err("DB_URL is required");
-        assert!(
-            missing.to_string().contains("DB_URL is not set"),
-            "{missing}"
-        );
-        let bad = PgConfig::from_vars(|name| match name {
-            "DB_URL" => Some("postgres://db/x".to_owned()),
-            "DB_MAX_CONNECTIONS" => Some("many".to_owned()),
-            _ => None,
-        })
-        .expect_err("not a number");
-        assert!(bad.to_string().contains("DB_MAX_CONNECTIONS"), "{bad}");
-        let scheme =
-            PgConfig::from_vars(|name| (name == "DB_URL").then(|| "mysql://db/x".to_owned()))
-                .expect_err("wrong scheme");
+        assert!(config.validate().is_ok());
+        let scheme = PgConfig::new("mysql://db/x")
+            .validate()
+            .expect_err("wrong scheme");
+        assert!(scheme.to_string().contains("postgres://"), "{scheme}");
         assert_eq!(scheme.kind(), saga_core::ErrorKind::Invalid);
+        let empty = PgConfig::new("postgres://db/x")
+            .max_connections(0)
+            .validate()
+            .expect_err("no connections");
+        assert!(empty.to_string().contains("max_connections"), "{empty}");
     }
 }

@@ -1,9 +1,8 @@
 //! Conversions between saga-core values and rows.
 
 use chrono::SecondsFormat;
-use saga_core::{
-    Cursor, Direction, LogEntry, SagaId, SagaInstance, SagaStatus, StepStatus, Waiting,
-};
+use saga_core::adapter::{Cursor, Waiting};
+use saga_core::{Direction, LogEntry, SagaId, SagaInstance, SagaStatus, StepStatus};
 use sea_orm::Value;
 use serde::Serialize;
 

@@ -16,7 +16,7 @@ pub enum Error {
     /// timed out. Retry with backoff.
     #[error(
         "PostgreSQL is unavailable{context}: {source} \
-         (check that the server is running and that DB_URL points at it)"
+         (check that the server is running and that the URL points at it)"
     )]
     Unavailable {
         /// Where it happened, e.g. ` at postgres://app@db:5432/orders` (password redacted).

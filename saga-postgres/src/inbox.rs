@@ -11,7 +11,7 @@
 //! # use sea_orm::{DatabaseConnection, TransactionTrait};
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserve { sku: String }
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserved { reservation: String }
-//! # impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//! # impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = Reserved; }
 //! use saga_postgres::inbox;
 //!
 //! async fn reserve(db: &DatabaseConnection, cmd: Reserve, ctx: CommandContext) -> Result<Reserved, StepError> {
@@ -46,10 +46,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use saga_core::participant::{Claim, InboxClaim};
-use saga_core::{
-    CommandContext, Direction, IdempotencyKey, ReplyOutcome, StepError, StepErrorKind,
-};
+use saga_core::adapter::{Claim, InboxClaim, ReplyOutcome};
+use saga_core::{CommandContext, Direction, IdempotencyKey, StepError, StepErrorKind};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait, Value,

@@ -12,9 +12,13 @@
 //!   a participant calls *inside its own business transaction* to handle each
 //!   command effectively once; [`inbox::PgInbox`] for handlers without one.
 //! - [`Migrator`] / [`migrate`]: the schema, owned by this crate.
-//! - [`PgConfig`]: the connection pool, from `DB_URL` and friends.
+//! - [`PgConfig`]: the connection pool (the crate reads no environment
+//!   variable: the application passes the URL).
 //!
 //! ## Quick start
+//!
+//! The library migrates its tables but does not create the database: create
+//! it once (`createdb orchestrator`, or your deployment's tooling), then:
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -25,43 +29,37 @@
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Reserve { sku: String }
-//! #[derive(Serialize, Deserialize)]
-//! struct Reserved { reservation: String }
-//! impl Command for Reserve { const NAME: &'static str = "reserve"; type Reply = Reserved; }
+//! impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = String; }
 //! #[derive(Serialize, Deserialize)]
 //! struct Release { reservation: Option<String> }
-//! impl Command for Release { const NAME: &'static str = "release"; type Reply = (); }
+//! impl Command for Release { const NAME: &'static str = "release"; const ENDPOINT: &'static str = "inventory"; type Reply = (); }
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct Order { sku: String, reservation: Option<String> }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // DB_URL=postgres://postgres@localhost:5432/orchestrator
-//! let db = PgConfig::from_env()?.connect().await?;
+//! let db = PgConfig::new("postgres://postgres@localhost:5432/orchestrator").connect().await?;
 //! saga_postgres::migrate(&db).await?; // idempotent; or run it at deployment
-//! let store = PgSagaStore::new(db.clone()).await?;
 //!
 //! let checkout = Saga::<Order>::builder("checkout")
-//!     .step("reserve")
-//!         .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
-//!         .on_reply(|o, r| o.reservation = Some(r.reservation))
-//!         .compensate("inventory", |o: &Order| Release { reservation: o.reservation.clone() })
-//!         .timeout(Duration::from_secs(10))
+//!     .step("reserve", |step| {
+//!         step.invoke(|o: &Order| Reserve { sku: o.sku.clone() })
+//!             .on_reply(|o, reservation| o.reservation = Some(reservation))
+//!             .compensate(|o: &Order| Release { reservation: o.reservation.clone() })
+//!             .timeout(Duration::from_secs(10))
+//!     })
 //!     .build()?;
 //! let transport = InMemoryTransport::new(); // saga-rabbitmq in production
+//! let store = PgSagaStore::new(db.clone()).await?;
 //! let engine = Engine::builder(store, transport.clone()).register(&checkout).build();
 //!
-//! let inventory = Participant::builder("inventory")
+//! let inventory = Participant::builder()
 //!     .inbox(PgInbox::new(db.clone()))
-//!     .on(|cmd: Reserve, _ctx| async move { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) })
+//!     .on(|cmd: Reserve, _ctx| async move { Ok(format!("r-{}", cmd.sku)) })
 //!     .on(|_cmd: Release, _ctx| async move { Ok(()) })
-//!     .build();
-//!
-//! let (stop, stopped) = tokio::sync::watch::channel(());
-//! let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move { let _ = rx.changed().await; };
-//! let runner = { let e = engine.clone(); let s = shutdown(stopped.clone()); tokio::spawn(async move { e.run(s).await }) };
-//! let serving = { let t = std::sync::Arc::new(transport); let s = shutdown(stopped); tokio::spawn(async move { inventory.run(t, s).await }) };
+//!     .build()?;
+//! let (running, serving) = (engine.spawn(), inventory.spawn(transport));
 //!
 //! let id = engine.start(&checkout, Order { sku: "book".into(), reservation: None }).await?;
 //! assert_eq!(engine.wait(id, Duration::from_secs(10)).await?.status, SagaStatus::Completed);
@@ -69,9 +67,8 @@
 //!     println!("{:>3} {:<24} {:?}", entry.seq, entry.event, entry.step);
 //! }
 //!
-//! drop(stop);
-//! runner.await??;
-//! serving.await??;
+//! serving.shutdown().await?;
+//! running.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -130,9 +127,10 @@
 //!
 //! ## Configuration
 //!
-//! [`PgConfig::from_env`] reads `DB_URL` (required), `DB_MAX_CONNECTIONS`
-//! (10), `DB_MIN_CONNECTIONS` (0), `DB_ACQUIRE_TIMEOUT_MS` (5000) and
-//! `DB_STATEMENT_TIMEOUT_MS`. The store holds one pool connection for LISTEN.
+//! [`PgConfig::new`] takes the URL; its setters the pool size (10),
+//! idle connections (0), acquire timeout (5 s) and statement timeout (none).
+//! The store holds one pool connection for LISTEN. The crate reads no
+//! environment variable.
 //!
 //! ## Errors
 //!

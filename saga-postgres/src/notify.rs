@@ -44,12 +44,23 @@ fn conn_err(e: sea_orm::sqlx::Error) -> Error {
     )))
 }
 
+/// 100 ms doubling to 5 s, with jitter, without end.
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times(),
+    )
+}
+
 async fn forward(mut listener: PgListener, tx: broadcast::Sender<SagaId>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = reconnect_backoff();
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                backoff = Duration::from_millis(100);
+                delays = reconnect_backoff();
                 match notification.payload().parse::<SagaId>() {
                     // No receiver is not an error: nobody is waiting.
                     Ok(id) => drop(tx.send(id)),
@@ -68,9 +79,9 @@ async fn forward(mut listener: PgListener, tx: broadcast::Sender<SagaId>) {
                 return;
             }
             Err(e) => {
+                let backoff = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e, retry_in = ?backoff, "LISTEN connection failed; waiters fall back to polling");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

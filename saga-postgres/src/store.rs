@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use saga_core::store::{Created, DefinitionKey, SagaQuery};
+use saga_core::adapter::{Created, DefinitionKey, SagaQuery};
 use saga_core::{LogEntry, SagaId, SagaInstance, SagaStore};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -184,7 +184,7 @@ impl PgSagaStore {
         })
     }
 
-    /// Connects with `config` (see [`PgConfig::from_env`]) and builds a store.
+    /// Connects with `config` and builds a store.
     ///
     /// # Errors
     /// As [`PgConfig::connect`] and [`new`](Self::new).

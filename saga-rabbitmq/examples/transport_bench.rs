@@ -32,8 +32,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use saga_core::transport::Transport;
-use saga_core::{CommandMessage, Direction, IdempotencyKey, ReplyOutcome, SagaId};
+use saga_core::adapter::Transport;
+use saga_core::adapter::{CommandMessage, ReplyOutcome};
+use saga_core::{Direction, IdempotencyKey, SagaId};
 use saga_rabbitmq::{Config, QueueType, RabbitTransport};
 use tokio::sync::oneshot;
 
@@ -332,11 +333,13 @@ async fn delete_queues(url: &str, queues: &[String]) {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let config = Config::from_env()
-        .expect("RABBITMQ_* settings")
-        .with_queue_type(args.queue_type)
-        .with_prefetch(64)
-        .with_publisher_channels(args.channels);
+    // An example binary may read its environment; the library does not.
+    let url =
+        std::env::var("RABBITMQ_URL").unwrap_or_else(|_| saga_rabbitmq::DEFAULT_URL.to_owned());
+    let config = Config::new(url)
+        .queue_type(args.queue_type)
+        .prefetch(64)
+        .publisher_channels(args.channels);
     let url = config.url.clone();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let transport = Arc::new(

@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// The environment variable [`Config::from_env`] reads the broker URL from.
-pub const URL_ENV: &str = "RABBITMQ_URL";
-
-/// The URL used when [`URL_ENV`] is not set: a local broker's default vhost.
+/// A local broker's default vhost, as a development default.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The queue type of command, reply and dead-letter queues.
@@ -30,6 +27,21 @@ pub enum QueueType {
     /// consumer that crashes mid-message is only seen through the
     /// `redelivered` flag.
     Classic,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = Error;
+
+    /// `quorum` or `classic`, in any case.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            _ => Err(Error::Config(format!(
+                "queue type `{s}`: expected `quorum` or `classic`"
+            ))),
+        }
+    }
 }
 
 impl QueueType {
@@ -59,7 +71,7 @@ pub fn default_dead_letter_queue(queue: &str) -> String {
 
 /// Settings of a [`RabbitTransport`](crate::RabbitTransport).
 ///
-/// Start from [`Config::new`] or [`Config::from_env`] and adjust with the
+/// Start from [`Config::new`] and adjust with the
 /// `with_*` methods or by assigning fields.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -130,90 +142,44 @@ impl Config {
         }
     }
 
-    /// Defaults with the URL from `RABBITMQ_URL` (or [`DEFAULT_URL`]), and
-    /// optional overrides from `RABBITMQ_PREFETCH`, `RABBITMQ_MAX_DELIVERIES`
-    /// and `RABBITMQ_QUEUE_TYPE` (`quorum` or `classic`).
-    ///
-    /// # Errors
-    /// [`Error::Config`] when an override does not parse.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`from_env`](Self::from_env) with variables from `lookup`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when an override does not parse.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let url = lookup(URL_ENV)
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_URL.to_owned());
-        let mut config = Self::new(url);
-        if let Some(v) = lookup("RABBITMQ_PREFETCH") {
-            config.prefetch = v
-                .trim()
-                .parse()
-                .map_err(|e| Error::Config(format!("RABBITMQ_PREFETCH=`{v}`: {e}")))?;
-        }
-        if let Some(v) = lookup("RABBITMQ_MAX_DELIVERIES") {
-            config.max_deliveries = v
-                .trim()
-                .parse()
-                .map_err(|e| Error::Config(format!("RABBITMQ_MAX_DELIVERIES=`{v}`: {e}")))?;
-        }
-        if let Some(v) = lookup("RABBITMQ_QUEUE_TYPE") {
-            config.queue_type = match v.trim().to_ascii_lowercase().as_str() {
-                "quorum" => QueueType::Quorum,
-                "classic" => QueueType::Classic,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "RABBITMQ_QUEUE_TYPE=`{v}`: expected `quorum` or `classic`"
-                    )));
-                }
-            };
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Sets the prefetch.
     #[must_use]
-    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch;
         self
     }
 
     /// Sets the delivery limit.
     #[must_use]
-    pub fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+    pub fn max_deliveries(mut self, max_deliveries: u32) -> Self {
         self.max_deliveries = max_deliveries;
         self
     }
 
     /// Sets the queue type.
     #[must_use]
-    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_type = queue_type;
         self
     }
 
     /// Sets the connect timeout.
     #[must_use]
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets the confirm timeout.
     #[must_use]
-    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
         self
     }
 
     /// Sets the reconnect backoff bounds.
     #[must_use]
-    pub fn with_reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min_delay = min;
         self.reconnect_max_delay = max;
         self
@@ -221,21 +187,21 @@ impl Config {
 
     /// Sets the number of publisher channels.
     #[must_use]
-    pub fn with_publisher_channels(mut self, channels: usize) -> Self {
+    pub fn publisher_channels(mut self, channels: usize) -> Self {
         self.publisher_channels = channels;
         self
     }
 
     /// Sets the command queue naming.
     #[must_use]
-    pub fn with_command_queue(mut self, naming: fn(&str) -> String) -> Self {
+    pub fn command_queue(mut self, naming: fn(&str) -> String) -> Self {
         self.command_queue = naming;
         self
     }
 
     /// Adds endpoints whose command queues are declared at every connect.
     #[must_use]
-    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -246,14 +212,14 @@ impl Config {
 
     /// Adds reply queues declared at every connect.
     #[must_use]
-    pub fn with_reply_queue(mut self, queue: impl Into<String>) -> Self {
+    pub fn reply_queue(mut self, queue: impl Into<String>) -> Self {
         self.reply_queues.push(queue.into());
         self
     }
 
     /// Sets the connection name shown in the management UI.
     #[must_use]
-    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self
     }
@@ -352,31 +318,18 @@ mod tests {
     }
 
     #[test]
-    fn from_lookup_reads_the_url_and_overrides() {
-        let config = Config::from_lookup(|name| match name {
-            "RABBITMQ_URL" => Some("amqp://a:b@broker:5672/app".to_owned()),
-            "RABBITMQ_PREFETCH" => Some("8".to_owned()),
-            "RABBITMQ_MAX_DELIVERIES" => Some("3".to_owned()),
-            "RABBITMQ_QUEUE_TYPE" => Some("Classic".to_owned()),
-            _ => None,
-        })
-        .expect("valid");
-        assert_eq!(config.url, "amqp://a:b@broker:5672/app");
-        assert_eq!(config.prefetch, 8);
-        assert_eq!(config.max_deliveries, 3);
-        assert_eq!(config.queue_type, QueueType::Classic);
-
-        let defaults = Config::from_lookup(|_| None).expect("valid");
-        assert_eq!(defaults.url, DEFAULT_URL);
-        assert_eq!(defaults.queue_type, QueueType::Quorum);
+    fn queue_types_parse_in_any_case() {
+        assert_eq!(
+            "Classic".parse::<QueueType>().ok(),
+            Some(QueueType::Classic)
+        );
+        assert_eq!(" quorum".parse::<QueueType>().ok(), Some(QueueType::Quorum));
+        let err = "mirrored".parse::<QueueType>().expect_err("unknown");
+        assert!(err.to_string().contains("quorum"), "{err}");
     }
 
     #[test]
     fn bad_settings_are_refused_with_the_reason() {
-        let err =
-            Config::from_lookup(|name| (name == "RABBITMQ_PREFETCH").then(|| "lots".to_owned()))
-                .expect_err("not a number");
-        assert!(err.to_string().contains("RABBITMQ_PREFETCH"), "{err}");
         let err = Config::new("http://x")
             .validate()
             .expect_err("wrong scheme");
@@ -384,11 +337,6 @@ mod tests {
             saga_core::Error::from(err).kind(),
             saga_core::ErrorKind::Invalid
         );
-        assert!(
-            Config::new(DEFAULT_URL)
-                .with_prefetch(0)
-                .validate()
-                .is_err()
-        );
+        assert!(Config::new(DEFAULT_URL).prefetch(0).validate().is_err());
     }
 }

@@ -10,7 +10,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer};
-use saga_core::transport::{Acker, Delivery, Subscription};
+use saga_core::adapter::{Acker, Delivery, Subscription};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::Instrument;

@@ -10,26 +10,28 @@
 //! ## Quick start
 //!
 //! ```no_run
-//! use std::sync::Arc;
 //! use saga_core::memory::InMemoryStore;
-//! use saga_core::{Engine, Participant, Transport};
+//! use saga_core::{Command, Engine, Participant};
 //! use saga_rabbitmq::{Config, RabbitTransport};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserve { sku: String }
+//! # impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = String; }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // RABBITMQ_URL, e.g. amqp://guest:guest@localhost:5672/%2f
-//! let config = Config::from_env()?
-//!     .with_endpoints(["order", "inventory", "payment"]) // declared at every (re)connect
-//!     .with_reply_queue("saga_replies");
+//! let config = Config::new("amqp://guest:guest@localhost:5672/%2f")
+//!     .endpoints(["order", "inventory", "payment"]) // declared at every (re)connect
+//!     .reply_queue("saga_replies");
 //! let transport = RabbitTransport::connect(config).await?;
 //!
-//! // Orchestrator: Engine::run consumes `saga_replies` and sends commands.
+//! // Orchestrator: the engine consumes `saga_replies` and sends commands.
 //! let engine = Engine::builder(InMemoryStore::new(), transport.clone()).build();
-//! tokio::spawn(async move { engine.run(std::future::pending()).await });
+//! let running = engine.spawn();
 //!
 //! // Participant: consumes `inventory_commands`, replies, then acks.
-//! let inventory = Participant::builder("inventory").build();
-//! let transport: Arc<dyn Transport> = Arc::new(transport);
-//! inventory.run(transport, std::future::pending()).await?;
+//! let inventory = Participant::builder()
+//!     .on(|cmd: Reserve, _ctx| async move { Ok(format!("r-{}", cmd.sku)) })
+//!     .build()?;
+//! let serving = inventory.spawn(transport);
+//! # serving.shutdown().await?; running.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -92,7 +94,7 @@
 //!   `Timeout`); the message may then be lost or delivered, so the caller
 //!   retries, and saga-core's step timeouts re-send what was not confirmed.
 //! - **At least once.** A delivery is acknowledged only when the handler calls
-//!   [`Delivery::ack`](saga_core::transport::Delivery::ack) — `Participant`
+//!   [`Delivery::ack`](saga_core::adapter::Delivery::ack) — `Participant`
 //!   does so after its work committed and its reply was confirmed, `Engine`
 //!   after the saga's new state was saved. A delivery dropped unsettled is
 //!   requeued; one whose consumer or connection died is redelivered by the
@@ -105,7 +107,7 @@
 //!   `x-delivery-limit`, counted by the broker even when the consumer crashes;
 //!   classic queues: a `nack` republishes the message with an
 //!   `x-saga-delivery-count` header, and a crash shows as the `redelivered`
-//!   flag). [`Delivery::reject`](saga_core::transport::Delivery::reject) and
+//!   flag). [`Delivery::reject`](saga_core::adapter::Delivery::reject) and
 //!   undecodable messages go straight to the dead-letter queue.
 //! - **Dead letters say why.** A rejected or undecodable message is
 //!   *republished* (confirmed) to the dead-letter exchange with an
@@ -182,7 +184,7 @@
 //! reconnects with exponential backoff and jitter ([`backon`],
 //! [`Config::reconnect_min_delay`] to [`Config::reconnect_max_delay`], without
 //! a limit), declares the topology again, then publishes the new connection.
-//! Each [`Subscription`](saga_core::transport::Subscription) is fed by its own
+//! Each [`Subscription`](saga_core::adapter::Subscription) is fed by its own
 //! task, which opens a new channel and consumer on the new connection, so it
 //! keeps yielding across reconnects. Publishes during an outage wait up to
 //! [`Config::connect_timeout`] for the connection, then fail `Unavailable`.
@@ -207,9 +209,10 @@
 //!
 //! ## Configuration
 //!
-//! [`Config::from_env`] reads `RABBITMQ_URL` (default [`DEFAULT_URL`]) and the
-//! optional `RABBITMQ_PREFETCH`, `RABBITMQ_MAX_DELIVERIES` and
-//! `RABBITMQ_QUEUE_TYPE`; everything else is a field of [`Config`].
+//! [`Config::new`] takes the broker URL; every setting is a field of
+//! [`Config`] with a setter of the same name. The crate reads no environment
+//! variable: the application decides (the checkout app's `RABBITMQ_URL`,
+//! `RABBITMQ_PREFETCH`... are its own command-line settings).
 //!
 //! ## Operations
 //!
@@ -241,7 +244,7 @@ mod transport;
 
 #[doc(inline)]
 pub use config::{
-    Config, DEFAULT_URL, QueueType, URL_ENV, default_command_queue, default_dead_letter_queue,
+    Config, DEFAULT_URL, QueueType, default_command_queue, default_dead_letter_queue,
 };
 #[doc(inline)]
 pub use error::Error;

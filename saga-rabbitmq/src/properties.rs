@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use saga_core::{CommandMessage, ReplyMessage};
+use saga_core::adapter::{CommandMessage, ReplyMessage};
 
 /// Header carrying the command's idempotency key.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
@@ -196,7 +196,8 @@ pub fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use saga_core::{Direction, IdempotencyKey, ReplyOutcome, SagaId};
+    use saga_core::adapter::ReplyOutcome;
+    use saga_core::{Direction, IdempotencyKey, SagaId};
 
     fn sample() -> CommandMessage {
         let saga_id = SagaId::new();

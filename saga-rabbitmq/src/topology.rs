@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn classic_queues_get_no_quorum_only_arguments() {
-        let config = Config::default().with_queue_type(QueueType::Classic);
+        let config = Config::default().queue_type(QueueType::Classic);
         for dead_lettering in [DeadLettering::AtLeastOnce, DeadLettering::AtMostOnce] {
             let args = queue_arguments(&config, "order_commands", dead_lettering);
             assert_eq!(arg(&args, "x-dead-letter-strategy"), None);

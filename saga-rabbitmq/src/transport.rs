@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use saga_core::transport::{Subscription, Transport};
-use saga_core::{CommandMessage, ReplyMessage};
+use saga_core::adapter::{CommandMessage, ReplyMessage};
+use saga_core::adapter::{Subscription, Transport};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -64,14 +64,6 @@ impl RabbitTransport {
         Ok(Self {
             handle: Arc::new(Handle { shared, shutdown }),
         })
-    }
-
-    /// [`connect`](Self::connect) with [`Config::from_env`] (`RABBITMQ_URL`).
-    ///
-    /// # Errors
-    /// As [`connect`](Self::connect) and [`Config::from_env`].
-    pub async fn from_env() -> Result<Self, Error> {
-        Self::connect(Config::from_env()?).await
     }
 
     /// The configuration.

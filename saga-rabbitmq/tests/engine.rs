@@ -23,6 +23,7 @@ struct Reserved {
 }
 impl Command for Reserve {
     const NAME: &'static str = "reserve";
+    const ENDPOINT: &'static str = "inventory";
     type Reply = Reserved;
 }
 
@@ -32,6 +33,7 @@ struct Release {
 }
 impl Command for Release {
     const NAME: &'static str = "release";
+    const ENDPOINT: &'static str = "inventory";
     type Reply = ();
 }
 
@@ -45,6 +47,7 @@ struct Charged {
 }
 impl Command for Charge {
     const NAME: &'static str = "charge";
+    const ENDPOINT: &'static str = "payment";
     type Reply = Charged;
 }
 
@@ -54,6 +57,7 @@ struct Confirm {
 }
 impl Command for Confirm {
     const NAME: &'static str = "confirm";
+    const ENDPOINT: &'static str = "order";
     type Reply = ();
 }
 
@@ -78,31 +82,34 @@ fn order(quantity: u32) -> Order {
 async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
     let vhost = TestVhost::new("engine").await;
     let checkout = Saga::<Order>::builder("checkout")
-        .step("reserve")
-        .invoke("inventory", |o: &Order| Reserve {
-            sku: o.sku.clone(),
-            quantity: o.quantity,
+        .step("reserve", |step| {
+            step.invoke(|o: &Order| Reserve {
+                sku: o.sku.clone(),
+                quantity: o.quantity,
+            })
+            .on_reply(|o, r| o.reservation = Some(r.reservation))
+            .compensate(|o: &Order| Release {
+                reservation: o.reservation.clone().unwrap_or_default(),
+            })
         })
-        .on_reply(|o, r| o.reservation = Some(r.reservation))
-        .compensate("inventory", |o: &Order| Release {
-            reservation: o.reservation.clone().unwrap_or_default(),
+        .step("charge", |step| {
+            step.invoke(|o: &Order| Charge {
+                amount: o.quantity * 10,
+            })
+            .on_reply(|o, r| o.payment = Some(r.payment))
+            .pivot()
         })
-        .step("charge")
-        .invoke("payment", |o: &Order| Charge {
-            amount: o.quantity * 10,
+        .step("confirm", |step| {
+            step.invoke(|o: &Order| Confirm { sku: o.sku.clone() })
+                .retriable()
         })
-        .on_reply(|o, r| o.payment = Some(r.payment))
-        .pivot()
-        .step("confirm")
-        .invoke("order", |o: &Order| Confirm { sku: o.sku.clone() })
-        .retriable()
         .build()
         .expect("valid saga");
 
     let config = vhost
         .config()
-        .with_endpoints(["order", "inventory", "payment"])
-        .with_reply_queue("saga_replies");
+        .endpoints(["order", "inventory", "payment"])
+        .reply_queue("saga_replies");
     let orchestrator_transport = vhost.transport(config.clone()).await;
     let participant_transport: Arc<dyn Transport> = Arc::new(vhost.transport(config).await);
 
@@ -115,7 +122,7 @@ async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
     let confirmed = Arc::new(AtomicU32::new(0));
     let inventory = {
         let released = Arc::clone(&released);
-        Participant::builder("inventory")
+        Participant::builder()
             .inbox(InMemoryInbox::new())
             .on(|cmd: Reserve, ctx| async move {
                 Ok(Reserved {
@@ -130,8 +137,9 @@ async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
                 }
             })
             .build()
+            .expect("valid participant")
     };
-    let payment = Participant::builder("payment")
+    let payment = Participant::builder()
         .inbox(InMemoryInbox::new())
         .on(|cmd: Charge, _ctx| async move {
             if cmd.amount > 100 {
@@ -142,10 +150,11 @@ async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
                 })
             }
         })
-        .build();
+        .build()
+        .expect("valid participant");
     let orders = {
         let confirmed = Arc::clone(&confirmed);
-        Participant::builder("order")
+        Participant::builder()
             .inbox(InMemoryInbox::new())
             .on(move |_cmd: Confirm, _ctx| {
                 let confirmed = Arc::clone(&confirmed);
@@ -155,6 +164,7 @@ async fn the_engine_runs_a_saga_with_compensation_over_rabbitmq() {
                 }
             })
             .build()
+            .expect("valid participant")
     };
 
     let (stop, stopped) = tokio::sync::watch::channel(());

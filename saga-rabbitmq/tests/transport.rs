@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use saga_core::transport::{Delivery, Subscription, Transport};
-use saga_core::{CommandMessage, Direction, ErrorKind, IdempotencyKey, ReplyOutcome, SagaId};
+use saga_core::adapter::{CommandMessage, ReplyOutcome};
+use saga_core::adapter::{Delivery, Subscription, Transport};
+use saga_core::{Direction, ErrorKind, IdempotencyKey, SagaId};
 use saga_rabbitmq::properties::{DEAD_REASON_HEADER, IDEMPOTENCY_KEY_HEADER, header_str};
 use saga_rabbitmq::{Config, QueueType, RabbitTransport};
 use serde_json::json;
@@ -67,7 +68,7 @@ async fn conformance_suite_passes_on_quorum_queues() {
 async fn conformance_suite_passes_on_classic_queues() {
     let vhost = TestVhost::new("conf-classic").await;
     let transport = vhost
-        .transport(vhost.config().with_queue_type(QueueType::Classic))
+        .transport(vhost.config().queue_type(QueueType::Classic))
         .await;
     saga_core::testing::transport_conformance(Arc::new(transport), "conf").await;
     vhost.delete().await;
@@ -78,8 +79,8 @@ async fn topology_is_declared_at_connect_with_the_guide_names() {
     let vhost = TestVhost::new("topology").await;
     let config = vhost
         .config()
-        .with_endpoints(["order", "inventory", "payment"])
-        .with_reply_queue("saga_replies");
+        .endpoints(["order", "inventory", "payment"])
+        .reply_queue("saga_replies");
     let transport = vhost.transport(config).await;
     for queue in [
         "order_commands",
@@ -301,10 +302,7 @@ async fn a_rejected_message_lands_in_the_dlq_with_the_handlers_reason() {
 
 async fn delivery_limit_dead_letters(queue_type: QueueType, label: &str) {
     let vhost = TestVhost::new(label).await;
-    let config = vhost
-        .config()
-        .with_queue_type(queue_type)
-        .with_max_deliveries(3);
+    let config = vhost.config().queue_type(queue_type).max_deliveries(3);
     let transport = vhost.transport(config).await;
     let mut sub = transport.consume_commands("flaky").await.expect("consume");
     transport
@@ -407,8 +405,8 @@ async fn quorum_command_and_reply_queues_dead_letter_at_least_once() {
     let vhost = TestVhost::new("dlx-strategy").await;
     let config = vhost
         .config()
-        .with_endpoints(["order"])
-        .with_reply_queue("saga_replies");
+        .endpoints(["order"])
+        .reply_queue("saga_replies");
     let transport = vhost.transport(config).await;
     // Declared at connect (order, saga_replies) and on first use (payment).
     transport
@@ -457,9 +455,9 @@ async fn classic_queues_are_declared_without_the_quorum_only_strategy() {
     let vhost = TestVhost::new("dlx-classic").await;
     let config = vhost
         .config()
-        .with_queue_type(QueueType::Classic)
-        .with_endpoints(["order"])
-        .with_reply_queue("saga_replies");
+        .queue_type(QueueType::Classic)
+        .endpoints(["order"])
+        .reply_queue("saga_replies");
     let transport = vhost.transport(config).await;
     for queue in ["order_commands", "saga_replies"] {
         let q = vhost.queue(queue).await;
@@ -528,7 +526,7 @@ async fn a_dead_letter_waits_for_its_route(
 
     // Another process declares the topology: the dead-letter queue is back.
     let restorer = vhost
-        .transport(config.with_endpoints([endpoint.to_owned()]))
+        .transport(config.endpoints([endpoint.to_owned()]))
         .await;
     let (name, priority) = policy;
     vhost
@@ -562,7 +560,7 @@ async fn a_dead_letter_waits_for_its_route(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_without_a_route_is_kept_until_the_route_is_back() {
     let vhost = TestVhost::new("dlx-held").await;
-    let config = vhost.config().with_max_deliveries(2);
+    let config = vhost.config().max_deliveries(2);
     // The policy only makes the broker look up the route again (the queue's
     // own arguments already say at-least-once).
     a_dead_letter_waits_for_its_route(&vhost, config, "held", ("nudge", 0)).await;
@@ -572,15 +570,13 @@ async fn a_dead_letter_without_a_route_is_kept_until_the_route_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_declared_by_an_earlier_version_is_used_as_is_and_a_policy_upgrades_it() {
     let vhost = TestVhost::new("dlx-upgrade").await;
-    let config = vhost.config().with_max_deliveries(2);
+    let config = vhost.config().max_deliveries(2);
 
     declare_earlier_queue(&vhost, "old_commands", 1).await;
 
     // The transport connects and uses it as it is (the broker refuses to
     // change a queue's arguments).
-    let transport = vhost
-        .transport(config.clone().with_endpoints(["old"]))
-        .await;
+    let transport = vhost.transport(config.clone().endpoints(["old"])).await;
     let mut sub = transport.consume_commands("old").await.expect("consume");
     transport
         .send_command(&command("old", 7))
@@ -733,10 +729,10 @@ async fn a_forced_disconnect_mid_stream_loses_nothing() {
 async fn an_unacked_message_goes_to_another_consumer_when_its_consumer_dies() {
     let vhost = TestVhost::new("consumer-dies").await;
     let dying = vhost
-        .transport(vhost.config().with_connection_name("dying"))
+        .transport(vhost.config().connection_name("dying"))
         .await;
     let survivor = vhost
-        .transport(vhost.config().with_connection_name("survivor"))
+        .transport(vhost.config().connection_name("survivor"))
         .await;
     let mut doomed = dying.consume_commands("work").await.expect("consume");
     let sent = command("work", 42);
@@ -766,7 +762,7 @@ async fn an_unacked_message_goes_to_another_consumer_when_its_consumer_dies() {
 async fn an_existing_queue_of_another_type_is_a_clear_invalid_error() {
     let vhost = TestVhost::new("mismatch").await;
     let classic = vhost
-        .transport(vhost.config().with_queue_type(QueueType::Classic))
+        .transport(vhost.config().queue_type(QueueType::Classic))
         .await;
     classic
         .declare_endpoint("order")
@@ -796,7 +792,7 @@ async fn another_delivery_limit_is_a_clear_invalid_error_naming_the_argument() {
     let five = vhost.default_transport().await;
     five.declare_endpoint("order").await.expect("declare");
     declare_earlier_queue(&vhost, "old_commands", 4).await;
-    let three = vhost.transport(vhost.config().with_max_deliveries(3)).await;
+    let three = vhost.transport(vhost.config().max_deliveries(3)).await;
     for queue in ["order_commands", "old_commands"] {
         let endpoint = queue.trim_end_matches("_commands");
         let err = three
@@ -815,8 +811,8 @@ async fn another_delivery_limit_is_a_clear_invalid_error_naming_the_argument() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_an_unavailable_error_naming_the_url() {
-    let config = Config::new("amqp://guest:secret@127.0.0.1:1/%2f")
-        .with_connect_timeout(Duration::from_secs(1));
+    let config =
+        Config::new("amqp://guest:secret@127.0.0.1:1/%2f").connect_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
     let err = RabbitTransport::connect(config)
         .await

@@ -12,12 +12,11 @@
 //! across processes. Set `RUST_LOG=saga_core=debug` to see the engine's spans.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
-use saga_core::{
-    Command, Engine, Participant, RetryPolicy, Saga, SagaStatus, StepError, Transport,
-};
+use saga_core::{Command, Engine, Participant, RetryPolicy, Saga, SagaStatus, StepError};
 use serde::{Deserialize, Serialize};
 
 /// The saga's data: the request and what each booking returned.
@@ -43,24 +42,27 @@ struct CancelBooking {
     reference: String,
 }
 
-/// Declares one command type per provider operation: the wire name and the reply.
+/// Declares one command type per provider operation: the wire name, the
+/// provider (endpoint) that handles it, and the reply.
 macro_rules! command {
-    ($name:ident($body:ty) => $wire:literal, $reply:ty) => {
+    ($name:ident($body:ty) => $wire:literal at $endpoint:literal, $reply:ty) => {
         #[derive(Debug, Serialize, Deserialize)]
         struct $name($body);
         impl Command for $name {
             const NAME: &'static str = $wire;
+            const ENDPOINT: &'static str = $endpoint;
             type Reply = $reply;
         }
     };
 }
 
-command!(BookFlight(Book) => "book_flight", String);
-command!(CancelFlight(CancelBooking) => "cancel_flight", ());
-command!(BookHotel(Book) => "book_hotel", String);
-command!(CancelHotel(CancelBooking) => "cancel_hotel", ());
-// The car is the last step: nothing after it can fail, so it needs no compensation.
-command!(BookCar(Book) => "book_car", String);
+command!(BookFlight(Book) => "book_flight" at "airline", String);
+command!(CancelFlight(CancelBooking) => "cancel_flight" at "airline", ());
+command!(BookHotel(Book) => "book_hotel" at "hotels", String);
+command!(CancelHotel(CancelBooking) => "cancel_hotel" at "hotels", ());
+// The car is the pivot: once it is booked the trip is on, so it needs no
+// compensation; a refusal (no cars) cancels the hotel and the flight.
+command!(BookCar(Book) => "book_car" at "cars", String);
 
 fn request(t: &Trip) -> Book {
     Book {
@@ -77,27 +79,31 @@ fn reference(r: &Option<String>) -> CancelBooking {
 
 fn trip_saga() -> Result<Saga<Trip>, saga_core::Error> {
     Saga::<Trip>::builder("trip")
-        .step("book_flight")
-        .invoke("airline", |t| BookFlight(request(t)))
-        .on_reply(|t, r| t.flight = Some(r))
-        .compensate("airline", |t| CancelFlight(reference(&t.flight)))
-        .step("book_hotel")
-        .invoke("hotels", |t| BookHotel(request(t)))
-        .on_reply(|t, r| t.hotel = Some(r))
-        .compensate("hotels", |t| CancelHotel(reference(&t.hotel)))
-        .retry(
-            RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(1))
-                .max_attempts(4),
-        )
-        .step("book_car")
-        .invoke("cars", |t| BookCar(request(t)))
-        .on_reply(|t, r| t.car = Some(r))
-        .timeout(Duration::from_secs(2))
+        .step("book_flight", |step| {
+            step.invoke(|t| BookFlight(request(t)))
+                .on_reply(|t, r| t.flight = Some(r))
+                .compensate(|t| CancelFlight(reference(&t.flight)))
+        })
+        .step("book_hotel", |step| {
+            step.invoke(|t| BookHotel(request(t)))
+                .on_reply(|t, r| t.hotel = Some(r))
+                .compensate(|t| CancelHotel(reference(&t.hotel)))
+                .retry(
+                    RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(1))
+                        .max_attempts(4),
+                )
+        })
+        .step("book_car", |step| {
+            step.invoke(|t| BookCar(request(t)))
+                .on_reply(|t, r| t.car = Some(r))
+                .timeout(Duration::from_secs(2))
+                .pivot()
+        })
         .build()
 }
 
-fn airline() -> Participant {
-    Participant::builder("airline")
+fn airline() -> Result<Participant, saga_core::Error> {
+    Participant::builder()
         .inbox(InMemoryInbox::new())
         .on(|cmd: BookFlight, _| async move {
             println!(
@@ -113,37 +119,32 @@ fn airline() -> Participant {
         .build()
 }
 
-fn hotels() -> Participant {
-    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    Participant::builder("hotels")
+fn hotels() -> Result<Participant, saga_core::Error> {
+    // The handlers share a counter: state given once, a clone per call.
+    Participant::builder()
         .inbox(InMemoryInbox::new())
-        .on(move |cmd: BookHotel, ctx| {
-            let attempts = Arc::clone(&attempts);
-            async move {
-                // The hotel system is flaky: every other request fails transiently.
-                if attempts
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                    .is_multiple_of(2)
-                {
-                    println!("  hotels: busy (attempt {}), try again", ctx.attempt);
-                    return Err(StepError::retryable("hotel system busy"));
-                }
-                println!(
-                    "  hotels: booked a room in {} (attempt {})",
-                    cmd.0.city, ctx.attempt
-                );
-                Ok(format!("HT-{}", cmd.0.city.to_uppercase()))
+        .state(Arc::new(AtomicU32::new(0)))
+        .on(|cmd: BookHotel, ctx, attempts: Arc<AtomicU32>| async move {
+            // The hotel system is flaky: every other request fails transiently.
+            if attempts.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                println!("  hotels: busy (attempt {}), try again", ctx.attempt);
+                return Err(StepError::retryable("hotel system busy"));
             }
+            println!(
+                "  hotels: booked a room in {} (attempt {})",
+                cmd.0.city, ctx.attempt
+            );
+            Ok(format!("HT-{}", cmd.0.city.to_uppercase()))
         })
-        .on(|cmd: CancelHotel, _| async move {
+        .on(|cmd: CancelHotel, _, _| async move {
             println!("  hotels: cancelled {}", cmd.0.reference);
             Ok(())
         })
         .build()
 }
 
-fn cars() -> Participant {
-    Participant::builder("cars")
+fn cars() -> Result<Participant, saga_core::Error> {
+    Participant::builder()
         .inbox(InMemoryInbox::new())
         .on(|cmd: BookCar, _| async move {
             if cmd.0.city == "Venice" {
@@ -171,24 +172,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .poll_interval(Duration::from_millis(20))
         .build();
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let mut tasks = Vec::new();
-    {
-        let engine = engine.clone();
-        let stop = until_stopped(stopped.clone());
-        tasks.push(tokio::spawn(async move { engine.run(stop).await }));
-    }
-    let shared: Arc<dyn Transport> = Arc::new(transport);
-    for participant in [airline(), hotels(), cars()] {
-        let transport = Arc::clone(&shared);
-        let stop = until_stopped(stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            participant.run(transport, stop).await
-        }));
-    }
+    let running = engine.spawn();
+    let serving = [airline()?, hotels()?, cars()?].map(|p| p.spawn(transport.clone()));
 
     println!("{}", saga.to_mermaid());
     for city in ["Lisbon", "Venice"] {
@@ -199,8 +184,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Trip::default()
         };
         let id = engine.start(&saga, trip).await?;
-        let done = engine.wait(id, Duration::from_secs(10)).await?;
-        let data: Trip = done.data_as()?;
+        let done = engine.wait_for(&saga, id, Duration::from_secs(10)).await?;
+        let data = done.data;
         match done.status {
             SagaStatus::Completed => println!(
                 "=> {city}: completed (flight {}, hotel {}, car {})",
@@ -223,9 +208,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!();
     }
 
-    let _ = stop.send(true);
-    for task in tasks {
-        task.await??;
+    for participant in serving {
+        participant.shutdown().await?;
     }
+    running.shutdown().await?;
     Ok(())
 }

@@ -1,9 +1,31 @@
 //! The typed builder for saga definitions.
 //!
+//! Each step is configured in a closure of its own, a layout `cargo fmt`
+//! keeps:
+//!
+//! ```
+//! # use serde::{Deserialize, Serialize};
+//! # use saga_core::{Command, Saga};
+//! # #[derive(Serialize, Deserialize)] struct Reserve;
+//! # impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = String; }
+//! # #[derive(Serialize, Deserialize)] struct Release;
+//! # impl Command for Release { const NAME: &'static str = "release"; const ENDPOINT: &'static str = "inventory"; type Reply = (); }
+//! # #[derive(Serialize, Deserialize)] struct Order { reservation: Option<String> }
+//! let saga = Saga::<Order>::builder("order")
+//!     .step("reserve", |step| {
+//!         step.invoke(|_: &Order| Reserve)
+//!             .on_reply(|order, reservation| order.reservation = Some(reservation))
+//!             .compensate(|_: &Order| Release)
+//!     })
+//!     .step("confirm", |step| step.local(|_: Order, _| async { Ok(()) }).pivot())
+//!     .build()?;
+//! # Ok::<(), saga_core::Error>(())
+//! ```
+//!
 //! Type states stop the mistakes that would otherwise only show at run time:
-//! a saga with no steps has no `build()`, a step without an action has no
-//! `compensate()` or `step()`, and a step's reply handler must take the reply
-//! type of the command it sends.
+//! a saga with no steps has no `build()`, a step without an action does not
+//! type-check, a compensation needs an action first, and a step's reply
+//! handler must take the reply type of the command it sends.
 //!
 //! ```compile_fail
 //! # use saga_core::Saga;
@@ -13,8 +35,23 @@
 //!
 //! ```compile_fail
 //! # use saga_core::Saga;
+//! // A step needs an action.
+//! let saga = Saga::<()>::builder("s").step("a", |step| step).build();
+//! ```
+//!
+//! ```compile_fail
+//! # use saga_core::Saga;
 //! // A compensation needs an action first.
-//! let saga = Saga::<()>::builder("s").step("a").compensate_local(|_, _| async { Ok(()) });
+//! let saga = Saga::<()>::builder("s").step("a", |step| step.compensate_local(|_, _| async { Ok(()) }));
+//! ```
+//!
+//! ```compile_fail
+//! # use serde::{Deserialize, Serialize};
+//! # use saga_core::{Command, Saga};
+//! # #[derive(Serialize, Deserialize)] struct Ping;
+//! # impl Command for Ping { const NAME: &'static str = "ping"; const ENDPOINT: &'static str = "svc"; type Reply = u32; }
+//! // The reply handler must take the command's reply type.
+//! let saga = Saga::<()>::builder("s").step("a", |step| step.invoke(|_| Ping).on_reply(|_, _: String| ()));
 //! ```
 
 use std::future::Future;
@@ -34,9 +71,17 @@ use crate::retry::RetryPolicy;
 /// Default time a step waits for its reply before the attempt counts as timed out.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Type state: the saga has no step yet (it cannot be built).
+#[derive(Debug)]
+pub struct NoSteps;
+
+/// Type state: the saga has at least one step.
+#[derive(Debug)]
+pub struct HasSteps;
+
 /// Builds a [`Saga`]; returned by [`Saga::builder`]. Add steps with [`step`](Self::step).
 #[must_use = "a builder does nothing until a step is added and `build` is called"]
-pub struct SagaBuilder<D> {
+pub struct SagaBuilder<D, S = NoSteps> {
     name: String,
     version: u32,
     deadline: Option<Duration>,
@@ -46,7 +91,7 @@ pub struct SagaBuilder<D> {
     steps: Vec<StepDefinition>,
     /// Mistakes found while adding steps, reported by `build`.
     problems: Vec<String>,
-    _data: PhantomData<fn() -> D>,
+    _state: PhantomData<fn() -> (D, S)>,
 }
 
 impl<D: SagaData> SagaBuilder<D> {
@@ -60,10 +105,12 @@ impl<D: SagaData> SagaBuilder<D> {
             default_compensation_retry: default_compensation_retry(),
             steps: Vec::new(),
             problems: Vec::new(),
-            _data: PhantomData,
+            _state: PhantomData,
         }
     }
+}
 
+impl<D: SagaData, S> SagaBuilder<D, S> {
     /// The definition version (default 1). Running instances keep the version
     /// they started with, so register old versions while instances of them run.
     pub fn version(mut self, version: u32) -> Self {
@@ -80,7 +127,7 @@ impl<D: SagaData> SagaBuilder<D> {
 
     /// How long a step waits for a reply when it sets no [`timeout`](StepBuilder::timeout)
     /// of its own (default 30 s). A timed-out attempt is retried, which also
-    /// re-sends a command lost in a crash or a broker failure.
+    /// re-sends a command lost in a broker failure.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = timeout;
         self
@@ -103,12 +150,15 @@ impl<D: SagaData> SagaBuilder<D> {
         self
     }
 
-    /// Adds a step named `name`; give it an action with
-    /// [`invoke`](StepBuilder::invoke) or [`local`](StepBuilder::local).
-    pub fn step(self, name: impl Into<String>) -> StepBuilder<D, NoAction> {
-        StepBuilder {
-            saga: self,
-            name: name.into(),
+    /// Adds a step named `name`, configured by `configure`: give it an action
+    /// with [`invoke`](StepBuilder::invoke) or [`local`](StepBuilder::local),
+    /// then what else it needs.
+    pub fn step<A: HasAction>(
+        self,
+        name: impl Into<String>,
+        configure: impl FnOnce(StepBuilder<D, NoAction>) -> StepBuilder<D, A>,
+    ) -> SagaBuilder<D, HasSteps> {
+        let step = configure(StepBuilder {
             kind: StepKind::Compensatable,
             action: NoAction,
             on_output: None,
@@ -118,7 +168,90 @@ impl<D: SagaData> SagaBuilder<D> {
             timeout: None,
             on_unknown: OnUnknown::default(),
             read_only: false,
+            _data: PhantomData,
+        });
+        let mut saga = SagaBuilder {
+            name: self.name,
+            version: self.version,
+            deadline: self.deadline,
+            default_timeout: self.default_timeout,
+            default_retry: self.default_retry,
+            default_compensation_retry: self.default_compensation_retry,
+            steps: self.steps,
+            problems: self.problems,
+            _state: PhantomData,
+        };
+        saga.push(name.into(), step);
+        saga
+    }
+
+    fn push<A: HasAction>(&mut self, name: String, step: StepBuilder<D, A>) {
+        // The pivot and retriable steps cannot be compensated: they retry
+        // until they succeed or fail for a business reason.
+        let until_success = step.kind != StepKind::Compensatable;
+        let retry = match step.retry {
+            Some(policy) if until_success && policy.attempt_limit().is_some() => {
+                self.problems.push(format!(
+                    "step `{name}` is {} and retries until it succeeds or fails for a business \
+                     reason, but its retry policy stops after {} attempt(s): give it a policy \
+                     without a limit (`RetryPolicy::..().unlimited()`) or leave the retry unset",
+                    kind_name(step.kind),
+                    policy.attempt_limit().unwrap_or_default()
+                ));
+                policy
+            }
+            Some(policy) => policy,
+            None if until_success => self.default_retry.unlimited(),
+            None => self.default_retry,
+        };
+        self.steps.push(StepDefinition {
+            name,
+            kind: step.kind,
+            action: step.action.into_action(),
+            on_output: step.on_output,
+            compensation: step.compensation,
+            retry,
+            compensation_retry: step
+                .compensation_retry
+                .unwrap_or(self.default_compensation_retry),
+            timeout: step.timeout,
+            on_unknown: step.on_unknown,
+            read_only: step.read_only,
+        });
+    }
+}
+
+impl<D: SagaData> SagaBuilder<D, HasSteps> {
+    /// Finishes the definition and validates it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDefinition`] naming the problem: an empty or malformed
+    /// name, duplicate step names, a zero timeout, more than one pivot, a pivot
+    /// with a compensation, a step after the pivot that is not retriable or has
+    /// a compensation, a pivot or retriable step with an attempt limit or
+    /// [`OnUnknown::Compensate`], or a remote step before the pivot without a
+    /// compensation handled at its own endpoint (unless
+    /// [`read_only`](StepBuilder::read_only)).
+    pub fn build(self) -> Result<Saga<D>, Error> {
+        if !self.problems.is_empty() {
+            return Err(Error::InvalidDefinition {
+                saga: self.name,
+                reason: self.problems.join("; "),
+            });
         }
+        let definition = SagaDefinition {
+            pivot: self.steps.iter().position(|s| s.kind == StepKind::Pivot),
+            name: self.name,
+            version: self.version,
+            steps: self.steps,
+            deadline: self.deadline,
+            default_timeout: self.default_timeout,
+        };
+        validate(&definition).map_err(|reason| Error::InvalidDefinition {
+            saga: definition.name.clone(),
+            reason,
+        })?;
+        Ok(Saga::from_definition(definition))
     }
 }
 
@@ -130,7 +263,7 @@ fn default_compensation_retry() -> RetryPolicy {
 #[derive(Debug)]
 pub struct NoAction;
 
-/// Type state: the step sends command `C` to a participant.
+/// Type state: the step sends command `C` to its participant.
 pub struct Remote<C> {
     action: Action,
     _command: PhantomData<fn() -> C>,
@@ -171,11 +304,9 @@ impl<R: DeserializeOwned> HasAction for Local<R> {
     }
 }
 
-/// Builds one step; returned by [`SagaBuilder::step`].
-#[must_use = "finish the step with `step` (next step) or `build`"]
+/// Configures one step, in the closure given to [`SagaBuilder::step`].
+#[must_use = "return the step builder from the closure"]
 pub struct StepBuilder<D, A> {
-    saga: SagaBuilder<D>,
-    name: String,
     kind: StepKind,
     action: A,
     on_output: Option<FoldFn>,
@@ -185,13 +316,12 @@ pub struct StepBuilder<D, A> {
     timeout: Option<Duration>,
     on_unknown: OnUnknown,
     read_only: bool,
+    _data: PhantomData<fn() -> D>,
 }
 
 impl<D, A> StepBuilder<D, A> {
     fn with_action<B>(self, action: B) -> StepBuilder<D, B> {
         StepBuilder {
-            saga: self.saga,
-            name: self.name,
             kind: self.kind,
             action,
             on_output: self.on_output,
@@ -201,17 +331,20 @@ impl<D, A> StepBuilder<D, A> {
             timeout: self.timeout,
             on_unknown: self.on_unknown,
             read_only: self.read_only,
+            _data: PhantomData,
         }
     }
 }
 
-fn payload_fn<D: SagaData, C: Serialize>(
-    build: impl Fn(&D) -> C + Send + Sync + 'static,
-) -> super::step::PayloadFn {
-    Arc::new(move |data: &Value| {
-        let data = D::deserialize(data)?;
-        serde_json::to_value(build(&data))
-    })
+fn remote<D: SagaData, C: Command>(build: impl Fn(&D) -> C + Send + Sync + 'static) -> Action {
+    Action::Remote {
+        endpoint: C::ENDPOINT.to_owned(),
+        command: C::NAME.to_owned(),
+        payload: Arc::new(move |data: &Value| {
+            let data = D::deserialize(data)?;
+            serde_json::to_value(build(&data))
+        }),
+    }
 }
 
 fn local_fn<D, R, F, Fut>(run: F) -> super::step::LocalFn
@@ -235,19 +368,14 @@ where
 }
 
 impl<D: SagaData> StepBuilder<D, NoAction> {
-    /// The step sends command `C`, built from the saga data, to participant `endpoint`.
+    /// The step sends command `C`, built from the saga data, to its
+    /// participant ([`Command::ENDPOINT`]).
     pub fn invoke<C: Command>(
         self,
-        endpoint: impl Into<String>,
         build: impl Fn(&D) -> C + Send + Sync + 'static,
     ) -> StepBuilder<D, Remote<C>> {
-        let action = Action::Remote {
-            endpoint: endpoint.into(),
-            command: C::NAME.to_owned(),
-            payload: payload_fn(build),
-        };
         self.with_action(Remote {
-            action,
+            action: remote(build),
             _command: PhantomData,
         })
     }
@@ -283,18 +411,15 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
         self
     }
 
-    /// Undoes the step by sending command `C` to `endpoint`. The reply's content
-    /// is not used; a success means the step is compensated.
+    /// Undoes the step by sending command `C` to its participant. The reply's
+    /// content is not used; a success means the step is compensated. The
+    /// compensation runs on the saga data as the step left it (the data is
+    /// not changed by compensations).
     pub fn compensate<C: Command>(
         mut self,
-        endpoint: impl Into<String>,
         build: impl Fn(&D) -> C + Send + Sync + 'static,
     ) -> Self {
-        self.compensation = Some(Action::Remote {
-            endpoint: endpoint.into(),
-            command: C::NAME.to_owned(),
-            payload: payload_fn(build),
-        });
+        self.compensation = Some(remote(build));
         self
     }
 
@@ -328,6 +453,27 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
         self
     }
 
+    /// How long one attempt waits for its reply (default: the saga's
+    /// [`default_timeout`](SagaBuilder::default_timeout)).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the step as the pivot: once it succeeds, the saga only goes
+    /// forward. It retries until it succeeds or fails for a business reason.
+    pub fn pivot(mut self) -> Self {
+        self.kind = StepKind::Pivot;
+        self
+    }
+
+    /// Marks the step as retriable: retried until it succeeds or fails for a
+    /// business reason. Steps after a pivot must be retriable.
+    pub fn retriable(mut self) -> Self {
+        self.kind = StepKind::Retriable;
+        self
+    }
+
     /// Declares that the step changes nothing (a check, a quote, a lookup), so
     /// it needs no compensation: a late copy of its command is harmless. A
     /// remote step before the pivot must otherwise have a compensation.
@@ -336,105 +482,10 @@ impl<D: SagaData, A: HasAction> StepBuilder<D, A> {
         self
     }
 
-    /// How long one attempt waits for its reply.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Marks the step as the pivot: once it succeeds, the saga only goes forward.
-    pub fn pivot(mut self) -> Self {
-        self.kind = StepKind::Pivot;
-        self
-    }
-
-    /// Marks the step as retriable: retried until it succeeds, whatever the
-    /// retry policy's attempt limit. Steps after a pivot must be retriable.
-    pub fn retriable(mut self) -> Self {
-        self.kind = StepKind::Retriable;
-        self
-    }
-
     /// What an unknown outcome does (default [`OnUnknown::Retry`]).
     pub fn on_unknown(mut self, on_unknown: OnUnknown) -> Self {
         self.on_unknown = on_unknown;
         self
-    }
-
-    fn finish(self) -> SagaBuilder<D> {
-        let mut saga = self.saga;
-        // The pivot and retriable steps cannot be compensated: they retry
-        // until they succeed or fail for a business reason.
-        let until_success = self.kind != StepKind::Compensatable;
-        let retry = match self.retry {
-            Some(policy) if until_success && policy.attempt_limit().is_some() => {
-                saga.problems.push(format!(
-                    "step `{}` is {} and retries until it succeeds or fails for a business reason, \
-                     but its retry policy stops after {} attempt(s): give it a policy without a limit \
-                     (`RetryPolicy::..().unlimited()`) or leave the retry unset",
-                    self.name,
-                    kind_name(self.kind),
-                    policy.attempt_limit().unwrap_or_default()
-                ));
-                policy
-            }
-            Some(policy) => policy,
-            None if until_success => saga.default_retry.unlimited(),
-            None => saga.default_retry,
-        };
-        saga.steps.push(StepDefinition {
-            name: self.name,
-            kind: self.kind,
-            action: self.action.into_action(),
-            on_output: self.on_output,
-            compensation: self.compensation,
-            retry,
-            compensation_retry: self
-                .compensation_retry
-                .unwrap_or(saga.default_compensation_retry),
-            timeout: self.timeout,
-            on_unknown: self.on_unknown,
-            read_only: self.read_only,
-        });
-        saga
-    }
-
-    /// Finishes this step and starts the next.
-    pub fn step(self, name: impl Into<String>) -> StepBuilder<D, NoAction> {
-        self.finish().step(name)
-    }
-
-    /// Finishes the definition and validates it.
-    ///
-    /// # Errors
-    /// [`Error::InvalidDefinition`] naming the problem: an empty or malformed
-    /// name, duplicate step names, an empty endpoint, a zero timeout, more than
-    /// one pivot, a pivot with a compensation, a step after the pivot that is
-    /// not retriable or has a compensation, a pivot or retriable step with an
-    /// attempt limit or [`OnUnknown::Compensate`], or a remote step before the
-    /// pivot without a compensation sent to its own endpoint (unless
-    /// [`read_only`](Self::read_only)).
-    pub fn build(self) -> Result<Saga<D>, Error> {
-        let mut saga = self.finish();
-        if !saga.problems.is_empty() {
-            return Err(Error::InvalidDefinition {
-                saga: saga.name,
-                reason: std::mem::take(&mut saga.problems).join("; "),
-            });
-        }
-        let definition = SagaDefinition {
-            pivot: saga.steps.iter().position(|s| s.kind == StepKind::Pivot),
-            name: saga.name,
-            version: saga.version,
-            steps: saga.steps,
-            deadline: saga.deadline,
-            default_timeout: saga.default_timeout,
-        };
-        validate(&definition).map_err(|reason| Error::InvalidDefinition {
-            saga: definition.name.clone(),
-            reason,
-        })?;
-        Ok(Saga::from_definition(definition))
     }
 }
 
@@ -461,8 +512,8 @@ fn unrefusable(step: &StepDefinition) -> Option<String> {
         return None;
     };
     let fix = format!(
-        "give it `.compensate(\"{endpoint}\", ..)` (the participant then refuses a late copy), \
-         mark it `.read_only()` if it changes nothing, or make it the pivot"
+        "give it a compensation handled at `{endpoint}` (the participant then refuses a late \
+         copy), mark it `.read_only()` if it changes nothing, or make it the pivot"
     );
     match &step.compensation {
         None if step.read_only => None,
@@ -603,10 +654,13 @@ mod tests {
         n: u32,
     }
 
+    const ENDPOINTS: [&str; 6] = ["svc", "other", "payment", "order", "credit", ""];
+
     #[derive(Serialize, Deserialize)]
-    struct Ping;
-    impl Command for Ping {
+    struct Ping<const E: usize>;
+    impl<const E: usize> Command for Ping<E> {
         const NAME: &'static str = "ping";
+        const ENDPOINT: &'static str = ENDPOINTS[E];
         type Reply = u32;
     }
 
@@ -622,12 +676,14 @@ mod tests {
     fn builds_a_valid_definition() {
         let saga = Saga::<Data>::builder("s")
             .version(3)
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .on_reply(|d, n| d.n = n)
-            .compensate("svc", |_| Ping)
-            .step("b")
-            .local(|d: Data, _| async move { Ok(d.n + 1) })
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .on_reply(|d, n| d.n = n)
+                    .compensate(|_| Ping::<0>)
+            })
+            .step("b", |step| {
+                step.local(|d: Data, _| async move { Ok(d.n + 1) })
+            })
             .build()
             .expect("valid");
         assert_eq!(saga.name(), "s");
@@ -639,10 +695,8 @@ mod tests {
     #[test]
     fn rejects_duplicate_step_names() {
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .step("a")
-            .invoke("svc", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<0>))
+            .step("a", |step| step.invoke(|_| Ping::<0>))
             .build();
         assert!(reason(r).contains("used twice"));
     }
@@ -650,18 +704,15 @@ mod tests {
     #[test]
     fn rejects_bad_names_and_endpoints() {
         let r = Saga::<Data>::builder("")
-            .step("a")
-            .invoke("svc", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<0>))
             .build();
         assert!(reason(r).contains("saga name"));
         let r = Saga::<Data>::builder("s")
-            .step("has space")
-            .invoke("svc", |_| Ping)
+            .step("has space", |step| step.invoke(|_| Ping::<0>))
             .build();
         assert!(reason(r).contains("step name"));
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<5>))
             .build();
         assert!(reason(r).contains("invalid endpoint"));
     }
@@ -669,15 +720,14 @@ mod tests {
     #[test]
     fn rejects_zero_timeouts_and_version() {
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .timeout(Duration::ZERO)
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>).timeout(Duration::ZERO)
+            })
             .build();
         assert!(reason(r).contains("zero timeout"));
         let r = Saga::<Data>::builder("s")
             .version(0)
-            .step("a")
-            .invoke("svc", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<0>))
             .build();
         assert!(reason(r).contains("version"));
     }
@@ -685,19 +735,14 @@ mod tests {
     #[test]
     fn rejects_two_pivots_and_compensated_pivot() {
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .step("b")
-            .invoke("svc", |_| Ping)
-            .pivot()
+            .step("a", |step| step.invoke(|_| Ping::<0>).pivot())
+            .step("b", |step| step.invoke(|_| Ping::<0>).pivot())
             .build();
         assert!(reason(r).contains("only one pivot"));
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .compensate("svc", |_| Ping)
-            .pivot()
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>).compensate(|_| Ping::<0>).pivot()
+            })
             .build();
         assert!(reason(r).contains("cannot have a compensation"));
     }
@@ -705,30 +750,22 @@ mod tests {
     #[test]
     fn steps_after_the_pivot_must_be_retriable_without_compensation() {
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .step("b")
-            .invoke("svc", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<0>).pivot())
+            .step("b", |step| step.invoke(|_| Ping::<0>))
             .build();
         assert!(reason(r).contains("must be marked `.retriable()`"));
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .step("b")
-            .invoke("svc", |_| Ping)
-            .retriable()
-            .compensate("svc", |_| Ping)
+            .step("a", |step| step.invoke(|_| Ping::<0>).pivot())
+            .step("b", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .retriable()
+                    .compensate(|_| Ping::<0>)
+            })
             .build();
         assert!(reason(r).contains("cannot have a compensation"));
         let ok = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .step("b")
-            .invoke("svc", |_| Ping)
-            .retriable()
+            .step("a", |step| step.invoke(|_| Ping::<0>).pivot())
+            .step("b", |step| step.invoke(|_| Ping::<0>).retriable())
             .build();
         assert!(ok.is_ok());
     }
@@ -739,11 +776,10 @@ mod tests {
         // compensation and no pivot. A copy of its command still queued
         // when the saga compensates would confirm an order nobody pays for.
         let r = Saga::<Data>::builder("s")
-            .step("pay")
-            .invoke("payment", |_| Ping)
-            .compensate("payment", |_| Ping)
-            .step("confirm")
-            .invoke("order", |_| Ping)
+            .step("pay", |step| {
+                step.invoke(|_| Ping::<2>).compensate(|_| Ping::<2>)
+            })
+            .step("confirm", |step| step.invoke(|_| Ping::<3>))
             .build();
         let why = reason(r);
         assert!(why.contains("step `confirm`"), "{why}");
@@ -754,16 +790,17 @@ mod tests {
         );
 
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .compensate("other", |_| Ping)
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>).compensate(|_| Ping::<1>)
+            })
             .build();
         assert!(reason(r).contains("compensated at `other`"));
 
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .compensate_local(|_, _| async { Ok(()) })
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .compensate_local(|_, _| async { Ok(()) })
+            })
             .build();
         assert!(reason(r).contains("compensated locally"));
     }
@@ -771,22 +808,19 @@ mod tests {
     #[test]
     fn read_only_steps_and_the_pivot_need_no_compensation() {
         let ok = Saga::<Data>::builder("s")
-            .step("check")
-            .invoke("credit", |_| Ping)
-            .read_only()
-            .step("pay")
-            .invoke("payment", |_| Ping)
-            .compensate("payment", |_| Ping)
-            .step("confirm")
-            .invoke("order", |_| Ping)
-            .pivot()
+            .step("check", |step| step.invoke(|_| Ping::<4>).read_only())
+            .step("pay", |step| {
+                step.invoke(|_| Ping::<2>).compensate(|_| Ping::<2>)
+            })
+            .step("confirm", |step| step.invoke(|_| Ping::<3>).pivot())
             .build();
         assert!(ok.is_ok(), "{:?}", ok.err());
         let r = Saga::<Data>::builder("s")
-            .step("check")
-            .invoke("credit", |_| Ping)
-            .read_only()
-            .compensate("credit", |_| Ping)
+            .step("check", |step| {
+                step.invoke(|_| Ping::<4>)
+                    .read_only()
+                    .compensate(|_| Ping::<4>)
+            })
             .build();
         assert!(reason(r).contains("read-only"));
     }
@@ -794,30 +828,28 @@ mod tests {
     #[test]
     fn the_pivot_and_retriable_steps_retry_without_limit() {
         let saga = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .step("b")
-            .invoke("svc", |_| Ping)
-            .retriable()
+            .step("a", |step| step.invoke(|_| Ping::<0>).pivot())
+            .step("b", |step| step.invoke(|_| Ping::<0>).retriable())
             .build()
             .expect("valid");
         for step in saga.definition().steps() {
             assert_eq!(step.retry().attempt_limit(), None, "{}", step.name());
         }
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(3))
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .pivot()
+                    .retry(RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(3))
+            })
             .build();
         let why = reason(r);
         assert!(why.contains("stops after 3 attempt(s)"), "{why}");
         let r = Saga::<Data>::builder("s")
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .pivot()
-            .on_unknown(OnUnknown::Compensate)
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .pivot()
+                    .on_unknown(OnUnknown::Compensate)
+            })
             .build();
         assert!(reason(r).contains("OnUnknown::Compensate"));
     }
@@ -829,16 +861,15 @@ mod tests {
         let saga = Saga::<Data>::builder("s")
             .default_retry(retry)
             .default_compensation_retry(undo)
-            .step("a")
-            .invoke("svc", |_| Ping)
-            .compensate("svc", |_| Ping)
-            .step("b")
-            .invoke("svc", |_| Ping)
-            .compensate("svc", |_| Ping)
-            .retry(RetryPolicy::none())
-            .step("c")
-            .invoke("svc", |_| Ping)
-            .pivot()
+            .step("a", |step| {
+                step.invoke(|_| Ping::<0>).compensate(|_| Ping::<0>)
+            })
+            .step("b", |step| {
+                step.invoke(|_| Ping::<0>)
+                    .compensate(|_| Ping::<0>)
+                    .retry(RetryPolicy::none())
+            })
+            .step("c", |step| step.invoke(|_| Ping::<0>).pivot())
             .build()
             .expect("valid");
         let steps = saga.definition().steps();

@@ -16,15 +16,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use builder::{
-    DEFAULT_STEP_TIMEOUT, HasAction, Local, NoAction, Remote, SagaBuilder, StepBuilder,
+    DEFAULT_STEP_TIMEOUT, HasAction, HasSteps, Local, NoAction, NoSteps, Remote, SagaBuilder,
+    StepBuilder,
 };
 pub use step::{Action, LocalContext, OnUnknown, StepDefinition, StepKind};
 
-/// A command a saga sends to a participant, with the reply it expects.
+/// A command a saga sends to a participant, with the participant it goes to
+/// and the reply it expects.
 ///
-/// Implement it once per message type, in a crate both sides share; the engine
-/// then checks at compile time that a step's reply handler takes the reply the
-/// participant's handler returns.
+/// Implement it once per message type, in a crate both sides share; the
+/// engine then checks at compile time that a step's reply handler takes the
+/// reply the participant's handler returns, and the endpoint is written once:
+/// a saga step sends the command to [`ENDPOINT`](Self::ENDPOINT), and a
+/// [`Participant`](crate::Participant) handling it serves that endpoint.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -37,12 +41,15 @@ pub use step::{Action, LocalContext, OnUnknown, StepDefinition, StepKind};
 ///
 /// impl Command for ReserveSeat {
 ///     const NAME: &'static str = "reserve_seat";
+///     const ENDPOINT: &'static str = "airline";
 ///     type Reply = SeatReserved;
 /// }
 /// ```
 pub trait Command: Serialize + DeserializeOwned + Send + 'static {
     /// The message type name on the wire (`create_order`, `reserve_inventory`...).
     const NAME: &'static str;
+    /// The participant endpoint (queue) that handles it (`order`, `inventory`...).
+    const ENDPOINT: &'static str;
     /// What the participant answers on success.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
 }

@@ -24,42 +24,46 @@ use crate::error::{Error, Result};
 use crate::id::SagaId;
 use crate::machine::{self, Event};
 use crate::message::ReplyMessage;
+use crate::running::Running;
 use crate::state::{LogEntry, SagaInstance, SagaStatus, Waiting};
 use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
 use crate::transport::Transport;
 
-/// Tuning for an [`Engine`].
+/// Tuning for an [`Engine`]; every field has a setter on [`EngineBuilder`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct EngineConfig {
-    /// The queue replies come back on (shared by all orchestrators of one app).
+    /// The queue replies come back on, shared by all orchestrators of one app
+    /// (default `saga_replies`).
     pub reply_queue: String,
-    /// How often the due-saga poller looks for timeouts and retries.
+    /// How often the due-saga poller looks for timeouts and retries (default 100 ms).
     pub poll_interval: Duration,
-    /// How many due sagas one poll claims at most.
+    /// How many due sagas one poll claims at most (default 64).
     pub claim_batch: usize,
-    /// How long a claimed saga is reserved for this engine.
+    /// How long a claimed saga is reserved for this engine (default 30 s).
     pub lease: Duration,
-    /// This engine's name in leases and logs.
+    /// This engine's name in leases and logs (default `engine-<random>`).
     pub instance_name: String,
-    /// Replies processed concurrently.
+    /// Replies processed concurrently (default 64).
     pub max_in_flight: usize,
-    /// How often a version conflict is retried before giving up.
+    /// How often a version conflict is retried before giving up (default 16).
     pub conflict_retries: u32,
-    /// How often [`Engine::wait`] re-reads the store when no notification comes.
+    /// How often [`Engine::wait`] re-reads the store when no notification
+    /// comes (default 250 ms).
     pub wait_poll: Duration,
     /// How many unfinished sagas this engine keeps in memory after saving
-    /// them, so a reply needs no load first (0 disables). A stale entry costs
-    /// one version conflict and a reload, never a wrong transition.
+    /// them, so a reply needs no load first (default 4096; 0 disables). A
+    /// stale entry costs one version conflict and a reload, never a wrong
+    /// transition.
     pub cache_capacity: usize,
     /// How many of the most recently updated in-flight sagas [`Engine::run`]
     /// sends their command again at start-up, to recover commands a crashed
-    /// engine committed but never sent (0 disables). Older ones are recovered
-    /// by their step's timeout.
+    /// engine committed but never sent (default 1000; 0 disables). Older ones
+    /// are recovered by their step's timeout.
     pub startup_resend_limit: usize,
     /// How long a reply for a definition this engine does not have is held
     /// before it goes back to the reply queue for an engine that has it (a
-    /// rolling deploy of a new definition version).
+    /// rolling deploy of a new definition version; default 1 s).
     pub hand_back_delay: Duration,
 }
 
@@ -82,6 +86,11 @@ impl Default for EngineConfig {
 }
 
 /// Options for [`Engine::start_with`].
+///
+/// ```
+/// # use saga_core::{SagaId, StartOptions};
+/// let options = StartOptions::new().idempotency_key("order-42").id(SagaId::new());
+/// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct StartOptions {
@@ -92,20 +101,48 @@ pub struct StartOptions {
 }
 
 impl StartOptions {
-    /// Options with an idempotency key.
+    /// No options: a fresh id, no idempotency key.
     #[must_use]
-    pub fn idempotency_key(key: impl Into<String>) -> Self {
-        Self {
-            id: None,
-            idempotency_key: Some(key.into()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Sets the saga id.
+    /// Starting twice with the same key starts one saga; the second start
+    /// returns the first one's id.
     #[must_use]
-    pub fn with_id(mut self, id: SagaId) -> Self {
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Uses `id` instead of a fresh one.
+    #[must_use]
+    pub fn id(mut self, id: SagaId) -> Self {
         self.id = Some(id);
         self
+    }
+}
+
+/// A finished saga, with its data as the definition's type.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Outcome<D> {
+    /// The saga.
+    pub id: SagaId,
+    /// `Completed`, `Compensated` or `Failed`.
+    pub status: SagaStatus,
+    /// The saga's data as it ended. A compensation does not change the data:
+    /// a compensated saga's data is what its steps left before it compensated.
+    pub data: D,
+    /// Why it compensated or failed.
+    pub error: Option<String>,
+}
+
+impl<D> Outcome<D> {
+    /// Whether every step succeeded.
+    #[must_use]
+    pub fn is_completed(&self) -> bool {
+        self.status == SagaStatus::Completed
     }
 }
 
@@ -128,21 +165,75 @@ impl EngineBuilder {
         self
     }
 
-    /// Replaces the configuration.
+    /// Replaces the whole configuration.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Sets the reply queue.
+    /// See [`EngineConfig::reply_queue`].
     pub fn reply_queue(mut self, queue: impl Into<String>) -> Self {
         self.config.reply_queue = queue.into();
         self
     }
 
-    /// Sets the poll interval of the due-saga poller.
+    /// See [`EngineConfig::poll_interval`].
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
+        self
+    }
+
+    /// See [`EngineConfig::claim_batch`].
+    pub fn claim_batch(mut self, batch: usize) -> Self {
+        self.config.claim_batch = batch;
+        self
+    }
+
+    /// See [`EngineConfig::lease`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// See [`EngineConfig::instance_name`].
+    pub fn instance_name(mut self, name: impl Into<String>) -> Self {
+        self.config.instance_name = name.into();
+        self
+    }
+
+    /// See [`EngineConfig::max_in_flight`].
+    pub fn max_in_flight(mut self, replies: usize) -> Self {
+        self.config.max_in_flight = replies;
+        self
+    }
+
+    /// See [`EngineConfig::conflict_retries`].
+    pub fn conflict_retries(mut self, retries: u32) -> Self {
+        self.config.conflict_retries = retries;
+        self
+    }
+
+    /// See [`EngineConfig::wait_poll`].
+    pub fn wait_poll(mut self, interval: Duration) -> Self {
+        self.config.wait_poll = interval;
+        self
+    }
+
+    /// See [`EngineConfig::cache_capacity`].
+    pub fn cache_capacity(mut self, sagas: usize) -> Self {
+        self.config.cache_capacity = sagas;
+        self
+    }
+
+    /// See [`EngineConfig::startup_resend_limit`].
+    pub fn startup_resend_limit(mut self, sagas: usize) -> Self {
+        self.config.startup_resend_limit = sagas;
+        self
+    }
+
+    /// See [`EngineConfig::hand_back_delay`].
+    pub fn hand_back_delay(mut self, delay: Duration) -> Self {
+        self.config.hand_back_delay = delay;
         self
     }
 
@@ -212,16 +303,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine over `store` and `transport`.
+    /// An engine over `store` and `transport` (an `Arc` of either works too).
     pub fn builder(store: impl SagaStore, transport: impl Transport) -> EngineBuilder {
-        Self::builder_arc(Arc::new(store), Arc::new(transport))
-    }
-
-    /// An engine over shared store and transport objects.
-    pub fn builder_arc(store: Arc<dyn SagaStore>, transport: Arc<dyn Transport>) -> EngineBuilder {
         EngineBuilder {
-            store,
-            transport,
+            store: Arc::new(store),
+            transport: Arc::new(transport),
             clock: Arc::new(SystemClock),
             definitions: HashMap::new(),
             config: EngineConfig::default(),
@@ -493,6 +579,35 @@ impl Engine {
         }
     }
 
+    /// Waits until the saga reaches a terminal status, like [`wait`](Self::wait),
+    /// and returns its data as the definition's type.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait); [`Error::Serialization`] when the stored data
+    /// does not decode as `D` (the saga is not of this definition).
+    pub async fn wait_for<D: SagaData>(
+        &self,
+        saga: &Saga<D>,
+        id: SagaId,
+        timeout: Duration,
+    ) -> Result<Outcome<D>> {
+        let _ = saga;
+        let finished = self.wait(id, timeout).await?;
+        Ok(Outcome {
+            id: finished.id,
+            status: finished.status,
+            data: finished.data_as()?,
+            error: finished.error,
+        })
+    }
+
+    /// Runs the engine in a task of its own (reply consumer and due-saga
+    /// poller, as [`run`](Self::run)) until the returned handle is shut down.
+    pub fn spawn(&self) -> Running {
+        let engine = self.clone();
+        Running::spawn(move |stop| async move { engine.run(stop).await })
+    }
+
     /// Runs the engine until `shutdown` resolves: consumes replies and polls
     /// for due sagas. On shutdown it stops taking replies, finishes the ones in
     /// hand, and returns. A transient failure to subscribe to the reply queue
@@ -516,11 +631,9 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut sent = 0;
         for status in [SagaStatus::Running, SagaStatus::Compensating] {
-            let query = SagaQuery {
-                status: Some(status),
-                limit: self.inner.config.startup_resend_limit,
-                ..SagaQuery::default()
-            };
+            let query = SagaQuery::new()
+                .status(status)
+                .limit(self.inner.config.startup_resend_limit);
             for instance in self.inner.store.list(&query).await? {
                 let Some(cursor) = instance.cursor else {
                     continue;

@@ -10,14 +10,7 @@ use tokio::task::JoinSet;
 use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::ReplyMessage;
-use crate::retry::RetryPolicy;
 use crate::transport::Delivery;
-
-/// How a reply is retried while the store fails: it stays in hand (no
-/// redelivery counts against the queue's delivery limit) until the store
-/// answers or the engine stops.
-const STORE_RETRY: RetryPolicy =
-    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).unlimited();
 
 pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let config = engine.config().clone();
@@ -82,7 +75,11 @@ async fn process_reply(
     mut stop: watch::Receiver<bool>,
 ) {
     let saga_id = delivery.message.saga_id;
-    let mut failures = 0;
+    // While the store fails the reply stays in hand (no redelivery counts
+    // against the queue's delivery limit) until the store answers or the
+    // engine stops.
+    let mut delays = crate::transport::reconnect_backoff();
+    let mut failures = 0_u32;
     loop {
         let error = match engine.handle_reply(delivery.message.clone()).await {
             Ok(()) => {
@@ -107,7 +104,7 @@ async fn process_reply(
                 // reply in hand and try again, rather than requeue it against
                 // the queue's delivery limit.
                 failures += 1;
-                let delay = STORE_RETRY.delay_after(failures, u64::from(failures));
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 if failures == 1 || failures % 10 == 0 {
                     tracing::warn!(%saga_id, error = %e, failures, ?delay, "reply not applied yet; trying again");
                 }

@@ -16,16 +16,23 @@ struct Trip {
     hotel: Option<String>,
 }
 
+/// The endpoints of the tests' participants.
+const ENDPOINTS: [&str; 5] = ["airline", "hotels", "bank", "mail", "svc"];
+
+/// Books something at participant `E` of [`ENDPOINTS`].
 #[derive(Serialize, Deserialize)]
-struct Book(String);
-impl crate::Command for Book {
+struct Book<const E: usize>(String);
+impl<const E: usize> crate::Command for Book<E> {
     const NAME: &'static str = "book";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = String;
 }
+/// Cancels a booking at participant `E`.
 #[derive(Serialize, Deserialize)]
-struct Cancel(String);
-impl crate::Command for Cancel {
+struct Cancel<const E: usize>(String);
+impl<const E: usize> crate::Command for Cancel<E> {
     const NAME: &'static str = "cancel";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = ();
 }
 
@@ -40,27 +47,31 @@ fn at(ms: u64) -> DateTime<Utc> {
 /// flight (compensatable) -> hotel (compensatable) -> pay (pivot) -> notify (retriable)
 fn trip() -> Saga<Trip> {
     Saga::<Trip>::builder("trip")
-        .step("flight")
-        .invoke("airline", |_| Book("flight".into()))
-        .on_reply(|d, r| d.flight = Some(r))
-        .compensate("airline", |_| Cancel("flight".into()))
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
-        .timeout(Duration::from_secs(1))
-        .step("hotel")
-        .invoke("hotels", |_| Book("hotel".into()))
-        .on_reply(|d, r| d.hotel = Some(r))
-        .compensate("hotels", |_| Cancel("hotel".into()))
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
-        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(2))
-        .timeout(Duration::from_secs(1))
-        .step("pay")
-        .invoke("bank", |_| Book("pay".into()))
-        .pivot()
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
-        .step("notify")
-        .invoke("mail", |_| Book("mail".into()))
-        .retriable()
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
+        .step("flight", |step| {
+            step.invoke(|_| Book::<0>("flight".into()))
+                .on_reply(|d, r| d.flight = Some(r))
+                .compensate(|_| Cancel::<0>("flight".into()))
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
+                .timeout(Duration::from_secs(1))
+        })
+        .step("hotel", |step| {
+            step.invoke(|_| Book::<1>("hotel".into()))
+                .on_reply(|d, r| d.hotel = Some(r))
+                .compensate(|_| Cancel::<1>("hotel".into()))
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+                .compensation_retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(2))
+                .timeout(Duration::from_secs(1))
+        })
+        .step("pay", |step| {
+            step.invoke(|_| Book::<2>("pay".into()))
+                .pivot()
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
+        })
+        .step("notify", |step| {
+            step.invoke(|_| Book::<3>("mail".into()))
+                .retriable()
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).unlimited())
+        })
         .build()
         .expect("valid definition")
 }
@@ -337,10 +348,11 @@ fn the_pivot_retries_until_it_succeeds() {
 #[test]
 fn unknown_outcome_with_compensate_policy_compensates_the_step() {
     let saga = Saga::<Trip>::builder("u")
-        .step("a")
-        .invoke("svc", |_| Book("a".into()))
-        .compensate("svc", |_| Cancel("a".into()))
-        .on_unknown(OnUnknown::Compensate)
+        .step("a", |step| {
+            step.invoke(|_| Book::<4>("a".into()))
+                .compensate(|_| Cancel::<4>("a".into()))
+                .on_unknown(OnUnknown::Compensate)
+        })
         .build()
         .expect("valid");
     let t = start(
@@ -802,12 +814,14 @@ fn cancel_after_the_pivot_is_refused() {
 fn deadline_compensates_a_saga_that_has_not_reached_its_pivot() {
     let saga = Saga::<Trip>::builder("d")
         .deadline(Duration::from_millis(500))
-        .step("a")
-        .invoke("svc", |_| Book("a".into()))
-        .compensate("svc", |_| Cancel("a".into()))
-        .step("b")
-        .invoke("svc", |_| Book("b".into()))
-        .compensate("svc", |_| Cancel("b".into()))
+        .step("a", |step| {
+            step.invoke(|_| Book::<4>("a".into()))
+                .compensate(|_| Cancel::<4>("a".into()))
+        })
+        .step("b", |step| {
+            step.invoke(|_| Book::<4>("b".into()))
+                .compensate(|_| Cancel::<4>("b".into()))
+        })
         .build()
         .expect("valid");
     let t = start(
@@ -850,8 +864,7 @@ fn a_reply_that_does_not_decode_counts_as_unknown() {
 #[test]
 fn local_steps_emit_run_local() {
     let saga = Saga::<Trip>::builder("l")
-        .step("calc")
-        .local(|_d: Trip, _| async { Ok(5u32) })
+        .step("calc", |step| step.local(|_d: Trip, _| async { Ok(5u32) }))
         .build()
         .expect("valid");
     let t = start(
@@ -879,13 +892,15 @@ fn local_steps_emit_run_local() {
 
 fn local_then_remote() -> Saga<Trip> {
     Saga::<Trip>::builder("lr")
-        .step("hold")
-        .local(|_d: Trip, _| async { Ok(()) })
-        .compensate_local(|_d: Trip, _| async { Ok(()) })
-        .timeout(Duration::from_secs(2))
-        .step("flight")
-        .invoke("airline", |_| Book("flight".into()))
-        .compensate("airline", |_| Cancel("flight".into()))
+        .step("hold", |step| {
+            step.local(|_d: Trip, _| async { Ok(()) })
+                .compensate_local(|_d: Trip, _| async { Ok(()) })
+                .timeout(Duration::from_secs(2))
+        })
+        .step("flight", |step| {
+            step.invoke(|_| Book::<0>("flight".into()))
+                .compensate(|_| Cancel::<0>("flight".into()))
+        })
         .build()
         .expect("valid")
 }

@@ -7,8 +7,8 @@ use tokio::sync::Notify;
 use super::lock;
 use crate::error::Result;
 use crate::id::IdempotencyKey;
+use crate::inbox::{Claim, Inbox, InboxClaim, compensated_refusal};
 use crate::message::ReplyOutcome;
-use crate::participant::{Claim, Inbox, InboxClaim, compensated_refusal};
 
 #[derive(Debug)]
 enum Entry {

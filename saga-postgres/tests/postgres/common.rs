@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use saga_core::{
-    Cursor, Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, StepStatus,
+    Direction, LogEntry, LogEvent, SagaId, SagaInstance, SagaStatus, StepStatus, adapter::Cursor,
 };
 use saga_postgres::{PgConfig, PgSagaStore};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};

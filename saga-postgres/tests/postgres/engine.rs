@@ -26,6 +26,7 @@ struct Reserved {
 }
 impl Command for Reserve {
     const NAME: &'static str = "reserve";
+    const ENDPOINT: &'static str = "inventory";
     type Reply = Reserved;
 }
 
@@ -35,6 +36,7 @@ struct Release {
 }
 impl Command for Release {
     const NAME: &'static str = "release";
+    const ENDPOINT: &'static str = "inventory";
     type Reply = ();
 }
 
@@ -44,6 +46,7 @@ struct Ship {
 }
 impl Command for Ship {
     const NAME: &'static str = "ship";
+    const ENDPOINT: &'static str = "shipping";
     type Reply = ();
 }
 
@@ -56,31 +59,34 @@ struct Order {
 
 fn checkout() -> Saga<Order> {
     Saga::<Order>::builder("checkout")
-        .step("reserve")
-        .invoke("inventory", |o: &Order| Reserve {
-            sku: format!("sku-{}", o.number),
+        .step("reserve", |step| {
+            step.invoke(|o: &Order| Reserve {
+                sku: format!("sku-{}", o.number),
+            })
+            .on_reply(|o, r| o.reservation = Some(r.reservation))
+            .compensate(|o: &Order| Release {
+                reservation: o.reservation.clone().unwrap_or_default(),
+            })
+            .timeout(Duration::from_secs(1))
         })
-        .on_reply(|o, r| o.reservation = Some(r.reservation))
-        .compensate("inventory", |o: &Order| Release {
-            reservation: o.reservation.clone().unwrap_or_default(),
+        .step("charge", |step| {
+            step.local(|o: Order, _| async move {
+                if o.number % 7 == 3 {
+                    Err(StepError::business("card declined"))
+                } else {
+                    Ok(true)
+                }
+            })
+            .on_reply(|o, charged| o.charged = charged)
+            // A crash between saving "charge dispatched" and running it leaves
+            // the step to its timeout (30 s by default, as long as the tests wait).
+            .timeout(Duration::from_secs(1))
         })
-        .timeout(Duration::from_secs(1))
-        .step("charge")
-        .local(|o: Order, _| async move {
-            if o.number % 7 == 3 {
-                Err(StepError::business("card declined"))
-            } else {
-                Ok(true)
-            }
+        .step("ship", |step| {
+            step.invoke(|o: &Order| Ship { order: o.number })
+                .pivot()
+                .timeout(Duration::from_secs(1))
         })
-        .on_reply(|o, charged| o.charged = charged)
-        // A crash between saving "charge dispatched" and running it leaves
-        // the step to its timeout (30 s by default, as long as the tests wait).
-        .timeout(Duration::from_secs(1))
-        .step("ship")
-        .invoke("shipping", |o: &Order| Ship { order: o.number })
-        .pivot()
-        .timeout(Duration::from_secs(1))
         .build()
         .expect("valid saga")
 }
@@ -104,7 +110,7 @@ fn participants(
     stop: &watch::Receiver<()>,
 ) -> Vec<JoinHandle<()>> {
     let delay = Duration::from_millis(100);
-    let inventory = Participant::builder("inventory")
+    let inventory = Participant::builder()
         .inbox(PgInbox::new(test.db.clone()))
         .on({
             let effects = Arc::clone(effects);
@@ -129,8 +135,9 @@ fn participants(
                 }
             }
         })
-        .build();
-    let shipping = Participant::builder("shipping")
+        .build()
+        .expect("valid participant");
+    let shipping = Participant::builder()
         .inbox(PgInbox::new(test.db.clone()))
         .on({
             let effects = Arc::clone(effects);
@@ -143,7 +150,8 @@ fn participants(
                 }
             }
         })
-        .build();
+        .build()
+        .expect("valid participant");
     [inventory, shipping]
         .into_iter()
         .map(|participant| {

@@ -13,13 +13,10 @@ use crate::common::TestDb;
 struct Reserve {
     sku: String,
 }
-#[derive(Serialize, Deserialize)]
-struct Reserved {
-    reservation: String,
-}
 impl Command for Reserve {
     const NAME: &'static str = "reserve";
-    type Reply = Reserved;
+    const ENDPOINT: &'static str = "inventory";
+    type Reply = String;
 }
 #[derive(Serialize, Deserialize)]
 struct Release {
@@ -27,6 +24,7 @@ struct Release {
 }
 impl Command for Release {
     const NAME: &'static str = "release";
+    const ENDPOINT: &'static str = "inventory";
     type Reply = ();
 }
 
@@ -39,51 +37,33 @@ struct Order {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_runs_against_postgres() -> Result<(), Box<dyn std::error::Error>> {
     let test = TestDb::empty().await; // no schema: the example migrates
-    let env = |name: &str| (name == "DB_URL").then(|| test.url.clone());
 
     // From here on, the crate docs' example.
-    let db = PgConfig::from_vars(env)?.connect().await?;
-    saga_postgres::migrate(&db).await?;
-    let store = PgSagaStore::new(db.clone()).await?;
+    let db = PgConfig::new(&test.url).connect().await?;
+    saga_postgres::migrate(&db).await?; // idempotent; or run it at deployment
 
     let checkout = Saga::<Order>::builder("checkout")
-        .step("reserve")
-        .invoke("inventory", |o: &Order| Reserve { sku: o.sku.clone() })
-        .on_reply(|o, r| o.reservation = Some(r.reservation))
-        .compensate("inventory", |o: &Order| Release {
-            reservation: o.reservation.clone(),
+        .step("reserve", |step| {
+            step.invoke(|o: &Order| Reserve { sku: o.sku.clone() })
+                .on_reply(|o, reservation| o.reservation = Some(reservation))
+                .compensate(|o: &Order| Release {
+                    reservation: o.reservation.clone(),
+                })
+                .timeout(Duration::from_secs(10))
         })
-        .timeout(Duration::from_secs(10))
         .build()?;
-    let transport = InMemoryTransport::new();
+    let transport = InMemoryTransport::new(); // saga-rabbitmq in production
+    let store = PgSagaStore::new(db.clone()).await?;
     let engine = Engine::builder(store, transport.clone())
         .register(&checkout)
         .build();
 
-    let inventory = Participant::builder("inventory")
+    let inventory = Participant::builder()
         .inbox(PgInbox::new(db.clone()))
-        .on(|cmd: Reserve, _ctx| async move {
-            Ok(Reserved {
-                reservation: format!("r-{}", cmd.sku),
-            })
-        })
+        .on(|cmd: Reserve, _ctx| async move { Ok(format!("r-{}", cmd.sku)) })
         .on(|_cmd: Release, _ctx| async move { Ok(()) })
-        .build();
-
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
-    };
-    let runner = {
-        let e = engine.clone();
-        let s = shutdown(stopped.clone());
-        tokio::spawn(async move { e.run(s).await })
-    };
-    let serving = {
-        let t = std::sync::Arc::new(transport);
-        let s = shutdown(stopped);
-        tokio::spawn(async move { inventory.run(t, s).await })
-    };
+        .build()?;
+    let (running, serving) = (engine.spawn(), inventory.spawn(transport));
 
     let id = engine
         .start(
@@ -103,9 +83,8 @@ async fn the_quick_start_runs_against_postgres() -> Result<(), Box<dyn std::erro
         println!("{:>3} {:<24} {:?}", entry.seq, entry.event, entry.step);
     }
 
-    drop(stop);
-    runner.await??;
-    serving.await??;
+    serving.shutdown().await?;
+    running.shutdown().await?;
 
     // What the example leaves behind.
     assert_eq!(logs.first().map(|l| l.event), Some(LogEvent::SagaStarted));

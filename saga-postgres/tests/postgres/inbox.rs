@@ -3,8 +3,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use saga_core::{
-    Command, CommandContext, CommandMessage, Direction, IdempotencyKey, Participant, ReplyOutcome,
-    SagaId, StepError, StepErrorKind,
+    Command, CommandContext, Direction, IdempotencyKey, Participant, SagaId, StepError,
+    StepErrorKind,
+    adapter::{CommandMessage, ReplyOutcome},
 };
 use saga_postgres::entity::saga_inbox;
 use saga_postgres::inbox::{self, PgInbox};
@@ -290,6 +291,7 @@ struct Charge {
 
 impl Command for Charge {
     const NAME: &'static str = "charge";
+    const ENDPOINT: &'static str = "payment";
     type Reply = u32;
 }
 
@@ -297,7 +299,7 @@ impl Command for Charge {
 async fn pg_inbox_makes_a_participant_effectively_once() {
     let test = TestDb::new().await;
     let calls = Arc::new(AtomicU32::new(0));
-    let participant = Participant::builder("payment")
+    let participant = Participant::builder()
         .inbox(PgInbox::new(test.db.clone()))
         .on({
             let calls = Arc::clone(&calls);
@@ -309,7 +311,8 @@ async fn pg_inbox_makes_a_participant_effectively_once() {
                 }
             }
         })
-        .build();
+        .build()
+        .expect("valid participant");
     let saga = SagaId::new();
     let command = CommandMessage {
         message_id: format!("{saga}:charge:invoke:1"),
@@ -343,6 +346,7 @@ struct Refund {
 
 impl Command for Refund {
     const NAME: &'static str = "refund";
+    const ENDPOINT: &'static str = "payment";
     type Reply = ();
 }
 
@@ -356,7 +360,7 @@ fn held_payment(
 ) -> Participant {
     let (charge_effects, refund_effects) = (Arc::clone(effects), Arc::clone(effects));
     let (started, release) = (Arc::clone(started), Arc::clone(release));
-    Participant::builder("payment")
+    Participant::builder()
         .inbox(PgInbox::new(db.clone()))
         .on(move |cmd: Charge, _ctx| {
             let (effects, started, release) = (
@@ -382,6 +386,7 @@ fn held_payment(
             }
         })
         .build()
+        .expect("valid participant")
 }
 
 fn payment_command(saga: SagaId, direction: Direction, attempt: u32) -> CommandMessage {

@@ -2,10 +2,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use saga_core::store::{Created, DefinitionKey, SagaQuery};
+use saga_core::adapter::{Created, DefinitionKey, SagaQuery};
 use saga_core::{
-    Cursor, Direction, Error, ErrorKind, LogEvent, SagaId, SagaStatus, SagaStore, StepStatus,
-    Waiting,
+    Direction, Error, ErrorKind, LogEvent, SagaId, SagaStatus, SagaStore, StepStatus,
+    adapter::{Cursor, Waiting},
 };
 use saga_postgres::entity::saga_state;
 use sea_orm::EntityTrait;
@@ -446,19 +446,16 @@ async fn operators_list_by_status_type_and_age() {
         "newest first"
     );
     let failed = store
-        .list(&SagaQuery {
-            status: Some(SagaStatus::Failed),
-            ..SagaQuery::default()
-        })
+        .list(&SagaQuery::new().status(SagaStatus::Failed))
         .await
         .expect("list");
     assert_eq!(ids(failed), vec![sagas[2].id]);
     let stuck = store
-        .list(&SagaQuery {
-            status: Some(SagaStatus::Running),
-            updated_before: Some(old + chrono::Duration::minutes(15)),
-            ..SagaQuery::default()
-        })
+        .list(
+            &SagaQuery::new()
+                .status(SagaStatus::Running)
+                .updated_before(old + chrono::Duration::minutes(15)),
+        )
         .await
         .expect("list");
     assert_eq!(
@@ -467,11 +464,7 @@ async fn operators_list_by_status_type_and_age() {
         "running and not updated for long: stuck"
     );
     let typed = store
-        .list(&SagaQuery {
-            saga_type: Some("checkout".into()),
-            limit: 2,
-            ..SagaQuery::default()
-        })
+        .list(&SagaQuery::new().saga_type("checkout").limit(2))
         .await
         .expect("list");
     assert_eq!(ids(typed), vec![sagas[2].id, sagas[1].id]);

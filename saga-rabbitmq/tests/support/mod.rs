@@ -265,9 +265,9 @@ impl TestVhost {
     /// A config for this vhost with quick reconnects and timeouts suited to tests.
     pub fn config(&self) -> Config {
         Config::new(self.amqp_url())
-            .with_reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
-            .with_connect_timeout(Duration::from_secs(10))
-            .with_connection_name(format!("test-{}", self.name))
+            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(10))
+            .connection_name(format!("test-{}", self.name))
     }
 
     /// Connects a transport, failing the test with a clear message when RabbitMQ is down.

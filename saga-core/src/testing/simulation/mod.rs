@@ -23,7 +23,7 @@
 //!
 //! The definition covers remote compensatable steps, a local step, a step
 //! whose unknown outcome compensates, a read-only step, the pivot, a
-//! retriable step after it, and a deadline (see [`SimData`] and the source).
+//! retriable step after it, and a deadline (see the source).
 //!
 //! The checker compares the participants' journal of effects with what the
 //! store recorded, not with the machine's own labels:
@@ -53,10 +53,8 @@ mod world;
 
 use std::sync::Arc;
 
-pub use model::{SimData, SimDo, SimUndo};
-
+use crate::inbox::Inbox;
 use crate::memory::InMemoryInbox;
-use crate::participant::Inbox;
 
 /// Fault rates and sizes of a simulation run.
 #[derive(Clone, Debug)]

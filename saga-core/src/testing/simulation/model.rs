@@ -13,8 +13,9 @@ use crate::clock::{Clock, ManualClock};
 use crate::definition::{Command, LocalContext, OnUnknown, Saga};
 use crate::error::StepError;
 use crate::id::{Direction, IdempotencyKey, SagaId};
+use crate::inbox::Inbox;
 use crate::message::{CommandMessage, ReplyMessage};
-use crate::participant::{CommandContext, Inbox, Participant};
+use crate::participant::{CommandContext, Participant};
 use crate::retry::RetryPolicy;
 use crate::testing::Rng;
 
@@ -24,37 +25,40 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The saga data of the simulated definitions.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SimData {
+pub(crate) struct SimData {
     /// Replies folded in by the steps, in order.
     pub replies: Vec<String>,
 }
 
-/// The action every simulated remote step sends: do the work of plan `slot`.
+/// The endpoints of the simulated participants.
+pub(super) const ENDPOINTS: [&str; 5] = ["p0", "p1", "p2", "p3", "p4"];
+
+/// The action a simulated remote step sends to participant `P`: do the work
+/// of plan `slot`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SimDo {
+pub(crate) struct SimDo<const P: usize> {
     /// The plan slot: which part of a saga's plan the step plays.
     pub slot: usize,
 }
 
-impl Command for SimDo {
+impl<const P: usize> Command for SimDo<P> {
     const NAME: &'static str = "sim.do";
+    const ENDPOINT: &'static str = ENDPOINTS[P];
     type Reply = String;
 }
 
-/// The compensation every simulated compensatable remote step sends.
+/// The compensation a simulated compensatable remote step sends to participant `P`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SimUndo {
+pub(crate) struct SimUndo<const P: usize> {
     /// The plan slot.
     pub slot: usize,
 }
 
-impl Command for SimUndo {
+impl<const P: usize> Command for SimUndo<P> {
     const NAME: &'static str = "sim.undo";
+    const ENDPOINT: &'static str = ENDPOINTS[P];
     type Reply = ();
 }
-
-/// The endpoints of the simulated participants.
-pub(super) const ENDPOINTS: [&str; 5] = ["p0", "p1", "p2", "p3", "p4"];
 
 /// Plan slots: which part of a saga's plan a step plays. Version 1 uses all
 /// six in order; version 2 uses [`BOOK`] and [`COMMIT`].
@@ -310,93 +314,113 @@ pub(super) fn definitions(shared: &Arc<Shared>) -> (Saga<SimData>, Saga<SimData>
         .deadline(Duration::from_secs(12))
         .default_retry(RetryPolicy::fixed(Duration::from_millis(200)).max_attempts(4))
         .default_compensation_retry(RetryPolicy::fixed(Duration::from_millis(200)).max_attempts(8))
-        .step("book")
-        .invoke("p0", |_| SimDo { slot: BOOK })
-        .on_reply(fold)
-        .compensate("p0", |_| SimUndo { slot: BOOK })
-        .step("hold")
-        .local(move |_data: SimData, ctx: LocalContext| {
-            let shared = Arc::clone(&run);
-            async move {
-                shared
-                    .work(ctx.saga_id, HOLD, &ctx.idempotency_key, true)
-                    .await
-            }
+        .step("book", |step| {
+            step.invoke(|_| SimDo::<0> { slot: BOOK })
+                .on_reply(fold)
+                .compensate(|_| SimUndo::<0> { slot: BOOK })
         })
-        .on_reply(fold)
-        .compensate_local(move |_data: SimData, ctx: LocalContext| {
-            let shared = Arc::clone(&undo);
-            async move { shared.undo(ctx.saga_id, HOLD, &ctx.idempotency_key).await }
+        .step("hold", |step| {
+            step.local(move |_data: SimData, ctx: LocalContext| {
+                let shared = Arc::clone(&run);
+                async move {
+                    shared
+                        .work(ctx.saga_id, HOLD, &ctx.idempotency_key, true)
+                        .await
+                }
+            })
+            .on_reply(fold)
+            .compensate_local(move |_data: SimData, ctx: LocalContext| {
+                let shared = Arc::clone(&undo);
+                async move { shared.undo(ctx.saga_id, HOLD, &ctx.idempotency_key).await }
+            })
+            .timeout(Duration::from_millis(800))
+            .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
         })
-        .timeout(Duration::from_millis(800))
-        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
-        .step("charge")
-        .invoke("p1", |_| SimDo { slot: CHARGE })
-        .on_reply(fold)
-        .compensate("p1", |_| SimUndo { slot: CHARGE })
-        .on_unknown(OnUnknown::Compensate)
-        .retry(
-            RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1))
-                .max_attempts(3),
-        )
-        .compensation_retry(RetryPolicy::fixed(Duration::from_millis(200)).max_attempts(4))
-        .step("check")
-        .invoke("p2", |_| SimDo { slot: CHECK })
-        .on_reply(fold)
-        .read_only()
-        .step("commit")
-        .invoke("p3", |_| SimDo { slot: COMMIT })
-        .on_reply(fold)
-        .pivot()
-        .step("notify")
-        .invoke("p4", |_| SimDo { slot: NOTIFY })
-        .on_reply(fold)
-        .retriable()
+        .step("charge", |step| {
+            step.invoke(|_| SimDo::<1> { slot: CHARGE })
+                .on_reply(fold)
+                .compensate(|_| SimUndo::<1> { slot: CHARGE })
+                .on_unknown(OnUnknown::Compensate)
+                .retry(
+                    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1))
+                        .max_attempts(3),
+                )
+                .compensation_retry(RetryPolicy::fixed(Duration::from_millis(200)).max_attempts(4))
+        })
+        .step("check", |step| {
+            step.invoke(|_| SimDo::<2> { slot: CHECK })
+                .on_reply(fold)
+                .read_only()
+        })
+        .step("commit", |step| {
+            step.invoke(|_| SimDo::<3> { slot: COMMIT })
+                .on_reply(fold)
+                .pivot()
+        })
+        .step("notify", |step| {
+            step.invoke(|_| SimDo::<4> { slot: NOTIFY })
+                .on_reply(fold)
+                .retriable()
+        })
         .build()
         .unwrap_or_else(|e| panic!("the simulated definition is valid: {e}"));
     let v2 = Saga::<SimData>::builder("sim")
         .version(2)
         .default_timeout(Duration::from_secs(1))
-        .step("book")
-        .invoke("p0", |_| SimDo { slot: BOOK })
-        .on_reply(fold)
-        .compensate("p0", |_| SimUndo { slot: BOOK })
-        .step("commit")
-        .invoke("p3", |_| SimDo { slot: COMMIT })
-        .on_reply(fold)
-        .pivot()
+        .step("book", |step| {
+            step.invoke(|_| SimDo::<0> { slot: BOOK })
+                .on_reply(fold)
+                .compensate(|_| SimUndo::<0> { slot: BOOK })
+        })
+        .step("commit", |step| {
+            step.invoke(|_| SimDo::<3> { slot: COMMIT })
+                .on_reply(fold)
+                .pivot()
+        })
         .build()
         .unwrap_or_else(|e| panic!("the simulated definition is valid: {e}"));
     (v1, v2)
 }
 
-/// The participant serving `endpoint`, deduplicating through `inbox`.
-pub(super) fn participant(
-    endpoint: &str,
+/// The participants of every endpoint, each deduplicating through the
+/// inbox `inboxes` gives for it.
+pub(super) fn participants(
     shared: &Arc<Shared>,
-    inbox: Arc<dyn Inbox>,
+    inboxes: &dyn Fn(&str) -> Arc<dyn Inbox>,
+) -> Vec<Participant> {
+    vec![
+        participant::<0>(shared, inboxes),
+        participant::<1>(shared, inboxes),
+        participant::<2>(shared, inboxes),
+        participant::<3>(shared, inboxes),
+        participant::<4>(shared, inboxes),
+    ]
+}
+
+fn participant<const P: usize>(
+    shared: &Arc<Shared>,
+    inboxes: &dyn Fn(&str) -> Arc<dyn Inbox>,
 ) -> Participant {
-    let work = Arc::clone(shared);
-    let undo = Arc::clone(shared);
-    Participant::builder(endpoint)
-        .inbox(super::faults::SimInbox::new(inbox, Arc::clone(shared)))
-        .on(move |cmd: SimDo, ctx: CommandContext| {
-            let shared = Arc::clone(&work);
-            async move {
+    let inbox = super::faults::SimInbox::new(inboxes(ENDPOINTS[P]), Arc::clone(shared));
+    Participant::builder()
+        .state(Arc::clone(shared))
+        .inbox(inbox)
+        .on(
+            |cmd: SimDo<P>, ctx: CommandContext, shared: Arc<Shared>| async move {
                 shared
                     .work(ctx.saga_id, cmd.slot, &ctx.idempotency_key, false)
                     .await
-            }
-        })
-        .on(move |cmd: SimUndo, ctx: CommandContext| {
-            let shared = Arc::clone(&undo);
-            async move {
+            },
+        )
+        .on(
+            |cmd: SimUndo<P>, ctx: CommandContext, shared: Arc<Shared>| async move {
                 shared
                     .undo(ctx.saga_id, cmd.slot, &ctx.idempotency_key)
                     .await
-            }
-        })
+            },
+        )
         .build()
+        .unwrap_or_else(|e| panic!("the simulated participant is valid: {e}"))
 }
 
 /// A random plan for every slot of a saga.

@@ -15,9 +15,10 @@ use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig, StartOptions};
 use crate::error::{Error, ErrorKind};
 use crate::id::SagaId;
+use crate::inbox::Inbox;
 use crate::memory::InMemoryStore;
 use crate::message::{CommandMessage, ReplyMessage};
-use crate::participant::{Inbox, Participant};
+use crate::participant::Participant;
 use crate::{Saga, SagaStatus};
 
 /// How far ahead of the world's clock each engine's clock runs.
@@ -71,10 +72,7 @@ impl World {
         let clock = Arc::new(crate::clock::ManualClock::default());
         let shared = Arc::new(model::Shared::new(seed, clock));
         let (v1, v2) = model::definitions(&shared);
-        let participants = model::ENDPOINTS
-            .iter()
-            .map(|endpoint| model::participant(endpoint, &shared, inboxes(endpoint)))
-            .collect();
+        let participants = model::participants(&shared, inboxes);
         let mut world = Self {
             shared,
             config,
@@ -204,11 +202,7 @@ impl World {
         };
         self.spawn(Owner::Engine(index), None, async move {
             let _ = engine
-                .start_with(
-                    &saga,
-                    SimData::default(),
-                    StartOptions::default().with_id(id),
-                )
+                .start_with(&saga, SimData::default(), StartOptions::new().id(id))
                 .await;
         });
     }
