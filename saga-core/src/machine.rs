@@ -282,23 +282,27 @@ struct Machine<'a> {
     logs: Vec<LogEntry>,
     effects: Vec<Effect>,
     now: DateTime<Utc>,
+    /// The time of the last log entry written, by this transition or before.
+    last_at: DateTime<Utc>,
 }
 
 impl<'a> Machine<'a> {
     fn new(def: &'a SagaDefinition, s: SagaInstance, now: DateTime<Utc>) -> Self {
+        let last_at = s.updated_at;
         Self {
             def,
             s,
             logs: Vec::new(),
             effects: Vec::new(),
             now,
+            last_at,
         }
     }
 
     fn finish(mut self) -> Transition {
         if !self.logs.is_empty() || !self.effects.is_empty() {
             self.s.version += 1;
-            self.s.updated_at = self.now;
+            self.s.updated_at = self.now.max(self.last_at);
         }
         Transition {
             instance: self.s,
@@ -308,6 +312,7 @@ impl<'a> Machine<'a> {
     }
 
     fn log(&mut self, event: LogEvent, step: Option<usize>, attempt: Option<u32>, payload: Value) {
+        let at = self.next_log_time();
         self.logs.push(LogEntry {
             saga_id: self.s.id,
             seq: self.s.log_seq,
@@ -315,9 +320,19 @@ impl<'a> Machine<'a> {
             step: step.map(|i| self.def.steps[i].name.clone()),
             attempt,
             payload,
-            at: self.now,
+            at,
         });
         self.s.log_seq += 1;
+    }
+
+    /// Every entry gets a time of its own, later than the saga's previous
+    /// entry even when this engine's clock is behind the one that wrote it,
+    /// so reading the log by time reads it in order (`ORDER BY created_at`),
+    /// to the microsecond stores keep.
+    fn next_log_time(&mut self) -> DateTime<Utc> {
+        let floor = self.last_at + chrono::Duration::microseconds(1);
+        self.last_at = self.now.max(floor);
+        self.last_at
     }
 
     fn seed(&self, step: usize) -> u64 {

@@ -995,3 +995,29 @@ fn log_sequence_numbers_are_contiguous() {
     assert_eq!(seqs, (0..all.len() as u32).collect::<Vec<_>>());
     assert_eq!(r.inst.log_seq as usize, all.len());
 }
+
+#[test]
+fn log_times_increase_even_when_the_clock_goes_back() {
+    let mut r = Run::new();
+    let mut all = r.logs.clone();
+    // Another engine, its clock a second behind, handles the next reply.
+    r.apply(
+        Event::Reply {
+            step: 0,
+            direction: Direction::Invoke,
+            attempt: 1,
+            outcome: Ok(json!("ref-0")),
+        },
+        t0() - chrono::Duration::seconds(1),
+    );
+    all.extend(r.logs.clone());
+    r.ok(1);
+    all.extend(r.logs.clone());
+    assert!(all.len() >= 5);
+    assert!(
+        all.windows(2).all(|w| w[0].at < w[1].at),
+        "{:?}",
+        all.iter().map(|l| l.at).collect::<Vec<_>>()
+    );
+    assert!(r.inst.updated_at >= all.last().expect("entries").at);
+}

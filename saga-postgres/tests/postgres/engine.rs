@@ -10,6 +10,7 @@ use saga_core::{
 };
 use saga_postgres::PgSagaStore;
 use saga_postgres::inbox::PgInbox;
+use sea_orm::ConnectionTrait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -355,5 +356,64 @@ async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
     runner.await.expect("engine task").expect("engine stops");
     for task in serving {
         task.await.expect("participant stops");
+    }
+}
+
+/// The seed guide's debugging query lists a saga's log in its real order:
+/// entries written in one transaction get times of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_guides_query_lists_a_log_in_order() {
+    let test = TestDb::new().await;
+    let saga = checkout();
+    let transport = InMemoryTransport::new();
+    let effects = Effects::default();
+    let (stop, stopped) = watch::channel(());
+    let serving = participants(&test, &transport, &effects, &stopped);
+    let engine = engine(test.store().await, &transport, &saga);
+    let running = engine.spawn();
+    // Order 3 is declined at `charge` (3 % 7 == 3): a compensated saga, whose
+    // transitions write several entries at once.
+    let mut ids = Vec::new();
+    for number in [1, 3] {
+        let order = Order {
+            number,
+            reservation: None,
+            charged: false,
+        };
+        ids.push(engine.start(&saga, order).await.expect("start"));
+    }
+    for id in &ids {
+        engine
+            .wait(*id, Duration::from_secs(20))
+            .await
+            .expect("ends");
+    }
+    for id in ids {
+        let sql = format!("SELECT * FROM saga_logs WHERE saga_id = '{id}' ORDER BY created_at;");
+        let rows = test
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                sql,
+            ))
+            .await
+            .expect("the guide's query");
+        let seqs: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get::<i64>("", "seq").expect("seq"))
+            .collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> = rows
+            .iter()
+            .map(|row| row.try_get("", "created_at").expect("created_at"))
+            .collect();
+        assert!(seqs.len() > 4, "{seqs:?}");
+        assert_eq!(seqs, (0..seqs.len() as i64).collect::<Vec<_>>());
+        // Not by luck: no two entries share a time.
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    }
+    running.shutdown().await.expect("engine stops");
+    drop(stop);
+    for task in serving {
+        task.await.expect("participant");
     }
 }
