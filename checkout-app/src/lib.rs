@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod error;
+mod fault_injection;
 pub mod gateway;
 pub mod http;
 pub mod inventory;
