@@ -16,7 +16,6 @@
 //! orchestrator: reply -> transition -> save -> next command ... -> outcome to the client
 //! ```
 
-pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod error;
