@@ -13,22 +13,7 @@ fn main() -> std::process::ExitCode {
     let args = checkout_bench::BenchArgs::parse();
     // Every core (`WORKER_THREADS` overrides): the clients and, with
     // --spawn or --engine, the whole stack share this process.
-    let threads = std::env::var("WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0);
-    let runtime = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
+    let runtime = checkout_app::runtime::executor(false);
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

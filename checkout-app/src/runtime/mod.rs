@@ -9,16 +9,19 @@
 //!   of one process ([`StackConfig`], [`RunningStack`]).
 //! - One service (`one_service`): [`run_service`] runs one of the five in
 //!   this process ([`Service`], [`ServiceConfig`]).
+//! - The process's Tokio runtime (`executor`): [`executor`].
 //!
 //! Every service binds its listener first, so a stack started on port 0
 //! (tests) knows all addresses before any service needs another's URL.
 
+mod executor;
 mod infra;
 mod one_service;
 mod shutdown;
 mod stack;
 mod tasks;
 
+pub use executor::executor;
 pub use infra::{
     Databases, ensure_database, saga_store, saga_store_with_pool, service_db, transport,
     with_database,
