@@ -65,9 +65,6 @@ pub enum Command {
     Migrate(DbArgs),
     /// Loads the 10 catalogue products into the inventory database.
     Seed(DbArgs),
-    /// Load generator and benchmark report (closed loop against the gateway,
-    /// a spawned stack, or the engine alone); see docs/benchmarks.md.
-    Bench(Box<crate::bench::BenchArgs>),
     /// Operator commands for sagas (through the orchestrator's HTTP API).
     Saga {
         /// The action.
@@ -307,7 +304,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::InventoryService(args) => run_one(Service::Inventory, args).await,
         Command::PaymentService(args) => run_one(Service::Payment, args).await,
         Command::Migrate(args) => migrate(&args.db_url).await,
-        Command::Bench(args) => crate::bench::run(*args).await.map(|_| ()),
         Command::Seed(args) => {
             let db =
                 runtime::service_db(Some(&args.db_url), &Databases::default().inventory, 2).await?;

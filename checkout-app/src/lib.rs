@@ -16,10 +16,10 @@
 //! orchestrator: reply -> transition -> save -> next command ... -> outcome to the client
 //! ```
 
-pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod error;
+mod fault_injection;
 pub mod gateway;
 pub mod http;
 pub mod inventory;

@@ -13,24 +13,8 @@ fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
     let cli = checkout_app::cli::Cli::parse();
     // One service per process: one thread (`WORKER_THREADS` overrides);
-    // everything else (all services in one process, the bench): all cores.
-    let threads = std::env::var("WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .or(cli.is_single_service().then_some(1));
-    let runtime = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
+    // all services in one process: all cores.
+    let runtime = checkout_app::runtime::executor(cli.is_single_service());
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -42,16 +26,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: checkout_app::cli::Cli) -> std::process::ExitCode {
-    // The bench draws a progress bar and prints a report: only warnings from the stack it may run.
-    let default_filter = if matches!(cli.command, Some(checkout_app::cli::Command::Bench(_))) {
-        "warn"
-    } else {
-        "info,sqlx=warn,lapin=warn,sea_orm_migration=warn"
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "info,sqlx=warn,lapin=warn,sea_orm_migration=warn",
+                )
+            }),
         )
         .init();
     match checkout_app::cli::run(cli).await {

@@ -321,7 +321,7 @@ async fn confirm_order(
     cmd: &ConfirmOrder,
     ctx: &CommandContext,
 ) -> Result<(), StepError> {
-    if crate::payment::chance::fails(
+    if crate::fault_injection::fails(
         config.confirm_failure_rate,
         config.seed ^ CONFIRM_SALT,
         cmd.order_id,

@@ -19,7 +19,6 @@
 //! NOTHING` and re-read; the refund is a conditional update
 //! (`WHERE status = 'SUCCESS'`).
 
-pub(crate) mod chance;
 pub mod entity;
 pub mod migration;
 
@@ -167,7 +166,7 @@ async fn try_process_payment(
     config: PaymentConfig,
     cmd: &ProcessPayment,
 ) -> Result<Option<Result<PaymentProcessed, StepError>>, DbErr> {
-    let declined = chance::fails(config.failure_rate, config.seed, cmd.order_id);
+    let declined = crate::fault_injection::fails(config.failure_rate, config.seed, cmd.order_id);
     let now = Utc::now();
     let payment = payments::Model {
         id: Uuid::now_v7(),

@@ -1,8 +1,17 @@
-//! The closed-loop load: seeded carts, the clients, latency histograms and
-//! the live progress bar.
+//! The load generator: random carts from the catalogue, sent through the
+//! gateway or straight into the engine, by closed-loop clients (each sends a
+//! checkout, waits for its answer, sends the next).
+//!
+//! Two loops share the carts and the HTTP checkout:
+//!
+//! - [`run_level`]: `N` clients for a warm-up and a measured period, with
+//!   latency histograms, a per-second timeline, RSS samples and a progress
+//!   bar (the benchmark);
+//! - [`load`]: `N` clients share a fixed number of checkouts, each with its
+//!   own `Idempotency-Key`, retried while a service is down (the fault suite).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -14,62 +23,60 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
-use crate::messages::LineItem;
-use crate::saga::CheckoutData;
+use checkout_app::error::{Error, Result};
+use checkout_app::messages::LineItem;
+use checkout_app::saga::CheckoutData;
 
-use super::rss::{RssMax, RssSampler};
+use crate::Rng;
+use crate::procfs::{ProcessRss, RssSampler, loadavg};
+
+/// The seed catalogue's "Limited Stock Item" (5 units): [`load`] asks for
+/// it in about one checkout line in ten, so that some checkouts run out of
+/// stock and compensate.
+pub const LIMITED: Uuid = Uuid::from_u128(0xdda6_0f33_8dfd_4da2_96c8_1a02_9d72_725a);
 
 /// A catalogue product: what a cart is drawn from.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Product {
-    pub(crate) id: Uuid,
-    pub(crate) price: Decimal,
+pub struct Product {
+    /// The product's id.
+    pub id: Uuid,
+    /// Its catalogue price (what the engine-level driver charges).
+    pub price: Decimal,
 }
 
-/// SplitMix64: small, fast, seedable, good enough to draw carts.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        // The modulo bias is irrelevant for n <= 10.
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
-/// A random cart: 1–3 distinct products, 1–3 units each.
-pub(crate) fn cart(rng: &mut Rng, catalogue: &[Product]) -> Vec<(Product, u32)> {
+/// A random cart: 1–3 distinct products of `catalogue`, 1–3 units each.
+/// With `scarce`, each line is that product one time in ten.
+pub fn cart(rng: &mut Rng, catalogue: &[Product], scarce: Option<&Product>) -> Vec<(Product, u32)> {
     let lines = (1 + rng.below(3)).min(catalogue.len());
-    let mut picked: Vec<usize> = Vec::with_capacity(lines);
+    let mut picked: Vec<Product> = Vec::with_capacity(lines);
     while picked.len() < lines {
-        let i = rng.below(catalogue.len());
-        if !picked.contains(&i) {
-            picked.push(i);
+        let product = match scarce {
+            Some(scarce) if rng.below(10) == 0 => *scarce,
+            _ => catalogue[rng.below(catalogue.len())],
+        };
+        if !picked.iter().any(|p| p.id == product.id) {
+            picked.push(product);
         }
     }
     picked
         .into_iter()
-        .map(|i| (catalogue[i], 1 + rng.below(3) as u32))
+        .map(|p| (p, 1 + rng.below(3) as u32))
         .collect()
+}
+
+/// The body of `POST /api/checkout` for `cart` (the gateway prices it from
+/// the catalogue).
+fn checkout_body(user: &str, cart: &[(Product, u32)]) -> Value {
+    let items: Vec<Value> = cart
+        .iter()
+        .map(|(p, q)| json!({ "productId": p.id, "quantity": q }))
+        .collect();
+    json!({ "userId": user, "items": items })
 }
 
 /// How one checkout ended, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// The saga completed: order confirmed.
     Succeeded,
     /// The saga compensated (a declined payment, missing stock): order cancelled.
@@ -80,8 +87,11 @@ pub(crate) enum Outcome {
 }
 
 /// Sends checkouts: through the gateway, or straight into the engine.
+#[derive(Clone, Debug)]
+pub struct Driver(Target);
+
 #[derive(Clone)]
-pub(crate) enum Driver {
+enum Target {
     Http {
         client: reqwest::Client,
         url: String,
@@ -93,35 +103,46 @@ pub(crate) enum Driver {
     },
 }
 
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { url, .. } => write!(f, "Http({url})"),
+            Self::Engine { timeout, .. } => write!(f, "Engine(timeout {timeout:?})"),
+        }
+    }
+}
+
 impl Driver {
-    pub(crate) fn http(gateway: &str, timeout: Duration) -> Result<Self> {
+    /// Checkouts through the gateway at `gateway`, each answered within `timeout`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn http(gateway: &str, timeout: Duration) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(1024)
             .build()
             .map_err(|e| Error::Config(format!("http client: {e}")))?;
-        Ok(Self::Http {
+        Ok(Self(Target::Http {
             client,
             url: format!("{}/api/checkout", gateway.trim_end_matches('/')),
-        })
+        }))
     }
 
-    pub(crate) fn engine(engine: Engine, saga: Saga<CheckoutData>, timeout: Duration) -> Self {
-        Self::Engine {
+    /// Sagas started in `engine` and awaited for `timeout` each, no HTTP.
+    #[must_use]
+    pub fn engine(engine: Engine, saga: Saga<CheckoutData>, timeout: Duration) -> Self {
+        Self(Target::Engine {
             engine,
             saga,
             timeout,
-        }
+        })
     }
 
     async fn checkout(&self, user: &str, cart: &[(Product, u32)]) -> Outcome {
-        match self {
-            Self::Http { client, url } => {
-                let items: Vec<Value> = cart
-                    .iter()
-                    .map(|(p, q)| json!({ "productId": p.id, "quantity": q }))
-                    .collect();
-                let body = json!({ "userId": user, "items": items });
+        match &self.0 {
+            Target::Http { client, url } => {
+                let body = checkout_body(user, cart);
                 let response = match client.post(url).json(&body).send().await {
                     Ok(r) => r,
                     Err(e) if e.is_timeout() => return Outcome::Error("http timeout".into()),
@@ -137,7 +158,7 @@ impl Driver {
                     (_, None) => Outcome::Error(format!("{status}")),
                 }
             }
-            Self::Engine {
+            Target::Engine {
                 engine,
                 saga,
                 timeout,
@@ -179,14 +200,18 @@ impl KindName for saga_core::Error {
 
 /// Counts of outcomes.
 #[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct Totals {
-    pub(crate) succeeded: u64,
-    pub(crate) compensated: u64,
-    pub(crate) errors: u64,
+pub struct Totals {
+    /// Checkouts whose saga completed.
+    pub succeeded: u64,
+    /// Checkouts whose saga compensated.
+    pub compensated: u64,
+    /// Checkouts that ended otherwise (see [`Outcome::Error`]).
+    pub errors: u64,
 }
 
 impl Totals {
-    pub(crate) fn add(&mut self, other: &Totals) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Totals) {
         self.succeeded += other.succeeded;
         self.compensated += other.compensated;
         self.errors += other.errors;
@@ -194,35 +219,44 @@ impl Totals {
 }
 
 /// One level's settings.
-pub(crate) struct LevelConfig {
-    pub(crate) clients: usize,
-    pub(crate) warmup: Duration,
-    pub(crate) duration: Duration,
-    pub(crate) seed: u64,
-    pub(crate) progress: bool,
-    pub(crate) pids: Vec<u32>,
+#[derive(Clone, Debug)]
+pub struct LevelConfig {
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Warm-up, not measured.
+    pub warmup: Duration,
+    /// The measured period.
+    pub duration: Duration,
+    /// Seed of the carts.
+    pub seed: u64,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Processes whose RSS is sampled.
+    pub pids: Vec<u32>,
 }
 
 /// One level's measurements.
 #[derive(Debug)]
-pub(crate) struct LevelResult {
-    pub(crate) clients: usize,
-    pub(crate) duration: Duration,
+pub struct LevelResult {
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// The measured period.
+    pub duration: Duration,
     /// Completed in the measured window.
-    pub(crate) measured: Totals,
+    pub measured: Totals,
     /// Everything sent at this level, warm-up and stragglers included (for the
     /// comparison with the databases).
-    pub(crate) all: Totals,
+    pub all: Totals,
     /// Latency of succeeded and compensated checkouts, in microseconds.
-    pub(crate) latency: Histogram<u64>,
+    pub latency: Histogram<u64>,
     /// Error descriptions and how often each happened.
-    pub(crate) error_kinds: Vec<(String, u64)>,
+    pub error_kinds: Vec<(String, u64)>,
     /// Throughput per second of the measured window (succeeded + compensated).
-    pub(crate) timeline: Vec<u64>,
+    pub timeline: Vec<u64>,
     /// Highest RSS per sampled process during the measured window.
-    pub(crate) rss: Vec<RssMax>,
+    pub rss: Vec<ProcessRss>,
     /// `/proc/loadavg` when the level ended.
-    pub(crate) loadavg: String,
+    pub loadavg: String,
 }
 
 struct ClientResult {
@@ -238,8 +272,9 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs `clients` closed-loop clients for warm-up plus duration.
-pub(crate) async fn run_level(
+/// Runs `config.clients` closed-loop clients for warm-up plus duration,
+/// each drawing its carts from `catalogue` with its own seed.
+pub async fn run_level(
     driver: &Arc<Driver>,
     catalogue: &Arc<Vec<Product>>,
     config: LevelConfig,
@@ -301,7 +336,7 @@ pub(crate) async fn run_level(
                 errors: Vec::new(),
             };
             while Instant::now() < end {
-                let cart = cart(&mut rng, &catalogue);
+                let cart = cart(&mut rng, &catalogue, None);
                 let sent = Instant::now();
                 let outcome = driver.checkout(&user, &cart).await;
                 let finished = Instant::now();
@@ -367,7 +402,7 @@ pub(crate) async fn run_level(
         error_kinds: errors.into_iter().collect(),
         timeline,
         rss,
-        loadavg: super::report::loadavg(),
+        loadavg: loadavg(),
     }
 }
 
@@ -381,6 +416,162 @@ fn progress_bar(config: &LevelConfig) -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// What a [`load`] saw (client side; invariants come from the databases).
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Checkouts sent (retries of one checkout count once).
+    pub sent: usize,
+    /// Answered 200: the saga completed.
+    pub ok: usize,
+    /// Answered 422: refused or compensated.
+    pub refused: usize,
+    /// Answered 202: the saga was still running at the gateway's wait.
+    pub accepted: usize,
+    /// Any other answer.
+    pub other: usize,
+    /// Answered 500: the saga ended Failed (an operator's case).
+    pub failed: usize,
+    /// 502-504 answers, each retried with the same key.
+    pub unavailable: usize,
+    /// Transport errors, each retried with the same key.
+    pub errors: usize,
+    /// How long the whole load took.
+    pub elapsed: Duration,
+}
+
+/// Progress of a running [`load`], for triggering a fault mid-load.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<AtomicUsize>);
+
+impl Progress {
+    /// Checkouts answered (or given up) so far.
+    #[must_use]
+    pub fn done(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once `n` checkouts have been answered (or failed).
+    pub async fn reached(&self, n: usize) {
+        while self.done() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A running [`load`]: its progress and its report once done.
+pub type LoadHandle = (Progress, tokio::task::JoinHandle<LoadReport>);
+
+/// A closed-loop load: `clients` concurrent buyers send `total` checkouts of
+/// random carts of `products` (with the [`LIMITED`] item about one line in
+/// ten, when it is one of them) to `gateways` in turn. Every checkout has its
+/// own `Idempotency-Key`, kept while it is retried after a 502-504 or a
+/// transport error (a service is down: the fault), so a retry never starts a
+/// second saga.
+///
+/// # Panics
+/// The returned task panics when the HTTP client cannot be built or a client
+/// task panics.
+#[must_use]
+pub fn load(
+    gateways: Vec<String>,
+    products: Vec<Product>,
+    clients: usize,
+    total: usize,
+    seed: u64,
+) -> LoadHandle {
+    let progress = Progress::default();
+    let counter = progress.clone();
+    let handle = tokio::spawn(async move {
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("HTTP client");
+        let gateways = Arc::new(gateways);
+        let scarce = products.iter().find(|p| p.id == LIMITED).copied();
+        let products = Arc::new(products);
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let next = Arc::clone(&next);
+            let http = http.clone();
+            let gateways = Arc::clone(&gateways);
+            let products = Arc::clone(&products);
+            let counter = counter.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut report = LoadReport::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return report;
+                    }
+                    let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let cart = cart(&mut rng, &products, scarce.as_ref());
+                    let body = checkout_body(&format!("load-{client}"), &cart);
+                    // The same key on every try: a retried request never starts a second saga.
+                    let key = format!("load-{seed}-{i}");
+                    report.sent += 1;
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        let gateway = &gateways[(i + tries) % gateways.len()];
+                        let answer = http
+                            .post(format!("{gateway}/api/checkout"))
+                            .header("Idempotency-Key", &key)
+                            .json(&body)
+                            .send()
+                            .await;
+                        let status = match answer {
+                            Ok(r) => r.status().as_u16(),
+                            Err(_) => 0,
+                        };
+                        match status {
+                            200 => report.ok += 1,
+                            422 => report.refused += 1,
+                            202 => report.accepted += 1,
+                            // A saga that ended Failed (an operator's case).
+                            500 => report.failed += 1,
+                            // A service is down (the fault): try again a little later.
+                            0 | 502..=504 if tries < 100 => {
+                                if status == 0 {
+                                    report.errors += 1;
+                                } else {
+                                    report.unavailable += 1;
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                            _ => report.other += 1,
+                        }
+                        break;
+                    }
+                    counter.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let mut total_report = LoadReport {
+            clients,
+            ..LoadReport::default()
+        };
+        for task in tasks {
+            let r = task.await.expect("load client");
+            total_report.sent += r.sent;
+            total_report.ok += r.ok;
+            total_report.refused += r.refused;
+            total_report.accepted += r.accepted;
+            total_report.other += r.other;
+            total_report.errors += r.errors;
+            total_report.unavailable += r.unavailable;
+            total_report.failed += r.failed;
+        }
+        total_report.elapsed = started.elapsed();
+        total_report
+    });
+    (progress, handle)
 }
 
 #[cfg(test)]
@@ -402,7 +593,7 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut sizes = [0; 4];
         for _ in 0..3_000 {
-            let cart = cart(&mut rng, &catalogue);
+            let cart = cart(&mut rng, &catalogue, None);
             sizes[cart.len()] += 1;
             let mut ids: Vec<Uuid> = cart.iter().map(|(p, _)| p.id).collect();
             ids.sort();
@@ -421,7 +612,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             (0..50)
                 .map(|_| {
-                    cart(&mut rng, &catalogue)
+                    cart(&mut rng, &catalogue, None)
                         .into_iter()
                         .map(|(p, q)| (p.id, q))
                         .collect::<Vec<_>>()

@@ -1,6 +1,7 @@
-//! `checkout-app bench`: a closed-loop load generator and its report.
+//! `checkout-bench`: the checkout's benchmark, a closed-loop load and its report.
 //!
-//! `N` clients each send a checkout, wait for its answer and send the next,
+//! A program of its own, so that the service binary (`checkout-app`) carries
+//! neither the load generator nor its dependencies. `N` clients each send a checkout, wait for its answer and send the next,
 //! for a warm-up and then a measured period, at every concurrency level. Carts
 //! are random (1–3 distinct catalogue products, 1–3 units each) from a seeded
 //! generator, so two runs with the same seed send the same carts.
@@ -11,40 +12,38 @@
 //! - `--spawn`: the whole stack started in this process on ephemeral ports
 //!   (embedded, or on Postgres and RabbitMQ with `DB_URL` / `RABBITMQ_URL`);
 //! - `--engine memory|postgres-rabbitmq`: no HTTP at all: sagas are driven
-//!   through [`saga_core::Engine::start`] and [`saga_core::Engine::wait`]
+//!   through `saga_core::Engine::start` and `saga_core::Engine::wait`
 //!   against in-process participants, which separates the engine's cost from
 //!   the transport's and the storage's.
 //!
 //! With database access (always with `--spawn` and `--engine`, with `--db-url`
 //! against a running stack) the stock of every product is raised before the
-//! run and the invariants are checked after it (see [`invariants`]). With
+//! run and the invariants are checked after it (see [`test_kit::invariants`]). With
 //! `--limits` the same run measures the ceilings of the infrastructure
 //! (Postgres single-row commits with `pgbench`, RabbitMQ confirmed publishes).
 //! Reports: `report.json`, `report.md` and `latency.svg` in `--out`.
 
-pub mod invariants;
 mod limits;
-mod load;
 mod plot;
 pub mod report;
-mod rss;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use checkout_app::error::{Error, Result};
+use checkout_app::inventory::entity::products;
+use checkout_app::runtime::{self, Databases, Ports, RunningStack, Shutdown, StackConfig};
 use chrono::Utc;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use rust_decimal::Decimal;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
+use test_kit::invariants::{self, StackDbs};
+use test_kit::load::{self, Driver, Product};
+use test_kit::procfs;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
-use crate::inventory::entity::products;
-use crate::runtime::{self, Databases, Ports, RunningStack, Shutdown, StackConfig};
-
-use self::load::{Driver, Product};
 use self::report::{Report, RunInfo};
 
 /// Which stack the engine-level mode builds in-process.
@@ -58,8 +57,13 @@ pub enum EngineMode {
     PostgresRabbitmq,
 }
 
-/// Arguments of `checkout-app bench`.
-#[derive(Clone, Debug, Args)]
+/// Load generator and benchmark report for the checkout: a closed loop
+/// against the gateway of a running stack, a spawned stack, or the engine
+/// alone (see docs/benchmarks.md).
+///
+/// Settings in capitals can also come from the environment or a `.env` file.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "checkout-bench", version)]
 pub struct BenchArgs {
     /// The gateway of a running stack (ignored with --spawn and --engine).
     #[arg(
@@ -115,7 +119,7 @@ pub struct BenchArgs {
     /// Seconds per limit measurement.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub limits_duration: Duration,
-    /// Processes whose RSS is sampled (default: every other `checkout-app`
+    /// Processes whose RSS is sampled (default: every `checkout-app`
     /// process, or this one with --spawn / --engine).
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -153,17 +157,6 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(Duration::from_secs_f64(seconds))
-}
-
-/// The databases the invariant checks read.
-#[derive(Clone, Debug)]
-pub struct StackDbs {
-    /// The order service's database.
-    pub orders: DatabaseConnection,
-    /// The inventory service's database.
-    pub inventory: DatabaseConnection,
-    /// The payment service's database.
-    pub payments: DatabaseConnection,
 }
 
 /// What the load is sent to, with what it needs around it.
@@ -221,7 +214,7 @@ async fn measure(args: &BenchArgs, target: &Target) -> Result<Report> {
             let mut catalogue = catalogue_from_db(&dbs.inventory).await?;
             if catalogue.is_empty() {
                 // A fresh inventory database: load the seed catalogue (idempotent).
-                crate::inventory::seed(&dbs.inventory).await?;
+                checkout_app::inventory::seed(&dbs.inventory).await?;
                 catalogue = catalogue_from_db(&dbs.inventory).await?;
             }
             catalogue
@@ -237,7 +230,7 @@ async fn measure(args: &BenchArgs, target: &Target) -> Result<Report> {
     let before = match &target.dbs {
         Some(dbs) => {
             for p in &catalogue {
-                crate::inventory::set_stock(&dbs.inventory, p.id, args.stock).await?;
+                checkout_app::inventory::set_stock(&dbs.inventory, p.id, args.stock).await?;
             }
             Some(invariants::stock(&dbs.inventory).await?)
         }
@@ -330,7 +323,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             Some(mode) => (
                 Driver::engine(
                     stack.engine.clone(),
-                    crate::saga::definition(config.timing)?,
+                    checkout_app::saga::definition(config.timing)?,
                     args.request_timeout,
                 ),
                 format!(
@@ -367,7 +360,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             let names = Databases::with_prefix(&args.db_prefix);
             let connect = |name: String| {
                 let url = runtime::with_database(url, &name);
-                async move { crate::db::connect(&url, 4).await }
+                async move { checkout_app::db::connect(&url, 4).await }
             };
             Some(StackDbs {
                 orders: connect(names.orders).await?,
@@ -378,7 +371,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
         None => None,
     };
     let pids = if args.pids.is_empty() {
-        rss::discover("checkout-app", me)
+        procfs::discover("checkout-app", me)
     } else {
         args.pids.clone()
     };

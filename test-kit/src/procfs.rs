@@ -1,15 +1,29 @@
-//! Resident set size of the service processes, sampled from `/proc` while a
-//! level is measured (Linux; elsewhere nothing is sampled).
+//! What `/proc` tells about the machine's processes (Linux; elsewhere
+//! nothing is found): the service processes by name, their resident set
+//! size sampled while a level is measured, and the load average.
 
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub(crate) use super::report::ProcessRss as RssMax;
+/// The highest RSS a process reached while a level was measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessRss {
+    /// Process id.
+    pub pid: u32,
+    /// The service (`order-service`, `all`, ...) from its command line.
+    pub name: String,
+    /// Highest resident set size, KiB.
+    pub max_kib: u64,
+    /// How many samples were taken (every 100 ms).
+    pub samples: u64,
+}
 
 /// Every process named `name` (the executable's file name) but `except`.
-pub(crate) fn discover(name: &str, except: u32) -> Vec<u32> {
+#[must_use]
+pub fn discover(name: &str, except: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -26,7 +40,8 @@ pub(crate) fn discover(name: &str, except: u32) -> Vec<u32> {
 }
 
 /// A short label: the subcommand of a `checkout-app` command line, else the executable.
-pub(crate) fn label(pid: u32) -> String {
+#[must_use]
+pub fn label(pid: u32) -> String {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return format!("pid {pid}");
     };
@@ -47,7 +62,8 @@ pub(crate) fn label(pid: u32) -> String {
 }
 
 /// The current RSS of `pid` in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+#[must_use]
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -60,16 +76,19 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Samples every 100 ms between `from` and `until`.
-pub(crate) struct RssSampler {
-    task: JoinHandle<Vec<RssMax>>,
+#[derive(Debug)]
+pub struct RssSampler {
+    task: JoinHandle<Vec<ProcessRss>>,
 }
 
 impl RssSampler {
-    pub(crate) fn start(pids: Vec<u32>, from: Instant, until: Instant) -> Self {
+    /// Starts sampling `pids`.
+    #[must_use]
+    pub fn start(pids: Vec<u32>, from: Instant, until: Instant) -> Self {
         let task = tokio::spawn(async move {
-            let mut max: Vec<RssMax> = pids
+            let mut max: Vec<ProcessRss> = pids
                 .iter()
-                .map(|&pid| RssMax {
+                .map(|&pid| ProcessRss {
                     pid,
                     name: label(pid),
                     max_kib: 0,
@@ -91,9 +110,28 @@ impl RssSampler {
         Self { task }
     }
 
-    pub(crate) async fn finish(self) -> Vec<RssMax> {
+    /// The highest RSS of every sampled process.
+    pub async fn finish(self) -> Vec<ProcessRss> {
         self.task.await.unwrap_or_default()
     }
+}
+
+/// The first line of a file (empty when it cannot be read).
+#[must_use]
+pub fn first_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().next().unwrap_or_default().trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`.
+#[must_use]
+pub fn loadavg() -> String {
+    first_line("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

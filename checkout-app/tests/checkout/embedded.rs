@@ -1,21 +1,11 @@
 //! End to end through HTTP on the embedded stack (in-memory SQLite and the
 //! in-process transport): the seed guide's success criteria.
 
-mod support;
-
 use std::collections::HashSet;
 
+use crate::support::{Client, LIMITED, PRODUCT, config, order, service_get, start};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Client, LIMITED, PRODUCT, config, order, start};
-
-async fn service_get(addr: std::net::SocketAddr, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("service answers");
-    let status = response.status();
-    (status, response.json().await.expect("JSON"))
-}
 
 #[tokio::test]
 async fn happy_path_confirms_the_order_and_logs_the_saga() {

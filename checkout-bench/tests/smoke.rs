@@ -3,14 +3,12 @@
 //! any rate passes; the run must complete, hold every invariant and write its
 //! report.
 
-use checkout_app::bench::{self, BenchArgs};
-use checkout_app::cli::{Cli, Command};
+use checkout_bench::{self as bench, BenchArgs};
 use clap::Parser;
 
 fn args(out: &std::path::Path, extra: &[&str]) -> BenchArgs {
     let mut argv = vec![
-        "checkout-app",
-        "bench",
+        "checkout-bench",
         "--concurrency",
         "1,4",
         "--duration",
@@ -23,16 +21,11 @@ fn args(out: &std::path::Path, extra: &[&str]) -> BenchArgs {
     let out = out.to_str().expect("utf-8 path");
     argv.push(out);
     argv.extend_from_slice(extra);
-    match Cli::parse_from(argv).command {
-        Some(Command::Bench(args)) => {
-            let mut args = *args;
-            // Never pick up a developer's DB_URL / RABBITMQ_URL: this test is embedded.
-            args.db_url = None;
-            args.rabbitmq_url = None;
-            args
-        }
-        other => panic!("not a bench command: {other:?}"),
-    }
+    let mut args = BenchArgs::parse_from(argv);
+    // Never pick up a developer's DB_URL / RABBITMQ_URL: this test is embedded.
+    args.db_url = None;
+    args.rabbitmq_url = None;
+    args
 }
 
 fn out_dir(name: &str) -> std::path::PathBuf {

@@ -2,23 +2,13 @@
 //! talking only through RabbitMQ, each with its own database. Covers the seed
 //! guide's success criteria.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{Client, Infra, LIMITED, PRODUCT, order, service_get, start};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use support::{Client, Infra, LIMITED, PRODUCT, order, start};
-
-async fn service_get(addr: std::net::SocketAddr, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("service answers");
-    let status = response.status();
-    (status, response.json().await.expect("JSON"))
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_success_criteria_hold_on_postgres_and_rabbitmq() {

@@ -5,16 +5,17 @@
 //! each scenario prints its figures (run with `--nocapture`, or see
 //! nextest's output of a passing test with `--success-output immediate`).
 //!
-//! `cargo nextest run -p checkout-app --test faults --success-output immediate`
+//! `cargo nextest run -p checkout-app --test checkout faults:: --success-output immediate`
 //! reproduces the figures of docs/reliability.md.
-
-mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::processes::{Cluster, Figures, LoadReport, Node, OPERATOR_TOKEN, Role, load};
+use test_kit::cluster::{Cluster, Figures, Node, OPERATOR_TOKEN, Role};
+use test_kit::load::{LoadHandle, LoadReport, load};
+
+use crate::support::binary;
 
 /// Checkouts per scenario and concurrent clients.
 const LOAD: usize = 240;
@@ -63,11 +64,7 @@ fn assert_no_secrets(cluster: &Cluster) {
     );
 }
 
-async fn run_load(
-    cluster: &mut Cluster,
-    total: usize,
-    seed: u64,
-) -> support::processes::LoadHandle {
+async fn run_load(cluster: &mut Cluster, total: usize, seed: u64) -> LoadHandle {
     let gateways = gateway(cluster);
     let products = cluster.products().await;
     load(gateways, products, CLIENTS, total, seed)
@@ -75,7 +72,7 @@ async fn run_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_killed_mid_load_then_restarted_loses_nothing() {
-    let mut cluster = Cluster::new("f_orch_kill").await;
+    let mut cluster = Cluster::new("f_orch_kill", &binary()).await;
     cluster.start_all().await;
     let (progress, handle) = run_load(&mut cluster, LOAD, 1).await;
     let orchestrator = Node::new(Role::Orchestrator);
@@ -100,7 +97,7 @@ async fn orchestrator_killed_mid_load_then_restarted_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_participant_killed_mid_load_then_restarted_loses_nothing() {
-    let mut cluster = Cluster::new("f_part_kill").await;
+    let mut cluster = Cluster::new("f_part_kill", &binary()).await;
     cluster.start_all().await;
     for (i, role) in [Role::Order, Role::Inventory, Role::Payment]
         .into_iter()
@@ -126,7 +123,7 @@ async fn each_participant_killed_mid_load_then_restarted_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orchestrators_one_killed_the_other_finishes_every_saga() {
-    let mut cluster = Cluster::new("f_two_orch").await;
+    let mut cluster = Cluster::new("f_two_orch", &binary()).await;
     cluster.start_all().await;
     let second = Node::nth(Role::Orchestrator, 1);
     let second_gateway = Node::nth(Role::Gateway, 1);
@@ -157,7 +154,7 @@ async fn two_orchestrators_one_killed_the_other_finishes_every_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connections_closed_mid_load_lose_nothing() {
-    let mut cluster = Cluster::new("f_amqp_close").await;
+    let mut cluster = Cluster::new("f_amqp_close", &binary()).await;
     cluster.start_all().await;
     let (progress, handle) = run_load(&mut cluster, LOAD, 4).await;
     let mut closed = 0;
@@ -180,7 +177,7 @@ async fn rabbitmq_connections_closed_mid_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_terminated_mid_load_lose_nothing() {
-    let mut cluster = Cluster::new("f_pg_term").await;
+    let mut cluster = Cluster::new("f_pg_term", &binary()).await;
     cluster.start_all().await;
     let (progress, handle) = run_load(&mut cluster, LOAD, 5).await;
     let mut terminated = 0;
@@ -211,10 +208,10 @@ async fn broker_stopped_and_started_mid_load_loses_nothing() {
     if std::env::var("SAGA_TEST_BROKER_RESTART").as_deref() != Ok("1") {
         panic!(
             "this test restarts the RabbitMQ broker; run it alone with SAGA_TEST_BROKER_RESTART=1 \
-             (scripts/test does: cargo nextest run -p checkout-app --test faults --profile broker-restart)"
+             (scripts/test does: cargo nextest run -p checkout-app --test checkout --profile broker-restart)"
         );
     }
-    let mut cluster = Cluster::new("f_broker").await;
+    let mut cluster = Cluster::new("f_broker", &binary()).await;
     cluster.start_all().await;
     let (progress, handle) = run_load(&mut cluster, LOAD, 6).await;
     progress.reached(LOAD / 3).await;
@@ -239,7 +236,7 @@ async fn rabbitmqctl(action: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_with_a_reason_and_queues_keep_flowing() {
-    let mut cluster = Cluster::new("f_poison").await;
+    let mut cluster = Cluster::new("f_poison", &binary()).await;
     cluster.start_all().await;
     // One checkout first, so every queue exists.
     let (_, handle) = run_load(&mut cluster, 10, 7).await;
@@ -317,7 +314,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_queues_keep_flowing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_never_answers_times_out_retries_then_compensates() {
-    let mut cluster = Cluster::new("f_silent").await;
+    let mut cluster = Cluster::new("f_silent", &binary()).await;
     cluster.start_all().await;
     let payment = Node::new(Role::Payment);
     cluster.kill(payment).await;
@@ -326,15 +323,15 @@ async fn a_participant_that_never_answers_times_out_retries_then_compensates() {
     // process_payment times out, is retried 5 times (1.5 s each plus backoff),
     // then the saga compensates; the refund waits for the service to come back.
     let orchestrator =
-        support::processes::connect(&cluster.infra.postgres, &cluster.databases.orchestrator).await;
+        test_kit::cluster::connect(&cluster.infra.postgres, &cluster.databases.orchestrator).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let compensating = support::processes::scalar(
+        let compensating = test_kit::cluster::scalar(
             &orchestrator,
             "SELECT count(*)::bigint FROM saga_state WHERE status = 'compensating'",
         )
         .await;
-        let open = support::processes::scalar(
+        let open = test_kit::cluster::scalar(
             &orchestrator,
             "SELECT count(*)::bigint FROM saga_state WHERE status IN ('running','compensating')",
         )
@@ -348,7 +345,7 @@ async fn a_participant_that_never_answers_times_out_retries_then_compensates() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let timeouts = support::processes::scalar(
+    let timeouts = test_kit::cluster::scalar(
         &orchestrator,
         "SELECT min(n)::bigint FROM (SELECT count(*) AS n FROM saga_logs \
          WHERE event = 'step_timed_out' AND step = 'process_payment' GROUP BY saga_id) t",
@@ -371,7 +368,7 @@ async fn a_participant_that_never_answers_times_out_retries_then_compensates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensation_that_keeps_failing_ends_failed_and_an_operator_retries_it() {
-    let mut cluster = Cluster::new("f_comp_fail").await;
+    let mut cluster = Cluster::new("f_comp_fail", &binary()).await;
     // Confirming always fails, so every paid checkout is refunded; the
     // payments table refuses refunds (a broken database, say).
     cluster.overrides.insert(
@@ -489,7 +486,7 @@ async fn operator(orchestrator: &str, args: &[&str], token: Option<&str>) -> (bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_bind_loopback_and_never_print_credentials() {
-    let mut cluster = Cluster::new("f_creds").await;
+    let mut cluster = Cluster::new("f_creds", &binary()).await;
     cluster.start_all().await;
     let logs = cluster.logs();
     for role in Role::ALL {
@@ -520,7 +517,7 @@ async fn services_bind_loopback_and_never_print_credentials() {
         command
             .arg(service)
             .env_clear()
-            .env("PORT", support::processes::free_port().to_string())
+            .env("PORT", test_kit::cluster::free_port().to_string())
             .env("DB_URL", with_db(&cluster))
             .env("RABBITMQ_URL", &cluster.amqp)
             .env(var, &url);
@@ -615,7 +612,7 @@ async fn order_service_down_longer_than_a_step_budget_then_restarted_stays_consi
     let compensation_floor = OUTAGE_STEP_TIMEOUT * OUTAGE_COMPENSATION_ATTEMPTS;
     assert!(OUTAGE > 2 * step_budget && OUTAGE * 2 < compensation_floor);
 
-    let mut cluster = Cluster::new("f_order_outage").await;
+    let mut cluster = Cluster::new("f_order_outage", &binary()).await;
     let orchestrator = Node::new(Role::Orchestrator);
     let timings = [
         (

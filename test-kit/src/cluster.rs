@@ -1,39 +1,73 @@
 //! The checkout stack as separate OS processes, for the fault suite.
 //!
-//! [`Cluster`] runs the built `checkout-app` binary once per service
+//! [`Cluster`] runs a built `checkout-app` binary ([`Binary`]) once per service
 //! (`order-service`, `inventory-service`, `payment-service`, `orchestrator`,
 //! `gateway`), each on its own free port and its own database, against a
 //! fresh RabbitMQ vhost with its own user. Services can be killed with
 //! SIGKILL and restarted with the same environment. [`Cluster::figures`]
-//! reads the invariants back from the databases and the management API.
-#![allow(dead_code, unreachable_pub)]
+//! reads the invariants back from the databases (the checks of
+//! [`crate::invariants`]) and the management API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use checkout_app::runtime::{Databases, ensure_database, with_database};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+use uuid::Uuid;
 
-use super::{Infra, LIMITED};
+use crate::infra::Infra;
+use crate::invariants::{Findings, Snapshot, StackDbs};
+use crate::load::{LoadReport, Product};
+use crate::rabbitmq::encode;
+
+/// The `checkout-app` binary a cluster runs and where its logs go. An
+/// integration test of `checkout-app` names its own build:
+/// `Binary::new(env!("CARGO_BIN_EXE_checkout-app"), env!("CARGO_TARGET_TMPDIR"))`.
+#[derive(Clone, Debug)]
+pub struct Binary {
+    exe: PathBuf,
+    logs: PathBuf,
+}
+
+impl Binary {
+    /// The executable `exe`; logs in `faults/` below `tmp`.
+    #[must_use]
+    pub fn new(exe: impl AsRef<Path>, tmp: impl AsRef<Path>) -> Self {
+        Self {
+            exe: exe.as_ref().to_owned(),
+            logs: tmp.as_ref().join("faults"),
+        }
+    }
+
+    /// The executable.
+    #[must_use]
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+}
 
 /// A service of the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
+    /// `checkout-app order-service`.
     Order,
+    /// `checkout-app inventory-service`.
     Inventory,
+    /// `checkout-app payment-service`.
     Payment,
+    /// `checkout-app orchestrator`.
     Orchestrator,
+    /// `checkout-app gateway`.
     Gateway,
 }
 
 impl Role {
+    /// The five services, in start order.
     pub const ALL: [Role; 5] = [
         Role::Order,
         Role::Inventory,
@@ -62,15 +96,21 @@ impl fmt::Display for Role {
 /// One service process: a role and an instance number (two orchestrators, say).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Node {
+    /// The service.
     pub role: Role,
+    /// Which process of that service (0 for the first).
     pub instance: usize,
 }
 
 impl Node {
+    /// The first process of `role`.
+    #[must_use]
     pub const fn new(role: Role) -> Self {
         Self { role, instance: 0 }
     }
 
+    /// The `instance`-th process of `role` (from 0).
+    #[must_use]
     pub const fn nth(role: Role, instance: usize) -> Self {
         Self { role, instance }
     }
@@ -83,6 +123,10 @@ impl fmt::Display for Node {
 }
 
 /// A port nobody listens on right now.
+///
+/// # Panics
+/// When the OS has no free port.
+#[must_use]
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,15 +134,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+#[derive(Debug)]
 struct Running {
     child: Child,
-    port: u16,
     env: Vec<(String, String)>,
     log: PathBuf,
     starts: usize,
 }
 
 /// Timing and fault settings every process gets (overridable per node).
+#[must_use]
 pub fn default_env() -> Vec<(&'static str, String)> {
     vec![
         ("STEP_TIMEOUT_MS", "1500".into()),
@@ -121,29 +166,44 @@ pub fn default_env() -> Vec<(&'static str, String)> {
 pub const OPERATOR_TOKEN: &str = "fault-suite-operator-token-0123456789";
 
 /// The five services as processes on one test's databases and vhost.
+#[derive(Debug)]
 pub struct Cluster {
+    /// The test's databases and vhost.
     pub infra: Infra,
+    /// The scenario's name.
     pub name: String,
+    /// The services' database names.
     pub databases: Databases,
     /// The RabbitMQ URL with this cluster's own user and password.
     pub amqp: String,
     /// A password that must never show up in a log.
     pub amqp_password: String,
+    /// Where every process's log is written.
     pub log_dir: PathBuf,
+    exe: PathBuf,
     nodes: BTreeMap<Node, Running>,
     ports: HashMap<Node, u16>,
+    /// Environment changes per node (applied on its next start).
     pub overrides: HashMap<Node, Vec<(String, String)>>,
-    pub initial_stock: BTreeMap<String, i64>,
+    /// The seeded catalogue: stock per product before any process ran.
+    pub initial_stock: BTreeMap<Uuid, i64>,
+    /// The inventory service's database.
     pub inventory_db: DatabaseConnection,
+    /// The order service's database.
     pub order_db: DatabaseConnection,
+    /// The payment service's database.
     pub payment_db: DatabaseConnection,
+    catalogue: Vec<Product>,
     http: reqwest::Client,
 }
 
 impl Cluster {
     /// Fresh databases (inventory seeded) and a fresh vhost with its own
-    /// user; no process started yet.
-    pub async fn new(name: &str) -> Self {
+    /// user for the processes of `binary`; no process started yet.
+    ///
+    /// # Panics
+    /// With a clear message when PostgreSQL or RabbitMQ is unreachable.
+    pub async fn new(name: &str, binary: &Binary) -> Self {
         let infra = Infra::new(name).await;
         let databases = Databases::with_prefix(&infra.prefix);
         for db in [
@@ -176,26 +236,47 @@ impl Cluster {
         checkout_app::payment::migrate(&payment_db)
             .await
             .expect("payment migrations");
-        let initial_stock = stock(&inventory_db).await;
+        let initial_stock = crate::invariants::stock(&inventory_db)
+            .await
+            .expect("catalogue stock");
+        let catalogue = checkout_app::inventory::entity::products::Entity::find()
+            .all(&inventory_db)
+            .await
+            .expect("catalogue")
+            .into_iter()
+            .map(|p| {
+                (
+                    p.id,
+                    Product {
+                        id: p.id,
+                        price: p.price,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
+            .collect();
 
         let user = format!("u_{}", infra.prefix.trim_end_matches('_'));
         let amqp_password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         infra
-            .api_put(
+            .api
+            .put(
                 &format!("users/{user}"),
-                json!({ "password": amqp_password, "tags": "" }),
+                &json!({ "password": amqp_password, "tags": "" }),
             )
             .await;
         infra
-            .api_put(
+            .api
+            .put(
                 &format!("permissions/{}/{user}", infra.vhost),
-                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+                &json!({ "configure": ".*", "write": ".*", "read": ".*" }),
             )
             .await;
         let amqp = infra.amqp_for(&user, &amqp_password);
 
-        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("faults")
+        let log_dir = binary
+            .logs
             .join(format!("{name}-{}", infra.prefix.trim_end_matches('_')));
         std::fs::create_dir_all(&log_dir).expect("log directory");
         Self {
@@ -205,10 +286,12 @@ impl Cluster {
             amqp,
             amqp_password,
             log_dir,
+            exe: binary.exe.clone(),
             nodes: BTreeMap::new(),
             ports: HashMap::new(),
             overrides: HashMap::new(),
             initial_stock,
+            catalogue,
             inventory_db,
             order_db,
             payment_db,
@@ -224,6 +307,7 @@ impl Cluster {
         *self.ports.entry(node).or_insert_with(free_port)
     }
 
+    /// The base URL of `node`.
     pub fn url(&mut self, node: Node) -> String {
         format!("http://127.0.0.1:{}", self.port(node))
     }
@@ -290,7 +374,7 @@ impl Cluster {
             .open(&log)
             .expect("log file");
         let err = file.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_checkout-app"));
+        let mut command = Command::new(&self.exe);
         command
             .arg(node.role.subcommand())
             .env_clear()
@@ -302,12 +386,10 @@ impl Cluster {
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
         let child = command.spawn().expect("checkout-app starts");
-        let port = self.port(node);
         self.nodes.insert(
             node,
             Running {
                 child,
-                port,
                 env,
                 log,
                 starts,
@@ -395,7 +477,7 @@ impl Cluster {
             let _ = running.child.kill().await;
         }
         let user = format!("u_{}", self.infra.prefix.trim_end_matches('_'));
-        self.infra.api_delete(&format!("users/{user}")).await;
+        self.infra.api.delete(&format!("users/{user}")).await;
         let _ = self.inventory_db.clone().close().await;
         let _ = self.order_db.clone().close().await;
         let _ = self.payment_db.clone().close().await;
@@ -407,28 +489,10 @@ impl Cluster {
     /// Closes every AMQP connection of this cluster's vhost (the per-vhost
     /// form of `rabbitmqctl close_all_connections`). Returns how many.
     pub async fn close_amqp_connections(&self) -> usize {
-        // The management API lists a new connection only after its next stats
-        // emission: ask again for a while before concluding there is none.
-        for _ in 0..50 {
-            let connections = self
-                .infra
-                .api_get(&format!("vhosts/{}/connections", self.infra.vhost))
-                .await;
-            let mut closed = 0;
-            for connection in connections.as_array().into_iter().flatten() {
-                if let Some(name) = connection["name"].as_str() {
-                    self.infra
-                        .api_delete(&format!("connections/{}", encode(name)))
-                        .await;
-                    closed += 1;
-                }
-            }
-            if closed > 0 {
-                return closed;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        0
+        self.infra
+            .api
+            .close_connections(&self.infra.vhost, Duration::from_secs(10))
+            .await
     }
 
     /// Terminates every Postgres backend connected to this cluster's databases.
@@ -451,9 +515,10 @@ impl Cluster {
         for _ in 0..50 {
             response = self
                 .infra
-                .api_post(
-                    &format!("exchanges/{}/amq.default/publish", self.infra.vhost),
-                    json!({
+                .api
+                .post(
+                    &format!("exchanges/{}/amq.default/publish", encode(&self.infra.vhost)),
+                    &json!({
                         "properties": { "delivery_mode": 2, "message_id": format!("poison-{}", uuid::Uuid::new_v4()) },
                         "routing_key": queue,
                         "payload": body,
@@ -476,9 +541,10 @@ impl Cluster {
     pub async fn peek(&self, queue: &str, count: usize) -> Vec<Value> {
         let response = self
             .infra
-            .api_post(
-                &format!("queues/{}/{}/get", self.infra.vhost, encode(queue)),
-                json!({ "count": count, "ackmode": "ack_requeue_true", "encoding": "auto" }),
+            .api
+            .post(
+                &format!("queues/{}/{}/get", encode(&self.infra.vhost), encode(queue)),
+                &json!({ "count": count, "ackmode": "ack_requeue_true", "encoding": "auto" }),
             )
             .await;
         response.as_array().cloned().unwrap_or_default()
@@ -486,9 +552,9 @@ impl Cluster {
 
     // ---- the load -----------------------------------------------------------
 
-    /// Catalogue product ids.
-    pub async fn products(&self) -> Vec<String> {
-        self.initial_stock.keys().cloned().collect()
+    /// The catalogue, ordered by product id.
+    pub async fn products(&self) -> Vec<Product> {
+        self.catalogue.clone()
     }
 
     // ---- invariants ---------------------------------------------------------
@@ -576,116 +642,30 @@ impl Cluster {
         .await;
         let _ = orchestrator.close().await;
 
-        let mut orders = BTreeMap::new();
-        let mut order_status = HashMap::new();
-        for row in rows(&self.order_db, "SELECT id::text AS id, status FROM orders").await {
-            let status = text(&row, "status");
-            *orders.entry(status.clone()).or_insert(0) += 1;
-            order_status.insert(text(&row, "id"), status);
-        }
-        // Units of confirmed orders, per product.
-        let mut confirmed_units: BTreeMap<String, i64> = BTreeMap::new();
-        for row in rows(
-            &self.order_db,
-            "SELECT i.product_id::text AS product, sum(i.quantity)::bigint AS n \
-             FROM order_items i JOIN orders o ON o.id = i.order_id \
-             WHERE o.status = 'CONFIRMED' GROUP BY i.product_id",
-        )
-        .await
-        {
-            confirmed_units.insert(text(&row, "product"), int(&row, "n"));
-        }
-        let current = stock(&self.inventory_db).await;
-        let mut stock_mismatches = Vec::new();
-        let mut sold = 0;
-        for (product, initial) in &self.initial_stock {
-            let now = current.get(product).copied().unwrap_or(0);
-            let units = confirmed_units.get(product).copied().unwrap_or(0);
-            sold += initial - now;
-            if initial - now != units {
-                stock_mismatches.push(format!(
-                    "{product}: initial {initial} - current {now} != confirmed {units}"
-                ));
-            }
-            if now < 0 {
-                stock_mismatches.push(format!("{product}: negative stock {now}"));
-            }
-        }
-        let confirmed_total: i64 = confirmed_units.values().sum();
-
-        let mut reservations: HashMap<String, String> = HashMap::new();
-        for row in rows(
-            &self.inventory_db,
-            "SELECT order_id::text AS id, status FROM reservations",
-        )
-        .await
-        {
-            reservations.insert(text(&row, "id"), text(&row, "status"));
-        }
-        let mut payments: HashMap<String, Vec<String>> = HashMap::new();
-        for row in rows(
-            &self.payment_db,
-            "SELECT order_id::text AS id, status FROM payments",
-        )
-        .await
-        {
-            payments
-                .entry(text(&row, "id"))
-                .or_default()
-                .push(text(&row, "status"));
-        }
-        let mut confirmed_without_one_success = 0;
-        let mut cancelled_with_reservation = 0;
-        let mut cancelled_with_unrefunded_payment = 0;
-        let mut confirmed_without_reservation = 0;
-        for (id, status) in &order_status {
-            let paid = payments.get(id).cloned().unwrap_or_default();
-            let successes = paid.iter().filter(|s| *s == "SUCCESS").count();
-            match status.as_str() {
-                "CONFIRMED" => {
-                    confirmed_without_one_success += usize::from(successes != 1);
-                    confirmed_without_reservation +=
-                        usize::from(reservations.get(id).map(String::as_str) != Some("RESERVED"));
-                }
-                "CANCELLED" => {
-                    cancelled_with_reservation +=
-                        usize::from(reservations.get(id).map(String::as_str) == Some("RESERVED"));
-                    cancelled_with_unrefunded_payment += usize::from(successes > 0);
-                }
-                _ => {}
-            }
-        }
-        // Reservations or payments of orders that do not exist (or are not confirmed).
-        let orphan_reservations = reservations
-            .iter()
-            .filter(|(id, s)| {
-                *s == "RESERVED" && order_status.get(*id).map(String::as_str) != Some("CONFIRMED")
-            })
-            .count();
-        let orphan_payments = payments
-            .iter()
-            .filter(|(id, s)| {
-                s.iter().any(|s| s == "SUCCESS")
-                    && order_status.get(*id).map(String::as_str) != Some("CONFIRMED")
-            })
-            .count();
-        let orders_with_two_payments = payments.values().filter(|p| p.len() > 1).count();
-
+        let dbs = StackDbs {
+            orders: self.order_db.clone(),
+            inventory: self.inventory_db.clone(),
+            payments: self.payment_db.clone(),
+        };
+        let rows = Snapshot::read(&dbs, None)
+            .await
+            .unwrap_or_else(|e| panic!("reading the services' databases: {e}"));
+        let found = Findings::new(&self.initial_stock, &rows);
         let queues = self.await_drained(Duration::from_secs(15), dead).await;
         Figures {
             sagas,
             timed_out,
-            orders,
-            units_sold: sold,
-            confirmed_units: confirmed_total,
-            stock_mismatches,
-            confirmed_without_one_success,
-            confirmed_without_reservation,
-            cancelled_with_reservation,
-            cancelled_with_unrefunded_payment,
-            orphan_reservations,
-            orphan_payments,
-            orders_with_two_payments,
+            orders: found.orders,
+            units_sold: found.units_taken,
+            confirmed_units: found.units_confirmed,
+            stock_mismatches: found.stock,
+            confirmed_without_one_success: found.confirmed_without_one_success.len(),
+            confirmed_without_reservation: found.confirmed_without_reservation.len(),
+            cancelled_with_reservation: found.cancelled_with_reservation.len(),
+            cancelled_with_unrefunded_payment: found.cancelled_with_unrefunded_payment.len(),
+            orphan_reservations: found.orphan_reservations.len(),
+            orphan_payments: found.orphan_payments.len(),
+            orders_with_two_payments: found.orders_with_two_payments.len(),
             queues,
         }
     }
@@ -694,31 +674,51 @@ impl Cluster {
 /// What the fault suite checks after a scenario.
 #[derive(Debug, Default)]
 pub struct Figures {
+    /// Sagas per status (`running`, `completed`, ...).
     pub sagas: BTreeMap<String, i64>,
+    /// Step timeouts in the saga logs.
     pub timed_out: i64,
+    /// Orders per status (`CONFIRMED`, `CANCELLED`, `PENDING`).
     pub orders: BTreeMap<String, i64>,
+    /// Initial stock minus current stock, over every product.
     pub units_sold: i64,
+    /// Units of confirmed orders.
     pub confirmed_units: i64,
+    /// Products whose stock is not conserved (see [`crate::invariants`]).
     pub stock_mismatches: Vec<String>,
+    /// Confirmed orders without exactly one `SUCCESS` payment.
     pub confirmed_without_one_success: usize,
+    /// Confirmed orders without a `RESERVED` reservation of their lines.
     pub confirmed_without_reservation: usize,
+    /// Cancelled orders whose reservation still holds stock.
     pub cancelled_with_reservation: usize,
+    /// Cancelled orders with a `SUCCESS` payment.
     pub cancelled_with_unrefunded_payment: usize,
+    /// `RESERVED` reservations of orders neither confirmed nor cancelled.
     pub orphan_reservations: usize,
+    /// `SUCCESS` payments of orders neither confirmed nor cancelled.
     pub orphan_payments: usize,
+    /// Orders with more than one payment.
     pub orders_with_two_payments: usize,
+    /// Messages per queue (ready + unacknowledged).
     pub queues: BTreeMap<String, u64>,
 }
 
 impl Figures {
+    /// Sagas of `status`.
+    #[must_use]
     pub fn saga_count(&self, status: &str) -> i64 {
         self.sagas.get(status).copied().unwrap_or(0)
     }
 
+    /// Sagas of any status.
+    #[must_use]
     pub fn total_sagas(&self) -> i64 {
         self.sagas.values().sum()
     }
 
+    /// Messages left in the command and reply queues.
+    #[must_use]
     pub fn left_in_queues(&self) -> u64 {
         self.queues
             .iter()
@@ -727,6 +727,8 @@ impl Figures {
             .sum()
     }
 
+    /// Messages in the dead-letter queues.
+    #[must_use]
     pub fn dead_letters(&self) -> u64 {
         self.queues
             .iter()
@@ -808,6 +810,7 @@ impl Figures {
     }
 
     /// A compact table of the figures.
+    #[must_use]
     pub fn table(&self, scenario: &str, load: &LoadReport, settle: Duration) -> String {
         let c = |s: &str| self.saga_count(s);
         let o = |s: &str| self.orders.get(s).copied().unwrap_or(0);
@@ -856,188 +859,32 @@ impl Figures {
     }
 }
 
-/// What the load driver saw (client side; invariants come from the databases).
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub clients: usize,
-    pub sent: usize,
-    pub ok: usize,
-    pub refused: usize,
-    pub accepted: usize,
-    pub other: usize,
-    pub failed: usize,
-    pub unavailable: usize,
-    pub errors: usize,
-    pub elapsed: Duration,
-}
-
-/// Progress of a running load, for triggering a fault mid-load.
-#[derive(Clone, Default)]
-pub struct Progress(Arc<AtomicUsize>);
-
-impl Progress {
-    pub fn done(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Resolves once `n` checkouts have been answered (or failed).
-    pub async fn reached(&self, n: usize) {
-        while self.done() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// A closed-loop load: `clients` concurrent buyers send `total` checkouts of
-/// random carts of `products` (the limited item included) to `gateways` in turn.
-pub fn load(
-    gateways: Vec<String>,
-    products: Vec<String>,
-    clients: usize,
-    total: usize,
-    seed: u64,
-) -> (Progress, tokio::task::JoinHandle<LoadReport>) {
-    let progress = Progress::default();
-    let counter = progress.clone();
-    let handle = tokio::spawn(async move {
-        let started = Instant::now();
-        let next = Arc::new(AtomicUsize::new(0));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("HTTP client");
-        let gateways = Arc::new(gateways);
-        let products = Arc::new(products);
-        let mut tasks = Vec::new();
-        for client in 0..clients {
-            let next = Arc::clone(&next);
-            let http = http.clone();
-            let gateways = Arc::clone(&gateways);
-            let products = Arc::clone(&products);
-            let counter = counter.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut report = LoadReport::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return report;
-                    }
-                    let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let lines = 1 + rng.below(3);
-                    let mut items = Vec::new();
-                    let mut used = std::collections::HashSet::new();
-                    for _ in 0..lines {
-                        // One checkout in ten asks for the 5-unit item.
-                        let product = if rng.below(10) == 0 {
-                            LIMITED.to_owned()
-                        } else {
-                            products[rng.below(products.len())].clone()
-                        };
-                        if used.insert(product.clone()) {
-                            items.push(
-                                json!({ "productId": product, "quantity": 1 + rng.below(3) }),
-                            );
-                        }
-                    }
-                    let body = json!({ "userId": format!("load-{client}"), "items": items });
-                    // The same key on every try: a retried request never starts a second saga.
-                    let key = format!("load-{seed}-{i}");
-                    report.sent += 1;
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        let gateway = &gateways[(i + tries) % gateways.len()];
-                        let answer = http
-                            .post(format!("{gateway}/api/checkout"))
-                            .header("Idempotency-Key", &key)
-                            .json(&body)
-                            .send()
-                            .await;
-                        let status = match answer {
-                            Ok(r) => r.status().as_u16(),
-                            Err(_) => 0,
-                        };
-                        match status {
-                            200 => report.ok += 1,
-                            422 => report.refused += 1,
-                            202 => report.accepted += 1,
-                            // A service is down (the fault): try again a little later.
-                            // A saga that ended Failed (an operator's case).
-                            500 => report.failed += 1,
-                            0 | 502..=504 if tries < 100 => {
-                                if status == 0 {
-                                    report.errors += 1;
-                                } else {
-                                    report.unavailable += 1;
-                                }
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                continue;
-                            }
-                            _ => report.other += 1,
-                        }
-                        break;
-                    }
-                    counter.0.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        let mut total_report = LoadReport {
-            clients,
-            ..LoadReport::default()
-        };
-        for task in tasks {
-            let r = task.await.expect("load client");
-            total_report.sent += r.sent;
-            total_report.ok += r.ok;
-            total_report.refused += r.refused;
-            total_report.accepted += r.accepted;
-            total_report.other += r.other;
-            total_report.errors += r.errors;
-            total_report.unavailable += r.unavailable;
-            total_report.failed += r.failed;
-        }
-        total_report.elapsed = started.elapsed();
-        total_report
-    });
-    (progress, handle)
-}
-
-/// A small deterministic generator (xorshift64*), enough for random carts.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-}
-
 // ---- small database helpers -------------------------------------------------
 
+/// Connects to `database` on `server`.
+///
+/// # Panics
+/// When PostgreSQL is unreachable.
 pub async fn connect(server: &str, database: &str) -> DatabaseConnection {
     checkout_app::db::connect(&with_database(server, database), 2)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is unreachable ({e}); run ./scripts/services"))
 }
 
+/// The rows of `sql`.
+///
+/// # Panics
+/// When the query fails.
 pub async fn rows(db: &DatabaseConnection, sql: &str) -> Vec<sea_orm::QueryResult> {
     db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
         .unwrap_or_else(|e| panic!("query `{sql}`: {e}"))
 }
 
+/// The integer in the first column of the one row of `sql`.
+///
+/// # Panics
+/// When the query fails or answers no integer.
 pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db
         .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
@@ -1054,28 +901,3 @@ fn text(row: &sea_orm::QueryResult, column: &str) -> String {
 fn int(row: &sea_orm::QueryResult, column: &str) -> i64 {
     row.try_get::<i64>("", column).expect("an integer column")
 }
-
-async fn stock(db: &DatabaseConnection) -> BTreeMap<String, i64> {
-    rows(
-        db,
-        "SELECT id::text AS id, stock::bigint AS stock FROM products",
-    )
-    .await
-    .iter()
-    .map(|r| (text(r, "id"), int(r, "stock")))
-    .collect()
-}
-
-/// Percent-encodes a path segment for the management API.
-pub fn encode(segment: &str) -> String {
-    let mut out = String::new();
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-pub type LoadHandle = (Progress, tokio::task::JoinHandle<LoadReport>);

@@ -15,9 +15,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sea_orm::ConnectionTrait;
 use tokio::time::Instant;
 
+use checkout_app::runtime;
+
 use super::BenchArgs;
 use super::report::Limit;
-use crate::runtime;
 
 const PROBE_DB: &str = "bench_limits";
 
@@ -66,7 +67,7 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
         return failed(format!("not measured: {e}"));
     }
     let probe_url = runtime::with_database(url, PROBE_DB);
-    let db = match crate::db::connect(&probe_url, clients as u32).await {
+    let db = match checkout_app::db::connect(&probe_url, clients as u32).await {
         Ok(db) => db,
         Err(e) => return failed(format!("not measured: {e}")),
     };
@@ -83,7 +84,7 @@ async fn postgres(url: &str, clients: usize, seconds: u64, out: &std::path::Path
         return failed(format!("not measured: {e}"));
     }
     let threads = clients.min(2);
-    let redacted = crate::db::redact(&probe_url);
+    let redacted = checkout_app::db::redact(&probe_url);
     let how = format!(
         "pgbench -n -f {} -c {clients} -j {threads} -T {seconds} '{redacted}'",
         script.display()

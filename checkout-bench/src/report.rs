@@ -6,23 +6,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::BenchArgs;
-use super::invariants::Invariants;
-use super::load::LevelResult;
-use crate::error::Result;
+use checkout_app::error::Result;
+use test_kit::invariants::Invariants;
+use test_kit::load::LevelResult;
+pub use test_kit::procfs::ProcessRss;
+use test_kit::procfs::{first_line, loadavg};
 
-/// The highest RSS a process reached while a level was measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessRss {
-    /// Process id.
-    pub pid: u32,
-    /// The service (`order-service`, `all`, ...) from its command line.
-    pub name: String,
-    /// Highest resident set size, KiB.
-    pub max_kib: u64,
-    /// How many samples were taken (every 100 ms).
-    pub samples: u64,
-}
+use super::BenchArgs;
 
 /// One infrastructure ceiling measured in the same run.
 #[derive(Clone, Debug, Serialize)]
@@ -72,20 +62,6 @@ pub struct RunInfo {
     pub pids: Vec<u32>,
 }
 
-fn first_line(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().next().unwrap_or_default().trim().to_owned())
-        .unwrap_or_default()
-}
-
-pub(crate) fn loadavg() -> String {
-    first_line("/proc/loadavg")
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 impl RunInfo {
     pub(crate) fn collect(args: &BenchArgs, target: &str, pids: Vec<u32>) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -106,7 +82,7 @@ impl RunInfo {
         let command = std::env::args()
             .map(|a| {
                 if a.contains("://") {
-                    crate::db::redact(&a)
+                    checkout_app::db::redact(&a)
                 } else {
                     a
                 }
@@ -242,7 +218,7 @@ impl Report {
     pub fn write(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out)?;
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| crate::error::Error::Config(format!("report: {e}")))?;
+            .map_err(|e| checkout_app::error::Error::Config(format!("report: {e}")))?;
         std::fs::write(out.join("report.json"), json)?;
         std::fs::write(out.join("report.md"), self.markdown())?;
         std::fs::write(out.join("latency.svg"), super::plot::svg(&self.levels))?;

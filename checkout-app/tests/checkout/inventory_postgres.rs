@@ -16,41 +16,18 @@ use std::future::Future;
 use checkout_app::inventory;
 use checkout_app::inventory::entity::{products, reservations};
 use checkout_app::messages::{LineItem, ReleaseInventory, ReserveInventory};
+use checkout_app::runtime::with_database;
 use rust_decimal::Decimal;
 use saga_core::{
     Command, CommandMessage, Direction, IdempotencyKey, Participant, ReplyOutcome, SagaId,
     StepErrorKind,
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use test_kit::infra::database_from_env as admin_url;
 use uuid::Uuid;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const LIMITED: Uuid = Uuid::from_u128(0xdda60f33_8dfd_4da2_96c8_1a029d72725a);
 const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
-
-fn admin_url() -> String {
-    std::env::var("SAGA_TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned())
-}
-
-/// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let root = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{root}/{database}?{query}"),
-        None => format!("{root}/{database}"),
-    }
-}
 
 /// Runs `test` against a fresh, migrated and seeded database (a pool of 16
 /// connections), then drops it (also when the test panics).

@@ -1,0 +1,200 @@
+//! Infrastructure set-up: database URLs, creating databases, and building a
+//! service's database connection, the saga store and the transport (Postgres
+//! and RabbitMQ, or their embedded stand-ins).
+
+use std::sync::Arc;
+
+use saga_core::memory::{InMemoryStore, InMemoryTransport};
+use saga_core::{SagaStore, Transport};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+
+use crate::db;
+use crate::error::{Error, Result};
+
+/// Database names of the four services (the seed's defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Databases {
+    /// The order service's database.
+    pub orders: String,
+    /// The inventory service's database.
+    pub inventory: String,
+    /// The payment service's database.
+    pub payments: String,
+    /// The orchestrator's database.
+    pub orchestrator: String,
+}
+
+impl Default for Databases {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl Databases {
+    /// The seed's names with `prefix` in front (test isolation).
+    #[must_use]
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            orders: format!("{prefix}orders"),
+            inventory: format!("{prefix}inventory"),
+            payments: format!("{prefix}payments"),
+            orchestrator: format!("{prefix}orchestrator"),
+        }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+#[must_use]
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map(|i| i + authority_start);
+    let host = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{host}/{database}?{query}"),
+        None => format!("{host}/{database}"),
+    }
+}
+
+/// Creates `database` on the server of `url` if it does not exist.
+///
+/// # Errors
+/// When the server is unreachable or refuses.
+pub async fn ensure_database(url: &str, database: &str) -> Result<()> {
+    if !database
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Error::Config(format!(
+            "database name `{database}` must be letters, digits and _"
+        )));
+    }
+    let admin = db::connect(&with_database(url, "postgres"), 1).await?;
+    let exists = admin
+        .query_one_raw(Statement::from_string(
+            admin.get_database_backend(),
+            format!("SELECT 1 FROM pg_database WHERE datname = '{database}'"),
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        // Two processes may race here; the loser's "already exists" is fine.
+        let created = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+            .await;
+        if let Err(e) = created
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e.into());
+        }
+        tracing::info!(%database, "database created");
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Connects to a service's database: Postgres (created if missing) or embedded SQLite.
+///
+/// # Errors
+/// When the database is unreachable.
+pub async fn service_db(
+    postgres: Option<&str>,
+    database: &str,
+    pool: u32,
+) -> Result<DatabaseConnection> {
+    match postgres {
+        Some(url) => {
+            ensure_database(url, database).await?;
+            db::connect(&with_database(url, database), pool).await
+        }
+        None => db::connect(db::EMBEDDED, 1).await,
+    }
+}
+
+/// The transport: RabbitMQ at `url`, or in-process.
+///
+/// # Errors
+/// When RabbitMQ is unreachable.
+pub async fn transport(url: Option<&str>) -> Result<Arc<dyn Transport>> {
+    match url {
+        Some(url) => {
+            // The URL given here, the tuning (`RABBITMQ_PREFETCH`,
+            // `RABBITMQ_QUEUE_TYPE`, ...) from the environment.
+            let config = saga_rabbitmq::Config::from_lookup(|name| {
+                if name == saga_rabbitmq::URL_ENV {
+                    Some(url.to_owned())
+                } else {
+                    std::env::var(name).ok()
+                }
+            })
+            .map_err(|e| Error::Saga(e.into()))?;
+            let transport = saga_rabbitmq::RabbitTransport::connect(config)
+                .await
+                .map_err(|e| Error::Saga(e.into()))?;
+            Ok(Arc::new(transport))
+        }
+        None => Ok(Arc::new(InMemoryTransport::new())),
+    }
+}
+
+/// The saga store: Postgres (migrated) or in memory.
+///
+/// # Errors
+/// When the database is unreachable.
+pub async fn saga_store(postgres: Option<&str>, database: &str) -> Result<Arc<dyn SagaStore>> {
+    saga_store_with_pool(postgres, database, 10).await
+}
+
+/// [`saga_store`] with at most `max_connections` database connections.
+///
+/// # Errors
+/// When the database is unreachable.
+pub async fn saga_store_with_pool(
+    postgres: Option<&str>,
+    database: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn SagaStore>> {
+    match postgres {
+        Some(url) => {
+            ensure_database(url, database).await?;
+            let config = saga_postgres::PgConfig::new(with_database(url, database))
+                .application_name("orchestrator")
+                .max_connections(max_connections);
+            let db = config.connect().await.map_err(|e| Error::Saga(e.into()))?;
+            saga_postgres::migrate(&db)
+                .await
+                .map_err(|e| Error::Saga(e.into()))?;
+            let store = saga_postgres::PgSagaStore::new(db)
+                .await
+                .map_err(|e| Error::Saga(e.into()))?;
+            Ok(Arc::new(store))
+        }
+        None => Ok(Arc::new(InMemoryStore::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_part_of_a_url_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "orders"),
+            "postgres://u:p@h:5432/orders"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "orders"),
+            "postgres://u@h:5432/orders"
+        );
+        assert_eq!(
+            with_database("postgres://h/x?sslmode=disable", "inventory"),
+            "postgres://h/inventory?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! The whole stack in one process: all five services as tasks, every
+//! listener bound first so a stack on port 0 (tests, the bench) knows each
+//! address before a service needs another's URL.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use saga_core::Engine;
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinSet;
+
+use super::Shutdown;
+use super::infra::{Databases, saga_store, service_db, transport};
+use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve, url};
+use crate::error::{Error, Result};
+use crate::gateway::GatewayConfig;
+use crate::orchestrator::{Catalogue, Orchestrator, OrchestratorConfig};
+use crate::order::OrderConfig;
+use crate::payment::PaymentConfig;
+use crate::saga::Timing;
+use crate::{inventory, order, payment};
+
+/// The ports of the five services (the seed's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// API gateway.
+    pub gateway: u16,
+    /// Order service.
+    pub order: u16,
+    /// Inventory service.
+    pub inventory: u16,
+    /// Payment service.
+    pub payment: u16,
+    /// Orchestrator.
+    pub orchestrator: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            gateway: 3000,
+            order: 3001,
+            inventory: 3002,
+            payment: 3003,
+            orchestrator: 3004,
+        }
+    }
+}
+
+impl Ports {
+    /// Every port 0: the OS picks free ones (tests).
+    #[must_use]
+    pub fn ephemeral() -> Self {
+        Self {
+            gateway: 0,
+            order: 0,
+            inventory: 0,
+            payment: 0,
+            orchestrator: 0,
+        }
+    }
+}
+
+/// Everything needed to run the stack.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// The address services bind (127.0.0.1 unless configured).
+    pub bind: IpAddr,
+    /// Service ports.
+    pub ports: Ports,
+    /// A PostgreSQL server URL whose database part is replaced by each
+    /// service's database; `None` runs on embedded in-memory SQLite and an
+    /// in-memory saga store.
+    pub postgres: Option<String>,
+    /// Database names on that server.
+    pub databases: Databases,
+    /// RabbitMQ URL; `None` uses the in-process transport.
+    pub rabbitmq: Option<String>,
+    /// Payment simulation.
+    pub payment: PaymentConfig,
+    /// Order fault injection.
+    pub order: OrderConfig,
+    /// Orchestrator settings.
+    pub orchestrator: OrchestratorConfig,
+    /// Saga timing.
+    pub timing: Timing,
+    /// Gateway limits.
+    pub max_body_bytes: usize,
+    /// Load the 10 catalogue products at start.
+    pub seed: bool,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: Ports::default(),
+            postgres: None,
+            databases: Databases::default(),
+            rabbitmq: None,
+            payment: PaymentConfig::default(),
+            order: OrderConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
+            timing: Timing::default(),
+            max_body_bytes: GatewayConfig::default().max_body_bytes,
+            seed: true,
+        }
+    }
+}
+
+/// The addresses of a running stack and the handle to stop it.
+#[derive(Debug)]
+pub struct RunningStack {
+    /// API gateway address.
+    pub gateway: SocketAddr,
+    /// Order service address.
+    pub order: SocketAddr,
+    /// Inventory service address.
+    pub inventory: SocketAddr,
+    /// Payment service address.
+    pub payment: SocketAddr,
+    /// Orchestrator address.
+    pub orchestrator: SocketAddr,
+    /// The orchestrator's engine (for tests and operator tooling).
+    pub engine: Engine,
+    /// Databases of the participants (for invariant checks).
+    pub order_db: DatabaseConnection,
+    /// Inventory database.
+    pub inventory_db: DatabaseConnection,
+    /// Payment database.
+    pub payment_db: DatabaseConnection,
+    shutdown: Shutdown,
+    tasks: JoinSet<Result<()>>,
+}
+
+impl RunningStack {
+    /// The gateway's base URL.
+    #[must_use]
+    pub fn gateway_url(&self) -> String {
+        url(self.gateway)
+    }
+
+    /// Stops every service and waits for them.
+    ///
+    /// # Errors
+    /// The first error a service ended with.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.trigger();
+        let mut first = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let result =
+                joined.map_err(|e| Error::Config(format!("a service task panicked: {e}")))?;
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+
+    /// Waits until a service stops on its own (an error) or shutdown is triggered.
+    ///
+    /// # Errors
+    /// The error that stopped a service.
+    pub async fn wait(mut self) -> Result<()> {
+        while let Some(joined) = self.tasks.join_next().await {
+            let result =
+                joined.map_err(|e| Error::Config(format!("a service task panicked: {e}")))?;
+            if let Err(e) = result {
+                self.shutdown.trigger();
+                while self.tasks.join_next().await.is_some() {}
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts all five services in this process.
+///
+/// # Errors
+/// When a port is taken or a database or broker is unreachable.
+pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<RunningStack> {
+    let ip = config.bind;
+    let (gateway_listener, gateway) = bind(ip, config.ports.gateway, "api-gateway").await?;
+    let (order_listener, order_addr) = bind(ip, config.ports.order, "order-service").await?;
+    let (inventory_listener, inventory_addr) =
+        bind(ip, config.ports.inventory, "inventory-service").await?;
+    let (payment_listener, payment_addr) =
+        bind(ip, config.ports.payment, "payment-service").await?;
+    let (orchestrator_listener, orchestrator_addr) =
+        bind(ip, config.ports.orchestrator, "orchestrator").await?;
+
+    let pg = config.postgres.as_deref();
+    let transport = transport(config.rabbitmq.as_deref()).await?;
+    let order_db = service_db(pg, &config.databases.orders, 16).await?;
+    let inventory_db = service_db(pg, &config.databases.inventory, 16).await?;
+    let payment_db = service_db(pg, &config.databases.payments, 16).await?;
+    order::migrate(&order_db).await?;
+    inventory::migrate(&inventory_db).await?;
+    payment::migrate(&payment_db).await?;
+    if config.seed {
+        let seeded = inventory::seed(&inventory_db).await?;
+        tracing::info!(products = seeded, "catalogue seeded");
+    }
+    let store = saga_store(pg, &config.databases.orchestrator).await?;
+
+    let mut tasks = JoinSet::new();
+    participate(
+        &mut tasks,
+        order::participant(order_db.clone(), config.order),
+        &transport,
+        &shutdown,
+    );
+    participate(
+        &mut tasks,
+        inventory::participant(inventory_db.clone()),
+        &transport,
+        &shutdown,
+    );
+    participate(
+        &mut tasks,
+        payment::participant(payment_db.clone(), config.payment),
+        &transport,
+        &shutdown,
+    );
+    serve(
+        &mut tasks,
+        "order-service",
+        order_listener,
+        order::router(order_db.clone()),
+        &shutdown,
+    );
+    serve(
+        &mut tasks,
+        "inventory-service",
+        inventory_listener,
+        inventory::router(inventory_db.clone()),
+        &shutdown,
+    );
+    serve(
+        &mut tasks,
+        "payment-service",
+        payment_listener,
+        payment::router(payment_db.clone()),
+        &shutdown,
+    );
+
+    let engine = orchestrator_engine(store, Arc::clone(&transport), config.timing)?;
+    let orchestrator = Orchestrator::new(
+        engine.clone(),
+        crate::saga::definition(config.timing)?,
+        Catalogue::new(url(inventory_addr))?,
+        config.orchestrator.clone(),
+    );
+    run_engine(&mut tasks, &engine, &shutdown);
+    serve(
+        &mut tasks,
+        "orchestrator",
+        orchestrator_listener,
+        crate::orchestrator::router(orchestrator),
+        &shutdown,
+    );
+
+    let gateway_config = GatewayConfig {
+        orchestrator_url: url(orchestrator_addr),
+        order_url: url(order_addr),
+        limits: config.orchestrator.limits,
+        max_body_bytes: config.max_body_bytes,
+        upstream_timeout: config.orchestrator.wait + std::time::Duration::from_secs(10),
+    };
+    serve(
+        &mut tasks,
+        "api-gateway",
+        gateway_listener,
+        crate::gateway::router(gateway_config)?,
+        &shutdown,
+    );
+
+    Ok(RunningStack {
+        gateway,
+        order: order_addr,
+        inventory: inventory_addr,
+        payment: payment_addr,
+        orchestrator: orchestrator_addr,
+        engine,
+        order_db,
+        inventory_db,
+        payment_db,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,85 @@
+//! The pieces both start-up paths spawn: a bound listener serving a router,
+//! a participant consuming its queue, the orchestrator's engine; each a task
+//! of one `JoinSet` that stops on the shared [`Shutdown`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use saga_core::{Engine, EngineConfig, SagaStore, Transport};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::Shutdown;
+use crate::error::{Error, Result};
+use crate::saga::Timing;
+
+/// A bound listener and its address.
+pub(super) async fn bind(ip: IpAddr, port: u16, name: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((ip, port))
+        .await
+        .map_err(|e| Error::Config(format!("{name}: cannot listen on {ip}:{port}: {e}")))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+pub(super) fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+pub(super) fn serve(
+    tasks: &mut JoinSet<Result<()>>,
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: &Shutdown,
+) {
+    let stop = shutdown.wait();
+    tasks.spawn(async move {
+        tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await?;
+        Ok(())
+    });
+}
+
+pub(super) fn participate(
+    tasks: &mut JoinSet<Result<()>>,
+    participant: saga_core::Participant,
+    transport: &Arc<dyn Transport>,
+    shutdown: &Shutdown,
+) {
+    let transport = Arc::clone(transport);
+    let stop = shutdown.wait();
+    tasks.spawn(async move {
+        participant.run(transport, stop).await?;
+        Ok(())
+    });
+}
+
+/// The orchestrator's engine with the checkout saga registered.
+///
+/// # Errors
+/// Never in practice (the definition is valid).
+pub fn orchestrator_engine(
+    store: Arc<dyn SagaStore>,
+    transport: Arc<dyn Transport>,
+    timing: Timing,
+) -> Result<Engine> {
+    let saga = crate::saga::definition(timing)?;
+    let mut config = EngineConfig::default();
+    config.reply_queue = "orchestrator_replies".to_owned();
+    Ok(Engine::builder_arc(store, transport)
+        .register(&saga)
+        .config(config)
+        .build())
+}
+
+pub(super) fn run_engine(tasks: &mut JoinSet<Result<()>>, engine: &Engine, shutdown: &Shutdown) {
+    let engine = engine.clone();
+    let stop = shutdown.wait();
+    tasks.spawn(async move {
+        engine.run(stop).await?;
+        Ok(())
+    });
+}

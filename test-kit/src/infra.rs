@@ -1,0 +1,120 @@
+//! Real PostgreSQL and RabbitMQ for one test: fresh databases (a name
+//! prefix of its own) and a fresh vhost, removed again by [`Infra::cleanup`].
+//!
+//! Environment: `SAGA_TEST_DATABASE_URL` (an admin URL; default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), `SAGA_TEST_AMQP_URL` and
+//! `SAGA_TEST_RABBITMQ_API` (see [`crate::rabbitmq`]). A missing server fails
+//! the test with a message that says how to start it.
+
+use std::time::Duration;
+
+use checkout_app::runtime::{Databases, Ports, StackConfig};
+use sea_orm::ConnectionTrait;
+use serde_json::Value;
+
+use crate::rabbitmq::{self, Management};
+
+/// The variable naming the PostgreSQL admin URL in tests.
+pub const DATABASE_ENV: &str = "SAGA_TEST_DATABASE_URL";
+/// The PostgreSQL server when [`DATABASE_ENV`] is unset.
+pub const DEFAULT_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The PostgreSQL admin URL from [`DATABASE_ENV`], else [`DEFAULT_DATABASE`].
+#[must_use]
+pub fn database_from_env() -> String {
+    std::env::var(DATABASE_ENV)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
+}
+
+/// A stack on ephemeral ports with short timings, no declined payments:
+/// the end-to-end tests' stack.
+#[must_use]
+pub fn stack_config() -> StackConfig {
+    let mut config = StackConfig {
+        ports: Ports::ephemeral(),
+        ..StackConfig::default()
+    };
+    config.payment.failure_rate = 0.0;
+    config.orchestrator.wait = Duration::from_secs(20);
+    config.timing.step_timeout = Duration::from_secs(3);
+    config
+}
+
+/// Real Postgres and RabbitMQ for one test.
+#[derive(Debug)]
+pub struct Infra {
+    /// The PostgreSQL server (admin URL).
+    pub postgres: String,
+    /// The AMQP URL of this test's vhost.
+    pub amqp: String,
+    /// This test's vhost.
+    pub vhost: String,
+    /// The prefix of this test's database names.
+    pub prefix: String,
+    /// The RabbitMQ management API.
+    pub api: Management,
+}
+
+impl Infra {
+    /// Creates a vhost; the stack creates its databases on first connect.
+    ///
+    /// # Panics
+    /// With a clear message when RabbitMQ's management API is unreachable.
+    pub async fn new(name: &str) -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("checkout_{name}_{suffix}");
+        let api = Management::from_env();
+        api.create_vhost(&vhost).await;
+        Self {
+            postgres: database_from_env(),
+            amqp: rabbitmq::vhost_url(&rabbitmq::amqp_from_env(), &vhost),
+            vhost,
+            prefix: format!("t{suffix}_"),
+            api,
+        }
+    }
+
+    /// The databases of a stack on this infrastructure.
+    #[must_use]
+    pub fn databases(&self) -> Databases {
+        Databases::with_prefix(&self.prefix)
+    }
+
+    /// A stack config on this infrastructure ([`stack_config`] otherwise).
+    #[must_use]
+    pub fn config(&self) -> StackConfig {
+        let mut config = stack_config();
+        config.postgres = Some(self.postgres.clone());
+        config.rabbitmq = Some(self.amqp.clone());
+        config.databases = self.databases();
+        config
+    }
+
+    /// The vhost's queues as the management API reports them.
+    pub async fn queues(&self) -> Vec<Value> {
+        self.api.queues(&self.vhost).await
+    }
+
+    /// The AMQP URL of this vhost for another user.
+    #[must_use]
+    pub fn amqp_for(&self, user: &str, password: &str) -> String {
+        rabbitmq::vhost_url_as(&rabbitmq::amqp_from_env(), &self.vhost, user, password)
+    }
+
+    /// Drops the databases and the vhost (best effort).
+    pub async fn cleanup(self) {
+        self.api.delete_vhost(&self.vhost).await;
+        if let Ok(admin) = checkout_app::db::connect(&self.postgres, 1).await {
+            for name in ["orders", "inventory", "payments", "orchestrator"] {
+                let _ = admin
+                    .execute_unprepared(&format!(
+                        "DROP DATABASE IF EXISTS \"{}{name}\" WITH (FORCE)",
+                        self.prefix
+                    ))
+                    .await;
+            }
+        }
+    }
+}
