@@ -23,6 +23,9 @@ pub struct Cli {
     /// What to run (default: `all`).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Tokio worker threads (default: 1 for a single service, every core for `all`).
+    #[arg(long, env = "WORKER_THREADS", global = true)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Cli {
@@ -118,6 +121,32 @@ pub enum SagaAction {
     },
 }
 
+/// RabbitMQ tuning, for every process that connects to it.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct RabbitArgs {
+    /// Messages a consumer holds unacknowledged (transport default: 32).
+    #[arg(long, env = "RABBITMQ_PREFETCH")]
+    pub rabbitmq_prefetch: Option<u16>,
+    /// Deliveries before a message is dead-lettered (transport default: 5).
+    #[arg(long, env = "RABBITMQ_MAX_DELIVERIES")]
+    pub rabbitmq_max_deliveries: Option<u32>,
+    /// Queue type of the queues declared: quorum (the default) or classic.
+    #[arg(long, env = "RABBITMQ_QUEUE_TYPE")]
+    pub rabbitmq_queue_type: Option<saga_rabbitmq::QueueType>,
+}
+
+impl RabbitArgs {
+    /// The tuning these arguments ask for.
+    #[must_use]
+    pub fn tuning(&self) -> runtime::RabbitTuning {
+        runtime::RabbitTuning {
+            prefetch: self.rabbitmq_prefetch,
+            max_deliveries: self.rabbitmq_max_deliveries,
+            queue_type: self.rabbitmq_queue_type,
+        }
+    }
+}
+
 /// Settings every service shares.
 #[derive(Clone, Debug, Args)]
 pub struct Shared {
@@ -127,6 +156,9 @@ pub struct Shared {
     /// RabbitMQ URL (e.g. amqp://user:pass@localhost:5672/%2f).
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
     pub rabbitmq_url: Option<String>,
+    /// RabbitMQ tuning.
+    #[command(flatten)]
+    pub rabbitmq: RabbitArgs,
     /// Probability that a payment fails (0 to 1).
     #[arg(long, env = "PAYMENT_FAILURE_RATE", default_value_t = 0.05)]
     pub payment_failure_rate: f64,
@@ -361,6 +393,7 @@ async fn run_all(args: AllArgs) -> Result<()> {
         bind: shared.bind,
         postgres: args.db_url.clone(),
         rabbitmq: shared.rabbitmq_url.clone(),
+        rabbitmq_tuning: shared.rabbitmq.tuning(),
         payment: shared.payment(),
         order: shared.order(),
         orchestrator: shared.orchestrator(),
@@ -403,6 +436,7 @@ async fn run_one(service: Service, args: ServiceArgs) -> Result<()> {
         port: args.port.unwrap_or_else(|| default_port(service)),
         db_url: args.db_url.clone(),
         rabbitmq_url: shared.rabbitmq_url.clone(),
+        rabbitmq_tuning: shared.rabbitmq.tuning(),
         orchestrator_url: args.orchestrator_url.clone(),
         order_url: args.order_url.clone(),
         inventory_url: args.inventory_url.clone(),

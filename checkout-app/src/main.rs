@@ -12,9 +12,9 @@ fn main() -> std::process::ExitCode {
     // A missing .env file is normal.
     let _ = dotenvy::dotenv();
     let cli = checkout_app::cli::Cli::parse();
-    // One service per process: one thread (`WORKER_THREADS` overrides);
+    // One service per process: one thread (`--worker-threads` overrides);
     // all services in one process: all cores.
-    let runtime = checkout_app::runtime::executor(cli.is_single_service());
+    let runtime = checkout_app::runtime::executor(cli.worker_threads, cli.is_single_service());
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

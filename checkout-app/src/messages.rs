@@ -45,6 +45,7 @@ pub struct OrderCreated {
 
 impl Command for CreateOrder {
     const NAME: &'static str = "create_order";
+    const ENDPOINT: &'static str = crate::order::ENDPOINT;
     type Reply = OrderCreated;
 }
 
@@ -60,6 +61,7 @@ pub struct CancelOrder {
 
 impl Command for CancelOrder {
     const NAME: &'static str = "cancel_order";
+    const ENDPOINT: &'static str = crate::order::ENDPOINT;
     type Reply = ();
 }
 
@@ -73,6 +75,7 @@ pub struct ConfirmOrder {
 
 impl Command for ConfirmOrder {
     const NAME: &'static str = "confirm_order";
+    const ENDPOINT: &'static str = crate::order::ENDPOINT;
     type Reply = ();
 }
 
@@ -96,6 +99,7 @@ pub struct InventoryReserved {
 
 impl Command for ReserveInventory {
     const NAME: &'static str = "reserve_inventory";
+    const ENDPOINT: &'static str = crate::inventory::ENDPOINT;
     type Reply = InventoryReserved;
 }
 
@@ -109,6 +113,7 @@ pub struct ReleaseInventory {
 
 impl Command for ReleaseInventory {
     const NAME: &'static str = "release_inventory";
+    const ENDPOINT: &'static str = crate::inventory::ENDPOINT;
     type Reply = ();
 }
 
@@ -134,6 +139,7 @@ pub struct PaymentProcessed {
 
 impl Command for ProcessPayment {
     const NAME: &'static str = "process_payment";
+    const ENDPOINT: &'static str = crate::payment::ENDPOINT;
     type Reply = PaymentProcessed;
 }
 
@@ -147,5 +153,6 @@ pub struct RefundPayment {
 
 impl Command for RefundPayment {
     const NAME: &'static str = "refund_payment";
+    const ENDPOINT: &'static str = crate::payment::ENDPOINT;
     type Reply = ();
 }

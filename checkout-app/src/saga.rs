@@ -103,41 +103,45 @@ pub fn definition(timing: Timing) -> saga_core::Result<Saga<CheckoutData>> {
         .default_timeout(timing.step_timeout)
         .default_retry(retry)
         .default_compensation_retry(compensation_retry)
-        .step("create_order")
-        .invoke("order", |d: &CheckoutData| CreateOrder {
-            order_id: d.order_id,
-            user_id: d.user_id.clone(),
-            items: d.items.clone(),
-            total: d.total,
+        .step("create_order", |step| {
+            step.invoke(|d: &CheckoutData| CreateOrder {
+                order_id: d.order_id,
+                user_id: d.user_id.clone(),
+                items: d.items.clone(),
+                total: d.total,
+            })
+            .compensate(|d: &CheckoutData| CancelOrder {
+                order_id: d.order_id,
+                reason: "checkout compensated".to_owned(),
+            })
         })
-        .compensate("order", |d: &CheckoutData| CancelOrder {
-            order_id: d.order_id,
-            reason: "checkout compensated".to_owned(),
+        .step("reserve_inventory", |step| {
+            step.invoke(|d: &CheckoutData| ReserveInventory {
+                order_id: d.order_id,
+                items: d.items.clone(),
+            })
+            .on_reply(|d, r| d.reservation_id = Some(r.reservation_id))
+            .compensate(|d: &CheckoutData| ReleaseInventory {
+                order_id: d.order_id,
+            })
         })
-        .step("reserve_inventory")
-        .invoke("inventory", |d: &CheckoutData| ReserveInventory {
-            order_id: d.order_id,
-            items: d.items.clone(),
+        .step("process_payment", |step| {
+            step.invoke(|d: &CheckoutData| ProcessPayment {
+                order_id: d.order_id,
+                user_id: d.user_id.clone(),
+                amount: d.total,
+            })
+            .on_reply(|d, r| d.payment_id = Some(r.payment_id))
+            .compensate(|d: &CheckoutData| RefundPayment {
+                order_id: d.order_id,
+            })
         })
-        .on_reply(|d, r| d.reservation_id = Some(r.reservation_id))
-        .compensate("inventory", |d: &CheckoutData| ReleaseInventory {
-            order_id: d.order_id,
+        .step("confirm_order", |step| {
+            step.invoke(|d: &CheckoutData| ConfirmOrder {
+                order_id: d.order_id,
+            })
+            .pivot()
         })
-        .step("process_payment")
-        .invoke("payment", |d: &CheckoutData| ProcessPayment {
-            order_id: d.order_id,
-            user_id: d.user_id.clone(),
-            amount: d.total,
-        })
-        .on_reply(|d, r| d.payment_id = Some(r.payment_id))
-        .compensate("payment", |d: &CheckoutData| RefundPayment {
-            order_id: d.order_id,
-        })
-        .step("confirm_order")
-        .invoke("order", |d: &CheckoutData| ConfirmOrder {
-            order_id: d.order_id,
-        })
-        .pivot()
         .build()
 }
 

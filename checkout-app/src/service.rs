@@ -70,9 +70,8 @@ pub(crate) async fn migrate<M: sea_orm_migration::MigratorTrait>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod test_support {
-    use saga_core::{
-        Command, CommandMessage, Direction, IdempotencyKey, Participant, SagaId, StepError,
-    };
+    use saga_core::adapter::CommandMessage;
+    use saga_core::{Command, Direction, IdempotencyKey, Participant, SagaId, StepError};
 
     /// Hands `command` to `participant` as step `step` of a fresh saga would
     /// (a compensation when its name is `compensation`), and decodes the reply.

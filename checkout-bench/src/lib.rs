@@ -104,6 +104,12 @@ pub struct BenchArgs {
     /// RabbitMQ URL: the transport of --spawn / --engine postgres-rabbitmq, and --limits.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
     pub rabbitmq_url: Option<String>,
+    /// RabbitMQ tuning of a stack this tool starts.
+    #[command(flatten)]
+    pub rabbitmq: checkout_app::cli::RabbitArgs,
+    /// Tokio worker threads of this process (default: every core).
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Start the whole stack in this process (embedded unless DB_URL / RABBITMQ_URL are set).
     #[arg(long, conflicts_with = "engine")]
     pub spawn: bool,
@@ -295,6 +301,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             ports: Ports::ephemeral(),
             postgres: postgres.clone(),
             rabbitmq: rabbitmq.clone(),
+            rabbitmq_tuning: args.rabbitmq.tuning(),
             databases: Databases::with_prefix(&args.db_prefix),
             ..StackConfig::default()
         };

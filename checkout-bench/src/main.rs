@@ -11,9 +11,9 @@ fn main() -> std::process::ExitCode {
     // A missing .env file is normal.
     let _ = dotenvy::dotenv();
     let args = checkout_bench::BenchArgs::parse();
-    // Every core (`WORKER_THREADS` overrides): the clients and, with
+    // Every core (`--worker-threads` overrides): the clients and, with
     // --spawn or --engine, the whole stack share this process.
-    let runtime = checkout_app::runtime::executor(false);
+    let runtime = checkout_app::runtime::executor(args.worker_threads, false);
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -33,43 +33,55 @@ struct Checkout {
     confirmed: bool,
 }
 
+/// The three participants of the benchmark.
+const ENDPOINTS: [&str; 3] = ["order", "inventory", "payment"];
+
+/// The work of a step, at participant `E` of [`ENDPOINTS`].
 #[derive(Serialize, Deserialize)]
-struct Do {
+struct Do<const E: usize> {
     user: String,
 }
-impl Command for Do {
+impl<const E: usize> Command for Do<E> {
     const NAME: &'static str = "do";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = String;
 }
+/// Its compensation.
 #[derive(Serialize, Deserialize)]
-struct Undo;
-impl Command for Undo {
+struct Undo<const E: usize>;
+impl<const E: usize> Command for Undo<E> {
     const NAME: &'static str = "undo";
+    const ENDPOINT: &'static str = ENDPOINTS[E];
     type Reply = ();
 }
 
-fn saga() -> Saga<Checkout> {
-    let cmd = |c: &Checkout| Do {
+fn cmd<const E: usize>(c: &Checkout) -> Do<E> {
+    Do {
         user: c.user.clone(),
-    };
+    }
+}
+
+fn saga() -> Saga<Checkout> {
     Saga::<Checkout>::builder("bench")
         .step("create_order", |step| {
-            step.invoke(cmd)
+            step.invoke(cmd::<0>)
                 .on_reply(|c, r| c.order_id = Some(r))
-                .compensate(|_| Undo)
+                .compensate(|_| Undo::<0>)
         })
         .step("reserve_inventory", |step| {
-            step.invoke(cmd)
+            step.invoke(cmd::<1>)
                 .on_reply(|c, r| c.reservation = Some(r))
-                .compensate(|_| Undo)
+                .compensate(|_| Undo::<1>)
         })
         .step("process_payment", |step| {
-            step.invoke(cmd)
+            step.invoke(cmd::<2>)
                 .on_reply(|c, r| c.payment = Some(r))
-                .compensate(|_| Undo)
+                .compensate(|_| Undo::<2>)
         })
         .step("confirm_order", |step| {
-            step.invoke(cmd).on_reply(|c, _| c.confirmed = true)
+            step.invoke(cmd::<0>)
+                .on_reply(|c, _| c.confirmed = true)
+                .pivot()
         })
         .build()
         .expect("valid")
@@ -116,12 +128,13 @@ fn pure_transitions() {
     );
 }
 
-fn participant(endpoint: &str) -> Participant {
-    Participant::builder(endpoint)
+fn participant<const E: usize>() -> Participant {
+    Participant::builder()
         .concurrency(256)
-        .on(|c: Do, ctx| async move { Ok(format!("{}-{}", c.user, ctx.step)) })
-        .on(|_: Undo, _| async { Ok(()) })
+        .on(|c: Do<E>, ctx| async move { Ok(format!("{}-{}", c.user, ctx.step)) })
+        .on(|_: Undo<E>, _| async { Ok(()) })
         .build()
+        .expect("valid participant")
 }
 
 fn engine_run(workers: usize, sagas: usize, in_flight: usize) {
@@ -164,8 +177,7 @@ fn engine_run_quietly(workers: usize, sagas: usize, in_flight: usize, report: bo
             tasks.push(tokio::spawn(async move { engine.run(w).await.expect("engine") }));
         }
         let shared: Arc<dyn Transport> = Arc::new(transport);
-        for endpoint in ["order", "inventory", "payment"] {
-            let p = participant(endpoint);
+        for p in [participant::<0>(), participant::<1>(), participant::<2>()] {
             let t = Arc::clone(&shared);
             let w = wait(rx.clone());
             tasks.push(tokio::spawn(async move { p.run(t, w).await.expect("participant") }));

@@ -216,18 +216,23 @@ pub async fn set_stock(db: &DatabaseConnection, product_id: Uuid, stock: i32) ->
 
 /// The inventory participant: endpoint `inventory`, commands
 /// `reserve_inventory` and `release_inventory`.
-pub fn participant(db: DatabaseConnection) -> Participant {
-    let (reserve_db, release_db) = (db.clone(), db);
-    Participant::builder(ENDPOINT)
-        .on(move |cmd: ReserveInventory, ctx: CommandContext| {
-            let db = reserve_db.clone();
-            async move { reserve_inventory(&db, &cmd, &ctx).await }
-        })
-        .on(move |cmd: ReleaseInventory, ctx: CommandContext| {
-            let db = release_db.clone();
-            async move { release_inventory(&db, &cmd, &ctx).await }
-        })
-        .build()
+///
+/// # Errors
+/// Never in practice: both commands go to `inventory`.
+pub fn participant(db: DatabaseConnection) -> Result<Participant> {
+    Ok(Participant::builder()
+        .state(db)
+        .on(
+            |cmd: ReserveInventory, ctx, db: DatabaseConnection| async move {
+                reserve_inventory(&db, &cmd, &ctx).await
+            },
+        )
+        .on(
+            |cmd: ReleaseInventory, ctx, db: DatabaseConnection| async move {
+                release_inventory(&db, &cmd, &ctx).await
+            },
+        )
+        .build()?)
 }
 
 /// Merges the lines per product, sorted by product id; a bad line is a

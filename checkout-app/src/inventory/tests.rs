@@ -88,7 +88,7 @@ fn the_catalogue_is_well_formed() {
 #[tokio::test]
 async fn reserve_is_all_or_nothing_and_idempotent_under_redelivery() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let order = Uuid::new_v4();
     // Duplicate lines are merged.
     let command = reserve(
@@ -126,7 +126,7 @@ async fn reserve_is_all_or_nothing_and_idempotent_under_redelivery() {
 #[tokio::test]
 async fn insufficient_stock_is_a_business_refusal_that_changes_nothing() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let order = Uuid::new_v4();
     // The first line would fit; the second does not: nothing is taken.
     let err = send(
@@ -161,7 +161,7 @@ async fn insufficient_stock_is_a_business_refusal_that_changes_nothing() {
 #[tokio::test]
 async fn release_restores_stock_once() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let order = Uuid::new_v4();
     send(
         &p,
@@ -197,7 +197,7 @@ async fn release_restores_stock_once() {
 #[tokio::test]
 async fn release_before_reserve_leaves_a_tombstone_that_refuses_the_reservation() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let order = Uuid::new_v4();
     send(&p, &release(order)).await.unwrap();
     let tombstone = reservation(&db, order).await.unwrap();
@@ -215,7 +215,7 @@ async fn release_before_reserve_leaves_a_tombstone_that_refuses_the_reservation(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_buyers_never_oversell_the_limited_item() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let tasks: Vec<_> = (0..30)
         .map(|_| {
             let p = p.clone();
@@ -257,7 +257,7 @@ async fn get(router: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
 #[tokio::test]
 async fn the_router_shows_products_and_reservations() {
     let db = db().await;
-    let p = participant(db.clone());
+    let p = participant(db.clone()).expect("valid participant");
     let order = Uuid::new_v4();
     send(&p, &reserve(order, vec![line(LIMITED, 2)]))
         .await

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use saga_core::store::SagaQuery;
+use saga_core::adapter::SagaQuery;
 use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -55,8 +55,8 @@ async fn checkout(
     let key = idempotency_key(&headers)?;
     let data = price(&state, request).await?;
     let options = match &key {
-        Some(key) => StartOptions::idempotency_key(format!("{}:{key}", data.user_id)),
-        None => StartOptions::default(),
+        Some(key) => StartOptions::new().idempotency_key(format!("{}:{key}", data.user_id)),
+        None => StartOptions::new(),
     };
     let id = state
         .engine
@@ -220,13 +220,13 @@ async fn list(
         Some(s) => Some(s.parse::<SagaStatus>().map_err(ApiError::bad_request)?),
         None => None,
     };
+    let mut filter = SagaQuery::new().limit(query.limit.unwrap_or(50).min(1_000));
+    if let Some(status) = status {
+        filter = filter.status(status);
+    }
     let sagas = state
         .engine
-        .list(&SagaQuery {
-            status,
-            limit: query.limit.unwrap_or(50).min(1_000),
-            ..SagaQuery::default()
-        })
+        .list(&filter)
         .await
         .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
     let views: Vec<Value> = sagas.iter().map(|s| instance_view(&state, s)).collect();

@@ -91,22 +91,24 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 
 /// The order participant: endpoint `order`, commands `create_order`,
 /// `confirm_order` and `cancel_order`.
-pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Participant {
-    let (create_db, confirm_db, cancel_db) = (db.clone(), db.clone(), db);
-    Participant::builder(ENDPOINT)
-        .on(move |cmd: CreateOrder, ctx: CommandContext| {
-            let db = create_db.clone();
-            async move { create_order(&db, &cmd, &ctx).await }
+///
+/// # Errors
+/// Never in practice: the three commands go to `order`.
+pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Result<Participant> {
+    Ok(Participant::builder()
+        .state(db)
+        .on(|cmd: CreateOrder, ctx, db: DatabaseConnection| async move {
+            create_order(&db, &cmd, &ctx).await
         })
-        .on(move |cmd: ConfirmOrder, ctx: CommandContext| {
-            let db = confirm_db.clone();
-            async move { confirm_order(&db, config, &cmd, &ctx).await }
+        .on(
+            move |cmd: ConfirmOrder, ctx, db: DatabaseConnection| async move {
+                confirm_order(&db, config, &cmd, &ctx).await
+            },
+        )
+        .on(|cmd: CancelOrder, ctx, db: DatabaseConnection| async move {
+            cancel_order(&db, &cmd, &ctx).await
         })
-        .on(move |cmd: CancelOrder, ctx: CommandContext| {
-            let db = cancel_db.clone();
-            async move { cancel_order(&db, &cmd, &ctx).await }
-        })
-        .build()
+        .build()?)
 }
 
 /// A business refusal for an amount a `decimal(12, 2)` column cannot hold exactly.

@@ -61,7 +61,7 @@ async fn item_count(db: &DatabaseConnection, id: Uuid) -> u64 {
 #[tokio::test]
 async fn create_is_idempotent_under_redelivery() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     let first = send(&p, &create(id)).await.unwrap();
     let again = send(&p, &create(id)).await.unwrap();
@@ -82,7 +82,7 @@ async fn create_is_idempotent_under_redelivery() {
 #[tokio::test]
 async fn a_bad_create_is_a_business_refusal_and_writes_nothing() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     let mut wrong_total = create(id);
     wrong_total.total = Decimal::new(1, 0);
@@ -100,7 +100,7 @@ async fn a_bad_create_is_a_business_refusal_and_writes_nothing() {
 #[tokio::test]
 async fn cancel_before_create_leaves_a_tombstone_that_refuses_the_create() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &cancel(id)).await.unwrap();
     let err = send(&p, &create(id)).await.unwrap_err();
@@ -117,7 +117,7 @@ async fn cancel_before_create_leaves_a_tombstone_that_refuses_the_create() {
 #[tokio::test]
 async fn cancel_after_create_cancels_with_the_reason_once() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &create(id)).await.unwrap();
     send(&p, &cancel(id)).await.unwrap();
@@ -142,7 +142,7 @@ async fn cancel_after_create_cancels_with_the_reason_once() {
 #[tokio::test]
 async fn confirm_moves_pending_to_confirmed_idempotently() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &create(id)).await.unwrap();
     send(&p, &ConfirmOrder { order_id: id }).await.unwrap();
@@ -157,7 +157,7 @@ async fn confirm_moves_pending_to_confirmed_idempotently() {
 #[tokio::test]
 async fn confirm_refuses_cancelled_and_unknown_orders() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &create(id)).await.unwrap();
     send(&p, &cancel(id)).await.unwrap();
@@ -184,7 +184,8 @@ async fn confirm_fault_injection_rejects_deterministically_and_records_nothing()
             confirm_failure_rate: 1.0,
             seed: 7,
         },
-    );
+    )
+    .expect("valid participant");
     let id = Uuid::new_v4();
     send(&always, &create(id)).await.unwrap();
     let err = send(&always, &ConfirmOrder { order_id: id })
@@ -204,7 +205,8 @@ async fn confirm_fault_injection_rejects_deterministically_and_records_nothing()
             confirm_failure_rate: 0.5,
             seed: 7,
         },
-    );
+    )
+    .expect("valid participant");
     let mut rejected = 0;
     for _ in 0..40 {
         let id = Uuid::new_v4();
@@ -235,7 +237,7 @@ async fn get(router: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
 #[tokio::test]
 async fn the_router_shows_orders() {
     let db = db().await;
-    let p = participant(db.clone(), OrderConfig::default());
+    let p = participant(db.clone(), OrderConfig::default()).expect("valid participant");
     let pending = Uuid::new_v4();
     let cancelled = Uuid::new_v4();
     send(&p, &create(pending)).await.unwrap();

@@ -87,18 +87,23 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 
 /// The payment participant: endpoint `payment`, commands `process_payment`
 /// and `refund_payment`.
-pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Participant {
-    let (process_db, refund_db) = (db.clone(), db);
-    Participant::builder(ENDPOINT)
-        .on(move |cmd: ProcessPayment, ctx: CommandContext| {
-            let db = process_db.clone();
-            async move { process_payment(&db, config, &cmd, &ctx).await }
-        })
-        .on(move |cmd: RefundPayment, ctx: CommandContext| {
-            let db = refund_db.clone();
-            async move { refund_payment(&db, &cmd, &ctx).await }
-        })
-        .build()
+///
+/// # Errors
+/// Never in practice: both commands go to `payment`.
+pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Result<Participant> {
+    Ok(Participant::builder()
+        .state(db)
+        .on(
+            move |cmd: ProcessPayment, ctx, db: DatabaseConnection| async move {
+                process_payment(&db, config, &cmd, &ctx).await
+            },
+        )
+        .on(
+            |cmd: RefundPayment, ctx, db: DatabaseConnection| async move {
+                refund_payment(&db, &cmd, &ctx).await
+            },
+        )
+        .build()?)
 }
 
 /// The reply an existing payment gives to `process_payment`.

@@ -53,7 +53,7 @@ fn the_default_config_declines_five_percent() {
 #[tokio::test]
 async fn payment_is_idempotent_under_redelivery() {
     let db = db().await;
-    let p = participant(db.clone(), config(0.0));
+    let p = participant(db.clone(), config(0.0)).expect("valid participant");
     let id = Uuid::new_v4();
     let first = send(&p, &pay(id)).await.unwrap();
     let again = send(&p, &pay(id)).await.unwrap();
@@ -72,7 +72,7 @@ async fn payment_is_idempotent_under_redelivery() {
 #[tokio::test]
 async fn failure_rate_one_declines_every_payment_and_records_it() {
     let db = db().await;
-    let p = participant(db.clone(), config(1.0));
+    let p = participant(db.clone(), config(1.0)).expect("valid participant");
     for _ in 0..20 {
         let id = Uuid::new_v4();
         let err = send(&p, &pay(id)).await.unwrap_err();
@@ -85,7 +85,7 @@ async fn failure_rate_one_declines_every_payment_and_records_it() {
             send(&p, &pay(id)).await.unwrap_err().message,
             "payment declined"
         );
-        let lenient = participant(db.clone(), config(0.0));
+        let lenient = participant(db.clone(), config(0.0)).expect("valid participant");
         assert!(send(&lenient, &pay(id)).await.is_err());
         // Nothing to refund for a failed payment.
         send(&p, &refund(id)).await.unwrap();
@@ -96,7 +96,7 @@ async fn failure_rate_one_declines_every_payment_and_records_it() {
 #[tokio::test]
 async fn failure_rate_zero_never_declines() {
     let db = db().await;
-    let p = participant(db.clone(), config(0.0));
+    let p = participant(db.clone(), config(0.0)).expect("valid participant");
     for _ in 0..50 {
         send(&p, &pay(Uuid::new_v4())).await.unwrap();
     }
@@ -111,7 +111,7 @@ async fn failure_rate_zero_never_declines() {
 #[tokio::test]
 async fn refund_moves_success_to_refunded_once_and_blocks_a_late_payment() {
     let db = db().await;
-    let p = participant(db.clone(), config(0.0));
+    let p = participant(db.clone(), config(0.0)).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &pay(id)).await.unwrap();
     send(&p, &refund(id)).await.unwrap();
@@ -128,7 +128,7 @@ async fn refund_moves_success_to_refunded_once_and_blocks_a_late_payment() {
 #[tokio::test]
 async fn refund_before_payment_leaves_a_tombstone_that_refuses_the_payment() {
     let db = db().await;
-    let p = participant(db.clone(), config(0.0));
+    let p = participant(db.clone(), config(0.0)).expect("valid participant");
     let id = Uuid::new_v4();
     send(&p, &refund(id)).await.unwrap();
     let tombstone = load(&db, id).await.unwrap();
@@ -143,7 +143,7 @@ async fn refund_before_payment_leaves_a_tombstone_that_refuses_the_payment() {
 #[tokio::test]
 async fn an_invalid_amount_is_refused_without_a_record() {
     let db = db().await;
-    let p = participant(db.clone(), config(0.0));
+    let p = participant(db.clone(), config(0.0)).expect("valid participant");
     for amount in [
         Decimal::new(-1, 0),
         Decimal::new(1_234, 3),
@@ -175,8 +175,8 @@ async fn get(router: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
 #[tokio::test]
 async fn the_router_shows_payments() {
     let db = db().await;
-    let ok = participant(db.clone(), config(0.0));
-    let declining = participant(db.clone(), config(1.0));
+    let ok = participant(db.clone(), config(0.0)).expect("valid participant");
+    let declining = participant(db.clone(), config(1.0)).expect("valid participant");
     let paid = Uuid::new_v4();
     let declined = Uuid::new_v4();
     send(&ok, &pay(paid)).await.unwrap();

@@ -116,23 +116,34 @@ pub async fn service_db(
     }
 }
 
-/// The transport: RabbitMQ at `url`, or in-process.
+/// RabbitMQ tuning beyond the URL; `None` keeps the transport's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RabbitTuning {
+    /// Messages a consumer holds unacknowledged (`RABBITMQ_PREFETCH`).
+    pub prefetch: Option<u16>,
+    /// Deliveries before a message is dead-lettered (`RABBITMQ_MAX_DELIVERIES`).
+    pub max_deliveries: Option<u32>,
+    /// Queue type of the queues it declares (`RABBITMQ_QUEUE_TYPE`).
+    pub queue_type: Option<saga_rabbitmq::QueueType>,
+}
+
+/// The transport: RabbitMQ at `url` with `tuning`, or in-process.
 ///
 /// # Errors
-/// When RabbitMQ is unreachable.
-pub async fn transport(url: Option<&str>) -> Result<Arc<dyn Transport>> {
+/// When RabbitMQ is unreachable or the tuning is invalid.
+pub async fn transport(url: Option<&str>, tuning: RabbitTuning) -> Result<Arc<dyn Transport>> {
     match url {
         Some(url) => {
-            // The URL given here, the tuning (`RABBITMQ_PREFETCH`,
-            // `RABBITMQ_QUEUE_TYPE`, ...) from the environment.
-            let config = saga_rabbitmq::Config::from_lookup(|name| {
-                if name == saga_rabbitmq::URL_ENV {
-                    Some(url.to_owned())
-                } else {
-                    std::env::var(name).ok()
-                }
-            })
-            .map_err(|e| Error::Saga(e.into()))?;
+            let mut config = saga_rabbitmq::Config::new(url);
+            if let Some(prefetch) = tuning.prefetch {
+                config = config.prefetch(prefetch);
+            }
+            if let Some(max) = tuning.max_deliveries {
+                config = config.max_deliveries(max);
+            }
+            if let Some(queue_type) = tuning.queue_type {
+                config = config.queue_type(queue_type);
+            }
             let transport = saga_rabbitmq::RabbitTransport::connect(config)
                 .await
                 .map_err(|e| Error::Saga(e.into()))?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
-use super::infra::{saga_store_with_pool, transport};
+use super::infra::{RabbitTuning, saga_store_with_pool, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve};
 use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     pub db_url: Option<String>,
     /// `RABBITMQ_URL`.
     pub rabbitmq_url: Option<String>,
+    /// `RABBITMQ_PREFETCH`, `RABBITMQ_MAX_DELIVERIES`, `RABBITMQ_QUEUE_TYPE`.
+    pub rabbitmq_tuning: RabbitTuning,
     /// The gateway's `ORCHESTRATOR_URL`.
     pub orchestrator_url: String,
     /// The gateway's `ORDER_SERVICE_URL`.
@@ -100,7 +102,11 @@ pub async fn run_service(
         }
         Service::Orchestrator => {
             let db_url = needs("DB_URL", &config.db_url)?;
-            let transport = transport(Some(&needs("RABBITMQ_URL", &config.rabbitmq_url)?)).await?;
+            let transport = transport(
+                Some(&needs("RABBITMQ_URL", &config.rabbitmq_url)?),
+                config.rabbitmq_tuning,
+            )
+            .await?;
             let database = db_url
                 .rsplit('/')
                 .next()
@@ -129,24 +135,28 @@ pub async fn run_service(
         }
         Service::Order | Service::Inventory | Service::Payment => {
             let db_url = needs("DB_URL", &config.db_url)?;
-            let transport = transport(Some(&needs("RABBITMQ_URL", &config.rabbitmq_url)?)).await?;
+            let transport = transport(
+                Some(&needs("RABBITMQ_URL", &config.rabbitmq_url)?),
+                config.rabbitmq_tuning,
+            )
+            .await?;
             let db = db::connect(&db_url, config.db_max_connections).await?;
             let (participant, router) = match service {
                 Service::Order => {
                     order::migrate(&db).await?;
                     (
-                        order::participant(db.clone(), config.order),
+                        order::participant(db.clone(), config.order)?,
                         order::router(db),
                     )
                 }
                 Service::Inventory => {
                     inventory::migrate(&db).await?;
-                    (inventory::participant(db.clone()), inventory::router(db))
+                    (inventory::participant(db.clone())?, inventory::router(db))
                 }
                 _ => {
                     payment::migrate(&db).await?;
                     (
-                        payment::participant(db.clone(), config.payment),
+                        payment::participant(db.clone(), config.payment)?,
                         payment::router(db),
                     )
                 }

@@ -10,7 +10,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
-use super::infra::{Databases, saga_store, service_db, transport};
+use super::infra::{Databases, RabbitTuning, saga_store, service_db, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve, url};
 use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
@@ -76,6 +76,8 @@ pub struct StackConfig {
     pub databases: Databases,
     /// RabbitMQ URL; `None` uses the in-process transport.
     pub rabbitmq: Option<String>,
+    /// RabbitMQ tuning.
+    pub rabbitmq_tuning: RabbitTuning,
     /// Payment simulation.
     pub payment: PaymentConfig,
     /// Order fault injection.
@@ -98,6 +100,7 @@ impl Default for StackConfig {
             postgres: None,
             databases: Databases::default(),
             rabbitmq: None,
+            rabbitmq_tuning: RabbitTuning::default(),
             payment: PaymentConfig::default(),
             order: OrderConfig::default(),
             orchestrator: OrchestratorConfig::default(),
@@ -191,7 +194,7 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
         bind(ip, config.ports.orchestrator, "orchestrator").await?;
 
     let pg = config.postgres.as_deref();
-    let transport = transport(config.rabbitmq.as_deref()).await?;
+    let transport = transport(config.rabbitmq.as_deref(), config.rabbitmq_tuning).await?;
     let order_db = service_db(pg, &config.databases.orders, 16).await?;
     let inventory_db = service_db(pg, &config.databases.inventory, 16).await?;
     let payment_db = service_db(pg, &config.databases.payments, 16).await?;
@@ -207,19 +210,19 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
     let mut tasks = JoinSet::new();
     participate(
         &mut tasks,
-        order::participant(order_db.clone(), config.order),
+        order::participant(order_db.clone(), config.order)?,
         &transport,
         &shutdown,
     );
     participate(
         &mut tasks,
-        inventory::participant(inventory_db.clone()),
+        inventory::participant(inventory_db.clone())?,
         &transport,
         &shutdown,
     );
     participate(
         &mut tasks,
-        payment::participant(payment_db.clone(), config.payment),
+        payment::participant(payment_db.clone(), config.payment)?,
         &transport,
         &shutdown,
     );

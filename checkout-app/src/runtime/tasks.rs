@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use saga_core::{Engine, EngineConfig, SagaStore, Transport};
+use saga_core::{Engine, SagaStore, Transport};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -67,11 +67,9 @@ pub fn orchestrator_engine(
     timing: Timing,
 ) -> Result<Engine> {
     let saga = crate::saga::definition(timing)?;
-    let mut config = EngineConfig::default();
-    config.reply_queue = "orchestrator_replies".to_owned();
-    Ok(Engine::builder_arc(store, transport)
+    Ok(Engine::builder(store, transport)
         .register(&saga)
-        .config(config)
+        .reply_queue("orchestrator_replies")
         .build())
 }
 

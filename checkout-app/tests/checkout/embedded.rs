@@ -354,7 +354,7 @@ async fn bad_input_is_refused_with_a_json_error_and_creates_nothing() {
 
     let sagas = stack
         .engine
-        .list(&saga_core::store::SagaQuery::default())
+        .list(&saga_core::adapter::SagaQuery::new())
         .await
         .expect("list");
     assert!(sagas.is_empty(), "no saga was started for bad input");

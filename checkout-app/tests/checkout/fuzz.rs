@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use checkout_app::gateway::{GatewayConfig, router};
 use checkout_app::request::{Limits, parse};
 use proptest::prelude::*;
-use saga_core::{CommandMessage, ReplyMessage};
+use saga_core::adapter::{CommandMessage, ReplyMessage};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

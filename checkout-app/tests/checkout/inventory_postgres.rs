@@ -18,10 +18,8 @@ use checkout_app::inventory::entity::{products, reservations};
 use checkout_app::messages::{LineItem, ReleaseInventory, ReserveInventory};
 use checkout_app::runtime::with_database;
 use rust_decimal::Decimal;
-use saga_core::{
-    Command, CommandMessage, Direction, IdempotencyKey, Participant, ReplyOutcome, SagaId,
-    StepErrorKind,
-};
+use saga_core::adapter::{CommandMessage, ReplyOutcome};
+use saga_core::{Command, Direction, IdempotencyKey, Participant, SagaId, StepErrorKind};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use test_kit::infra::database_from_env as admin_url;
 use uuid::Uuid;
@@ -182,7 +180,7 @@ async fn thirty_two_concurrent_buyers_of_a_hot_product_all_succeed_first_time() 
     with_fresh_database_pool(BUYERS as u32, |db| async move {
         let before = product(&db, STANDARD).await;
         assert_eq!(before.stock, 1000);
-        let p = inventory::participant(db.clone());
+        let p = inventory::participant(db.clone()).expect("valid participant");
         let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
         let outcomes = handle_concurrently(&p, reserve_messages(&orders, STANDARD)).await;
 
@@ -215,7 +213,7 @@ async fn thirty_two_concurrent_buyers_of_five_units_never_oversell() {
     with_fresh_database_pool(BUYERS as u32, |db| async move {
         let before = product(&db, LIMITED).await;
         assert_eq!(before.stock, 5);
-        let p = inventory::participant(db.clone());
+        let p = inventory::participant(db.clone()).expect("valid participant");
         let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
         let outcomes = handle_concurrently(&p, reserve_messages(&orders, LIMITED)).await;
 
@@ -255,7 +253,7 @@ async fn thirty_two_concurrent_buyers_of_five_units_never_oversell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_releases_of_a_hot_product_all_succeed() {
     with_fresh_database_pool(BUYERS as u32, |db| async move {
-        let p = inventory::participant(db.clone());
+        let p = inventory::participant(db.clone()).expect("valid participant");
         let orders: Vec<Uuid> = (0..BUYERS).map(|_| Uuid::new_v4()).collect();
         // Reserve one after the other: only the releases race.
         for message in reserve_messages(&orders, STANDARD) {
@@ -305,7 +303,7 @@ async fn thirty_concurrent_buyers_get_exactly_five_units() {
     with_fresh_database(|db| async move {
         let before = product(&db, LIMITED).await;
         assert_eq!(before.stock, 5);
-        let p = inventory::participant(db.clone());
+        let p = inventory::participant(db.clone()).expect("valid participant");
         let orders: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
         let messages = orders
             .iter()
@@ -353,7 +351,7 @@ async fn thirty_concurrent_buyers_get_exactly_five_units() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicate_deliveries_take_and_return_stock_once() {
     with_fresh_database(|db| async move {
-        let p = inventory::participant(db.clone());
+        let p = inventory::participant(db.clone()).expect("valid participant");
         let order = Uuid::new_v4();
         let saga = SagaId::new();
         let reserve = message(
