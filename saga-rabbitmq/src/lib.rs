@@ -75,8 +75,8 @@
 //!
 //! ## Messages
 //!
-//! Bodies are the JSON of [`saga_core::CommandMessage`] /
-//! [`saga_core::ReplyMessage`], readable in the management UI. Properties:
+//! Bodies are the JSON of [`saga_core::adapter::CommandMessage`] /
+//! [`saga_core::adapter::ReplyMessage`], readable in the management UI. Properties:
 //! `delivery_mode = 2` (persistent), `content_type = application/json`,
 //! `message_id`, `correlation_id` = saga id, `type` = the command name (or
 //! `saga.reply`), `reply_to`, `timestamp`. Headers: every entry of the

@@ -9,7 +9,7 @@ pub struct Model {
     /// The command's idempotency key (`{saga}:{step}:{invoke|compensate}`).
     #[sea_orm(primary_key, auto_increment = false)]
     pub idempotency_key: String,
-    /// The recorded [`ReplyOutcome`](saga_core::ReplyOutcome) as JSON; null
+    /// The recorded [`ReplyOutcome`](saga_core::adapter::ReplyOutcome) as JSON; null
     /// while the claiming transaction has not recorded one yet.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub outcome: Option<Json>,
