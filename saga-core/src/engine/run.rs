@@ -105,7 +105,7 @@ async fn process_reply(
                 // the queue's delivery limit.
                 failures += 1;
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(%saga_id, error = %e, failures, ?delay, "reply not applied yet; trying again");
                 }
                 tokio::select! {
