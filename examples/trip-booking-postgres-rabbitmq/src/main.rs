@@ -22,6 +22,9 @@
 //! Compared with the in-memory example's `main`, three constructors change:
 //! the store and the transport (the orchestrator's), and the participants'
 //! inbox, which now survives a restart too.
+//!
+//! At exit lapin may log `ERROR lapin::channels: Connection error` while the
+//! transport closes its connection; nothing is lost (see the end of `main`).
 
 mod database;
 
@@ -68,9 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The engine holds the store (and its LISTEN connection) and the transport.
     drop(engine);
     db.close().await?;
-    // saga-rabbitmq closes its connection in the background once the last
-    // handle is dropped, and has no method to await that: give it a moment,
-    // so that the broker sees a clean close rather than a dropped socket.
+    // saga-rabbitmq closes its connection in a background task once the last
+    // handle is dropped, and has no method to await that: the pause lets the
+    // close usually finish before the runtime stops. (lapin may still log a
+    // `Connection error` at ERROR level while it closes: harmless, every
+    // message was settled before.)
     drop(transport);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
