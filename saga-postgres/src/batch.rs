@@ -3,13 +3,14 @@
 //!
 //! Every transition of every saga is a version-checked save. One statement per
 //! save means one round trip, one plan start-up and one WAL flush each; under
-//! load those, not the rows, are most of the database's work (see
-//! docs/benchmarks.md). The batcher is a task in front of the pool: a save
-//! hands its row to the task and waits for its own answer. The task sends at
-//! once what is waiting, up to [`StoreConfig::save_batch`] rows in one
-//! statement, with at most [`StoreConfig::save_batches_in_flight`] statements
-//! running, so a lone save goes out immediately and saves pile into the next
-//! statement only while earlier ones are running.
+//! load those, not the rows, are most of the database's work (see the
+//! profile in docs/benchmarks/history.md). The batcher is a task in front of
+//! the pool: a save hands its row to the task and waits for its own answer.
+//! The task sends at once what is waiting, up to [`StoreConfig::save_batch`]
+//! rows in one statement, with at most
+//! [`StoreConfig::save_batches_in_flight`] statements running, so a lone save
+//! goes out immediately and saves pile into the next statement only while
+//! earlier ones are running.
 //!
 //! Guarantees are those of a single save: each row is updated only if its
 //! version is the expected one, and its log entries are written in the same

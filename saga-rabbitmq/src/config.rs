@@ -71,8 +71,8 @@ pub fn default_dead_letter_queue(queue: &str) -> String {
 
 /// Settings of a [`RabbitTransport`](crate::RabbitTransport).
 ///
-/// Start from [`Config::new`] and adjust with the
-/// `with_*` methods or by assigning fields.
+/// Start from [`Config::new`] and adjust with the setters of the same
+/// name as each field (`.prefetch(64)`), or by assigning fields.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {
