@@ -1,6 +1,6 @@
 //! The engine end to end on the in-memory adapters, with real tasks and time.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -564,6 +564,41 @@ async fn a_command_without_a_handler_is_dead_lettered() {
     );
     let _ = stop.send(true);
     runner.await.expect("task").expect("participant");
+}
+
+#[tokio::test]
+async fn a_command_whose_handler_panics_is_delivered_again() {
+    let transport = InMemoryTransport::new();
+    let panicked = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&panicked);
+    let participant = Participant::builder()
+        .inbox(InMemoryInbox::new())
+        .on(move |cmd: Book, _ctx| {
+            let first = !flag.swap(true, Ordering::SeqCst);
+            async move {
+                assert!(!first, "the handler panics on its first command");
+                Ok(format!("{}-ref", cmd.what))
+            }
+        })
+        .on(|_: Undo, _| async { Ok(()) })
+        .build()
+        .expect("valid participant");
+    let serving = participant.spawn(transport.clone());
+    let store = InMemoryStore::new();
+    let engine = engine(&store, &transport);
+    let running = engine.spawn();
+    let id = engine.start(&trip(), Trip::default()).await.expect("start");
+    let done = engine.wait(id, WAIT).await.expect("finishes");
+    assert!(panicked.load(Ordering::SeqCst));
+    assert_eq!(done.status, SagaStatus::Completed, "{:?}", done.error);
+    let logs = engine.logs(id).await.expect("logs");
+    assert!(
+        !logs.iter().any(|l| l.event == LogEvent::StepTimedOut),
+        "the command came back at once, not after its timeout: {logs:#?}"
+    );
+    assert!(transport.dead_letters("travel").is_empty());
+    serving.shutdown().await.expect("participant stops");
+    running.shutdown().await.expect("engine stops");
 }
 
 #[tokio::test]

@@ -674,6 +674,8 @@ struct LossyTransport {
     inner: InMemoryTransport,
     fail: Arc<AtomicU32>,
     lose: Arc<AtomicU32>,
+    /// Commands handed to the broker.
+    sent: Arc<AtomicU32>,
 }
 
 impl LossyTransport {
@@ -682,6 +684,7 @@ impl LossyTransport {
             inner,
             fail: Arc::default(),
             lose: Arc::default(),
+            sent: Arc::default(),
         }
     }
 }
@@ -701,6 +704,7 @@ impl Transport for LossyTransport {
         if take_one(&self.lose) {
             return Ok(());
         }
+        self.sent.fetch_add(1, Ordering::SeqCst);
         self.inner.send_command(command).await
     }
     async fn send_reply(&self, reply: &ReplyMessage) -> saga_core::Result<()> {
@@ -800,6 +804,42 @@ mod lost_commands {
         assert_eq!(done.status, SagaStatus::Completed);
         assert_eq!(journal.of(id), vec!["book flight", "book hotel"]);
         assert_completed_in_one_attempt_each(&restarted.logs(id).await.expect("logs"));
+        stack.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_saga_started_before_the_engine_runs_is_not_sent_twice() {
+        let saga = one_attempt();
+        let journal = Journal::default();
+        let transport = InMemoryTransport::new();
+        let counting = LossyTransport::new(transport.clone());
+        let store = InMemoryStore::new();
+        let engine = engine_on(&store, counting.clone(), &saga);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let id = engine.start(&saga, Trip::default()).await.expect("start");
+        assert_eq!(counting.sent.load(Ordering::SeqCst), 1);
+
+        // The start-up resend runs and finds the saga: its command went out
+        // through this very engine, so it is not sent again.
+        let mut stack = Stack::new(transport);
+        stack.run_engine(&engine);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            counting.sent.load(Ordering::SeqCst),
+            1,
+            "the start-up resend sent the new saga's command a second time"
+        );
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
+        let done = engine
+            .wait(id, Duration::from_secs(60))
+            .await
+            .expect("ends");
+        assert_eq!(done.status, SagaStatus::Completed);
+        assert_eq!(
+            counting.sent.load(Ordering::SeqCst),
+            2,
+            "flight, then hotel"
+        );
         stack.shutdown().await;
     }
 

@@ -7,11 +7,12 @@
 //! commit or vanish together.
 //!
 //! ```no_run
-//! # use saga_core::{Command, CommandContext, StepError};
-//! # use sea_orm::{DatabaseConnection, TransactionTrait};
+//! # use saga_core::{Command, CommandContext, StepError, StepErrorKind};
+//! # use saga_postgres::sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserve { sku: String }
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Reserved { reservation: String }
 //! # impl Command for Reserve { const NAME: &'static str = "reserve"; const ENDPOINT: &'static str = "inventory"; type Reply = Reserved; }
+//! # async fn take_stock(txn: &DatabaseTransaction, cmd: &Reserve) -> Result<Reserved, StepError> { Ok(Reserved { reservation: format!("r-{}", cmd.sku) }) }
 //! use saga_postgres::inbox;
 //!
 //! async fn reserve(db: &DatabaseConnection, cmd: Reserve, ctx: CommandContext) -> Result<Reserved, StepError> {
@@ -20,8 +21,14 @@
 //!     if let Some(done) = inbox::check_in(&txn, &ctx).await? {
 //!         return inbox::decode_reply(done);
 //!     }
-//!     // ... the business change, on `txn` ...
-//!     let reply: Result<Reserved, StepError> = Ok(Reserved { reservation: format!("r-{}", cmd.sku) });
+//!     // The business change, on `txn`.
+//!     let reply = take_stock(&txn, &cmd).await;
+//!     // A retryable or unknown failure: nothing happened, keep nothing (the
+//!     // command is redelivered). A business refusal is recorded like a success.
+//!     if matches!(&reply, Err(e) if e.kind != StepErrorKind::Business) {
+//!         txn.rollback().await.map_err(saga_postgres::Error::from)?;
+//!         return reply;
+//!     }
 //!     let reply = inbox::record_reply_in(&txn, &ctx.idempotency_key, reply).await?;
 //!     txn.commit().await.map_err(saga_postgres::Error::from)?;
 //!     reply

@@ -162,5 +162,9 @@ pub use error::Error;
 #[doc(inline)]
 pub use migration::{Migrator, migrate};
 pub use notify::FINISHED_CHANNEL;
+/// The sea-orm this crate is built on: its connection and transaction types
+/// appear in this crate's API (`DatabaseConnection`, `ConnectionTrait`), so
+/// handlers can name them without a version-matched dependency of their own.
+pub use sea_orm;
 #[doc(inline)]
 pub use store::{PgSagaStore, StoreConfig};

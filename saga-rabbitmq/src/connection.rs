@@ -40,6 +40,11 @@ pub(crate) struct Shared {
     /// Queues found with an earlier version's arguments (at-most-once
     /// dead-lettering) and already warned about.
     at_most_once: Mutex<HashSet<String>>,
+    /// Set for good when the transport closes: operations fail at once
+    /// from then on, and consumers stop.
+    closed: watch::Sender<bool>,
+    /// Consumer tasks still running (each closes its channel before it ends).
+    consumers: watch::Sender<usize>,
 }
 
 /// One AMQP connection with its publisher channels.
@@ -146,6 +151,15 @@ impl Live {
     }
 }
 
+/// Counts one running consumer task in [`Shared`].
+pub(crate) struct ConsumerGuard(Arc<Shared>);
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        self.0.consumers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// What to publish.
 pub(crate) struct Outgoing<'a> {
     /// Declare this queue (once per connection) before publishing.
@@ -167,6 +181,8 @@ impl Shared {
             kick: Notify::new(),
             generations: AtomicU64::new(0),
             at_most_once: Mutex::new(HashSet::new()),
+            closed: watch::channel(false).0,
+            consumers: watch::channel(0).0,
         }
     }
 
@@ -190,6 +206,39 @@ impl Shared {
         );
     }
 
+    /// Whether the transport was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves once the transport is closed.
+    pub(crate) async fn closing(&self) {
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    /// Marks the transport closed and waits up to `within` for the consumer
+    /// tasks to close their channels.
+    pub(crate) async fn stop_consumers(&self, within: Duration) {
+        self.closed.send_replace(true);
+        let mut running = self.consumers.subscribe();
+        if tokio::time::timeout(within, running.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = *running.borrow(),
+                "consumers still closing their channels; closing the connection anyway"
+            );
+        }
+    }
+
+    /// Counts a consumer task until the guard drops.
+    pub(crate) fn consumer_running(self: &Arc<Self>) -> ConsumerGuard {
+        self.consumers.send_modify(|n| *n += 1);
+        ConsumerGuard(Arc::clone(self))
+    }
+
     /// Asks the supervisor to check the connection now.
     pub(crate) fn kick(&self) {
         self.kick.notify_one();
@@ -206,6 +255,9 @@ impl Shared {
 
     /// The current connection, waiting up to the connect timeout for a reconnect.
     pub(crate) async fn live(&self) -> Result<Arc<Live>, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         if let Some(live) = self.current() {
             return Ok(live);
         }
@@ -364,7 +416,7 @@ fn at_most_once_warning(queue: &str, dead_letter_queue: &str) -> String {
 pub(crate) async fn start(
     config: Config,
     shutdown: watch::Receiver<bool>,
-) -> Result<Arc<Shared>, Error> {
+) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), Error> {
     config.validate()?;
     let shared = Arc::new(Shared::new(config));
     let last_error = Mutex::new(None::<String>);
@@ -391,8 +443,8 @@ pub(crate) async fn start(
     tracing::info!(url = %shared.config.redacted_url(), generation = live.generation, "connected to RabbitMQ");
     shared.live.send_replace(Some(live));
     let span = tracing::info_span!("saga.rabbitmq.supervisor", url = %shared.config.redacted_url());
-    tokio::spawn(supervise(Arc::clone(&shared), shutdown).instrument(span));
-    Ok(shared)
+    let supervisor = tokio::spawn(supervise(Arc::clone(&shared), shutdown).instrument(span));
+    Ok((shared, supervisor))
 }
 
 fn connect_error(config: &Config, timeout: Duration, reason: String) -> Error {
@@ -453,6 +505,7 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn close(shared: &Shared) {
+    shared.closed.send_replace(true);
     if let Some(live) = shared.live.send_replace(None) {
         if live.connected() {
             let _ = live.connection.close(200, "OK".into()).await;

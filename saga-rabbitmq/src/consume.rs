@@ -26,6 +26,9 @@ use crate::transport::Handle;
 /// it cancels), and the deliveries in broker order.
 struct Open {
     channel: Channel,
+    /// Cloned into every unsettled delivery's acker: while a clone lives, the
+    /// channel must stay open for it to settle.
+    unsettled: Arc<()>,
     consumer: Consumer,
     deliveries: mpsc::UnboundedReceiver<DeliveryResult>,
     queue: String,
@@ -56,6 +59,7 @@ async fn open(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Er
     });
     Ok(Open {
         channel,
+        unsettled: Arc::new(()),
         consumer,
         deliveries,
         queue,
@@ -87,10 +91,11 @@ where
     T: DeserializeOwned + Send + 'static,
 {
     let shared = Arc::clone(&handle.shared);
+    let _running = shared.consumer_running();
     let mut current = Some(first);
     let mut last_generation = None;
     loop {
-        let open = match current.take() {
+        let mut open = match current.take() {
             Some(open) => open,
             None => {
                 let Some(open) = reopen(&shared, &spec, last_generation, &tx).await else {
@@ -101,10 +106,49 @@ where
             }
         };
         last_generation = Some(open.generation);
-        if pump(&shared, open, &tx).await == Pump::SubscriptionDropped {
-            tracing::debug!("subscription dropped; consumer cancelled");
-            return;
+        match pump(&shared, &mut open, &tx).await {
+            Pump::ConsumerEnded => {}
+            Pump::SubscriptionDropped => {
+                cancel(&open).await;
+                // Acked, nacked or dropped (requeued), each unsettled delivery
+                // lets go; then the channel can close. The connection is not
+                // kept for them: with the last transport clone gone, it closes
+                // and takes their channel along.
+                drop(handle);
+                while Arc::strong_count(&open.unsettled) > 1 && !shared.is_closed() {
+                    tokio::select! {
+                        () = shared.closing() => {}
+                        () = tokio::time::sleep(SETTLE_POLL) => {}
+                    }
+                }
+                close_channel(open).await;
+                tracing::debug!("subscription dropped; consumer cancelled");
+                return;
+            }
+            Pump::TransportClosed => {
+                cancel(&open).await;
+                close_channel(open).await;
+                tracing::debug!("transport closed; consumer cancelled");
+                return;
+            }
         }
+    }
+}
+
+/// How often a dropped subscription's consumer looks whether its deliveries
+/// are all settled.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Closes the channel now rather than leaving it to lapin's drop, which
+/// closes it in the background and may then find the connection closed
+/// (lapin logs that at ERROR level). Unsettled deliveries return to the queue.
+async fn close_channel(open: Open) {
+    let Open {
+        channel, consumer, ..
+    } = open;
+    drop(consumer);
+    if channel.status().connected() {
+        let _ = channel.close(200, "OK".into()).await;
     }
 }
 
@@ -119,6 +163,7 @@ async fn reopen<T>(
     loop {
         let live = tokio::select! {
             () = tx.closed() => return None,
+            () = shared.closing() => return None,
             live = shared.next_live(None) => live,
         };
         // The queue may have been deleted: declare it again.
@@ -142,19 +187,18 @@ async fn reopen<T>(
 enum Pump {
     SubscriptionDropped,
     ConsumerEnded,
+    TransportClosed,
 }
 
-async fn pump<T>(shared: &Arc<Shared>, mut open: Open, tx: &mpsc::Sender<Delivery<T>>) -> Pump
+async fn pump<T>(shared: &Arc<Shared>, open: &mut Open, tx: &mpsc::Sender<Delivery<T>>) -> Pump
 where
     T: DeserializeOwned + Send + 'static,
 {
     loop {
         let event = tokio::select! {
             biased;
-            () = tx.closed() => {
-                cancel(&open).await;
-                return Pump::SubscriptionDropped;
-            }
+            () = shared.closing() => return Pump::TransportClosed,
+            () = tx.closed() => return Pump::SubscriptionDropped,
             event = open.deliveries.recv() => event,
         };
         let delivery = match event {
@@ -173,13 +217,12 @@ where
                 return Pump::ConsumerEnded;
             }
         };
-        let Some(delivery) = prepare::<T>(shared, &open, delivery).await else {
+        let Some(delivery) = prepare::<T>(shared, open, delivery).await else {
             continue;
         };
         // Waits while the subscriber is busy; the prefetch bounds what piles up.
         if tx.send(delivery).await.is_err() {
             // The delivery was dropped with the channel: its acker requeues it.
-            cancel(&open).await;
             return Pump::SubscriptionDropped;
         }
     }
@@ -190,8 +233,6 @@ async fn cancel(open: &Open) {
         .channel
         .basic_cancel(open.consumer.tag(), BasicCancelOptions::default())
         .await;
-    // The channel closes when the last unsettled delivery's acker is gone,
-    // returning prefetched messages to the queue.
 }
 
 /// How many times the message was delivered, this delivery included.
@@ -227,6 +268,7 @@ async fn prepare<T: DeserializeOwned>(
     let acker = RabbitAcker {
         shared: Arc::clone(shared),
         channel: open.channel.clone(),
+        unsettled: Arc::clone(&open.unsettled),
         acker: Some(delivery.acker),
         body: delivery.data,
         properties: delivery.properties,
@@ -255,6 +297,8 @@ async fn prepare<T: DeserializeOwned>(
 struct RabbitAcker {
     shared: Arc<Shared>,
     channel: Channel,
+    /// Counts this delivery as unsettled on its consumer.
+    unsettled: Arc<()>,
     acker: Option<lapin::Acker>,
     body: Vec<u8>,
     properties: BasicProperties,
@@ -390,6 +434,7 @@ impl Drop for RabbitAcker {
             return;
         };
         let channel = self.channel.clone();
+        let unsettled = Arc::clone(&self.unsettled);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let options = BasicNackOptions {
@@ -397,7 +442,7 @@ impl Drop for RabbitAcker {
                     ..BasicNackOptions::default()
                 };
                 let _ = acker.nack(options).await;
-                drop(channel);
+                drop((channel, unsettled));
             });
         }
         // Without a runtime the channel closes with the last clone, which

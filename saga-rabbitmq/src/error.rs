@@ -32,6 +32,10 @@ pub enum Error {
     /// The connection is down and did not come back within the connect timeout.
     #[error("not connected to RabbitMQ (reconnecting); try again later")]
     NotConnected,
+    /// [`RabbitTransport::close`](crate::RabbitTransport::close) was called:
+    /// the transport sends and consumes nothing more.
+    #[error("the RabbitMQ transport was closed")]
+    Closed,
     /// An AMQP operation failed.
     #[error("AMQP {operation} failed: {source}")]
     Amqp {
@@ -116,6 +120,7 @@ impl Error {
             | Self::Serialization(_) => ErrorKind::Invalid,
             Self::Connect { .. }
             | Self::NotConnected
+            | Self::Closed
             | Self::Nacked { .. }
             | Self::Unroutable { .. }
             | Self::ChannelClosed => ErrorKind::Unavailable,

@@ -30,8 +30,12 @@
 //! let inventory = Participant::builder()
 //!     .on(|cmd: Reserve, _ctx| async move { Ok(format!("r-{}", cmd.sku)) })
 //!     .build()?;
-//! let serving = inventory.spawn(transport);
-//! # serving.shutdown().await?; running.shutdown().await?;
+//! let serving = inventory.spawn(transport.clone());
+//!
+//! // At exit: stop consuming, then close the connection and wait for it.
+//! serving.shutdown().await?;
+//! running.shutdown().await?;
+//! transport.close().await;
 //! # Ok(()) }
 //! ```
 //!

@@ -21,6 +21,8 @@ use crate::topology::QueueSpec;
 pub(crate) struct Handle {
     pub(crate) shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The supervisor task, which closes the connection when told to stop.
+    supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Handle {
@@ -60,10 +62,39 @@ impl RabbitTransport {
     /// queue exists with other arguments.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let (shutdown, stop) = watch::channel(false);
-        let shared = connection::start(config, stop).await?;
+        let (shared, supervisor) = connection::start(config, stop).await?;
         Ok(Self {
-            handle: Arc::new(Handle { shared, shutdown }),
+            handle: Arc::new(Handle {
+                shared,
+                shutdown,
+                supervisor: std::sync::Mutex::new(Some(supervisor)),
+            }),
         })
+    }
+
+    /// Closes the connection cleanly and waits until it is closed: call it
+    /// last, after the engine and the participants using the transport have
+    /// shut down. Subscriptions still open end (their `next` returns `None`)
+    /// and their unsettled deliveries go back to their queues; sends through
+    /// any clone fail at once with [`Error::Closed`] afterwards. Waits up to
+    /// the connect timeout for the consumers to close their channels.
+    ///
+    /// Dropping the last clone closes the connection too, but in the
+    /// background: a process that exits right away may cut it off, and the
+    /// broker then logs an unexpected close.
+    pub async fn close(&self) {
+        let shared = &self.handle.shared;
+        shared.stop_consumers(shared.config.connect_timeout).await;
+        self.handle.shutdown.send_replace(true);
+        let supervisor = self
+            .handle
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
     }
 
     /// The configuration.

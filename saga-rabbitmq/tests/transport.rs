@@ -841,3 +841,54 @@ async fn a_reply_without_reply_to_is_invalid_before_touching_the_broker() {
     drop(transport);
     vhost.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_subscriptions_returns_unsettled_messages_and_fails_later_sends() {
+    let vhost = TestVhost::new("close").await;
+    let transport = vhost.default_transport().await;
+    let clone = Arc::clone(&transport);
+    let mut sub = transport.consume_commands("work").await.expect("consume");
+    let sent = command("work", 1);
+    transport
+        .send_command(&sent)
+        .await
+        .expect("send while open");
+    let in_hand = next(&mut sub, "the message").await;
+
+    tokio::time::timeout(Duration::from_secs(10), transport.close())
+        .await
+        .expect("close returns once the connection is closed");
+    // Closing twice is harmless.
+    transport.close().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the subscription ends");
+    assert!(ended.is_none(), "nothing more is delivered after close");
+    assert!(
+        in_hand.ack().await.is_err(),
+        "a delivery cannot be settled once its transport is closed"
+    );
+
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        clone.send_command(&command("work", 2)),
+    )
+    .await
+    .expect("a send after close fails at once instead of waiting for a connection")
+    .expect_err("a send after close fails");
+    assert!(
+        error.to_string().contains("closed"),
+        "the error says the transport was closed: {error}"
+    );
+
+    // The unsettled message went back to its queue.
+    let other = vhost.default_transport().await;
+    let mut again = other.consume_commands("work").await.expect("consume");
+    let back = next(&mut again, "the message returned by close").await;
+    assert_eq!(back.message, sent);
+    back.ack().await.expect("ack");
+    nothing_more(&mut again, "the send after close").await;
+    drop(again);
+    other.close().await;
+    vhost.delete().await;
+}

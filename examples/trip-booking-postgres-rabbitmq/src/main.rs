@@ -22,13 +22,8 @@
 //! Compared with the in-memory example's `main`, three constructors change:
 //! the store and the transport (the orchestrator's), and the participants'
 //! inbox, which now survives a restart too.
-//!
-//! At exit lapin may log `ERROR lapin::channels: Connection error` while the
-//! transport closes its connection; nothing is lost (see the end of `main`).
 
 mod database;
-
-use std::time::Duration;
 
 use saga_core::Engine;
 use saga_postgres::inbox::PgInbox;
@@ -71,13 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The engine holds the store (and its LISTEN connection) and the transport.
     drop(engine);
     db.close().await?;
-    // saga-rabbitmq closes its connection in a background task once the last
-    // handle is dropped, and has no method to await that: the pause lets the
-    // close usually finish before the runtime stops. (lapin may still log a
-    // `Connection error` at ERROR level while it closes: harmless, every
-    // message was settled before.)
-    drop(transport);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    transport.close().await;
     Ok(())
 }
 

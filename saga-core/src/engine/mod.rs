@@ -10,6 +10,7 @@ mod apply;
 mod local;
 mod run;
 
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -252,8 +253,10 @@ impl EngineBuilder {
             .map(|(name, version)| DefinitionKey::new(name.clone(), *version))
             .collect();
         known.sort();
+        let built_at = self.clock.now();
         Engine {
             inner: Arc::new(Inner {
+                built_at,
                 store: self.store,
                 transport: self.transport,
                 clock: self.clock,
@@ -282,6 +285,9 @@ struct Inner {
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
     /// Local step attempts running in this process.
     local: local::LocalRuns,
+    /// When [`EngineBuilder::build`] ran: the start-up resend looks only at
+    /// sagas updated before, whose commands this engine did not send itself.
+    built_at: DateTime<Utc>,
 }
 
 /// Runs sagas. Cheap to clone; clones share everything.
@@ -623,6 +629,8 @@ impl Engine {
     /// a reply (up to [`EngineConfig::startup_resend_limit`], newest first),
     /// so that a command a crashed engine committed but never sent is not lost
     /// until its timeout. Participants deduplicate; no attempt is consumed.
+    /// Sagas updated after this engine was built are left out: their
+    /// commands went out through this engine already.
     /// [`run`](Self::run) calls it once at start-up. Returns how many were sent.
     ///
     /// # Errors
@@ -631,8 +639,11 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut sent = 0;
         for status in [SagaStatus::Running, SagaStatus::Compensating] {
+            // Stores keep microseconds: one more takes in a saga saved in
+            // the same microsecond as the build (a crash at that instant).
             let query = SagaQuery::new()
                 .status(status)
+                .updated_before(self.inner.built_at + chrono::TimeDelta::microseconds(1))
                 .limit(self.inner.config.startup_resend_limit);
             for instance in self.inner.store.list(&query).await? {
                 let Some(cursor) = instance.cursor else {

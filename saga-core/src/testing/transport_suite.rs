@@ -50,6 +50,19 @@ async fn nothing_more<T>(subscription: &mut Subscription<T>, what: &str) {
 /// Runs the transport conformance suite. Queue names start with `namespace`
 /// so runs can share a broker; use a fresh namespace (or vhost) per run.
 /// Panics on the first broken rule.
+///
+/// The rules, each checked on real deliveries:
+/// - a message arrives *equal* to what was sent: every field, the headers
+///   (`traceparent`) and the JSON payload (non-ASCII text included) come back
+///   `==`, so a transport that drops or rewrites any of them fails;
+/// - a command sent before anyone consumes its endpoint is kept, with a
+///   delivery count of 1;
+/// - a reply goes to the queue its command named in `reply_to`, and a reply
+///   without one is refused as [`ErrorKind::Invalid`];
+/// - a nacked delivery comes back with a higher delivery count, and so does
+///   one left unacknowledged when its subscription is dropped;
+/// - a rejected delivery is not delivered again (it is dead-lettered);
+/// - competing consumers of one queue share its messages, none twice.
 pub async fn transport_conformance(transport: Arc<dyn Transport>, namespace: &str) {
     commands_sent_before_anyone_consumes_are_kept(&*transport, namespace).await;
     replies_are_routed_to_reply_to(&*transport, namespace).await;
