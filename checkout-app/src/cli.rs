@@ -293,7 +293,7 @@ pub struct ServiceArgs {
         default_value = "http://127.0.0.1:3001"
     )]
     pub order_url: String,
-    /// The inventory service's URL (orchestrator: catalogue prices).
+    /// The inventory service's URL (orchestrator: catalogue prices; gateway: `/api/products`).
     #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:3002")]
     pub inventory_url: String,
     /// Settings every service shares.

@@ -1,13 +1,14 @@
 //! What every service's HTTP side shares: one error type with one status
 //! mapping and JSON body, a JSON extractor whose rejections use the same body,
-//! the `/health` route, and serving with graceful shutdown.
+//! the `/health` route, JSON answers for unknown routes and methods, and
+//! serving with graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -152,6 +153,25 @@ pub fn health(service: &'static str) -> Router {
     )
 }
 
+/// Adds the JSON answers for requests no route takes: `404 not_found` for an
+/// unknown path, `405 method_not_allowed` for a known path with another
+/// method, in the same `{"success":false,"error":..,"message":..}` shape as
+/// every other error (axum's defaults have an empty body). Call it last, on
+/// the finished router: the 405 answer applies to the routes added before.
+pub fn with_json_fallbacks(router: Router) -> Router {
+    router
+        .fallback(
+            |uri: Uri| async move { ApiError::not_found(format!("no route for {}", uri.path())) },
+        )
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
+}
+
 /// Serves `router` on `addr` until `shutdown` resolves.
 ///
 /// # Errors
@@ -166,7 +186,7 @@ pub async fn serve(
         crate::error::Error::Config(format!("{name}: cannot listen on {addr}: {e}"))
     })?;
     tracing::info!(service = name, %addr, "listening");
-    axum::serve(listener, router)
+    axum::serve(listener, with_json_fallbacks(router))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

@@ -2,11 +2,13 @@
 //!
 //! It validates requests (shape, sizes, the `Idempotency-Key` header) so that
 //! bad input is refused before anything is written, then forwards to the
-//! orchestrator (`ORCHESTRATOR_URL`) and the order service.
+//! orchestrator (`ORCHESTRATOR_URL`), the order service (`ORDER_SERVICE_URL`)
+//! and the inventory service (`INVENTORY_URL`).
 //!
 //! | route | does |
 //! |---|---|
 //! | `POST /api/checkout` | validate, forward to `POST {orchestrator}/checkouts` |
+//! | `GET /api/products` | the catalogue (id, name, price, stock), from the inventory service |
 //! | `GET /api/orders/{id}` | the order, from the order service |
 //! | `GET /api/sagas/{id}` | the saga's state and log timeline, from the orchestrator |
 //! | `GET /health` | liveness |
@@ -32,6 +34,8 @@ pub struct GatewayConfig {
     pub orchestrator_url: String,
     /// The order service's base URL.
     pub order_url: String,
+    /// The inventory service's base URL (the catalogue).
+    pub inventory_url: String,
     /// Request limits.
     pub limits: Limits,
     /// Largest accepted body, in bytes.
@@ -45,6 +49,7 @@ impl Default for GatewayConfig {
         Self {
             orchestrator_url: "http://127.0.0.1:3004".to_owned(),
             order_url: "http://127.0.0.1:3001".to_owned(),
+            inventory_url: "http://127.0.0.1:3002".to_owned(),
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(30),
@@ -72,6 +77,7 @@ pub fn router(config: GatewayConfig) -> Result<Router> {
     let state = Gateway { http, config };
     Ok(Router::new()
         .route("/api/checkout", post(checkout))
+        .route("/api/products", get(products))
         .route("/api/orders/{id}", get(order))
         .route("/api/sagas/{id}", get(saga))
         .layer(DefaultBodyLimit::max(limit))
@@ -95,6 +101,38 @@ async fn checkout(
         forward = forward.header("idempotency-key", key);
     }
     relay("orchestrator", forward.send().await).await
+}
+
+/// The catalogue as clients see it: each product's id, name, price (a
+/// decimal string) and units in stock, by name.
+async fn products(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
+    let url = format!("{}/products", gateway.config.inventory_url);
+    let response = gateway
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("inventory service: {e}")))?;
+    if !response.status().is_success() {
+        return relay("inventory service", Ok(response)).await;
+    }
+    let listed: Vec<Value> = response.json().await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "inventory service answered without a product list: {e}"
+        ))
+    })?;
+    let products: Vec<Value> = listed
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p["id"],
+                "name": p["name"],
+                "price": p["price"],
+                "stock": p["stock"],
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "products": products })).into_response())
 }
 
 async fn order(

@@ -48,7 +48,7 @@ pub struct ServiceConfig {
     pub orchestrator_url: String,
     /// The gateway's `ORDER_SERVICE_URL`.
     pub order_url: String,
-    /// The orchestrator's `INVENTORY_URL` (catalogue prices).
+    /// `INVENTORY_URL`: the catalogue (the orchestrator's prices, the gateway's `/api/products`).
     pub inventory_url: String,
     /// Payment simulation.
     pub payment: PaymentConfig,
@@ -88,6 +88,7 @@ pub async fn run_service(
             let gateway = GatewayConfig {
                 orchestrator_url: config.orchestrator_url.clone(),
                 order_url: config.order_url.clone(),
+                inventory_url: config.inventory_url.clone(),
                 limits: config.orchestrator.limits,
                 max_body_bytes: config.max_body_bytes,
                 upstream_timeout: config.orchestrator.wait + std::time::Duration::from_secs(10),

@@ -36,7 +36,7 @@ pub(super) fn serve(
     let stop = shutdown.wait();
     tasks.spawn(async move {
         tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
-        axum::serve(listener, router)
+        axum::serve(listener, crate::http::with_json_fallbacks(router))
             .with_graceful_shutdown(stop)
             .await?;
         Ok(())

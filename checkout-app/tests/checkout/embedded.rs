@@ -390,6 +390,91 @@ async fn unknown_ids_answer_404_and_malformed_ids_400() {
 }
 
 #[tokio::test]
+async fn the_catalogue_lists_ids_names_prices_and_stock_that_a_checkout_takes_from() {
+    let stack = start(config()).await;
+    let client = Client::new(&stack);
+    let stock_of = |body: &serde_json::Value, id: &str| {
+        body["products"]
+            .as_array()
+            .expect("a product list")
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["stock"].as_i64().expect("stock"))
+            .expect("the product is listed")
+    };
+    let (status, before) = client.get("/api/products").await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    let products = before["products"].as_array().expect("a product list");
+    assert!(products.len() >= 2, "{before}");
+    let wireless = products
+        .iter()
+        .find(|p| p["id"] == PRODUCT)
+        .expect("the seed guide's product");
+    assert_eq!(wireless["price"], "29.99");
+    assert!(wireless["name"].as_str().is_some_and(|n| !n.is_empty()));
+    let keys: Vec<&String> = wireless.as_object().expect("object").keys().collect();
+    assert_eq!(
+        keys,
+        ["id", "name", "price", "stock"],
+        "only the public fields"
+    );
+
+    let (status, body) = client.checkout(order(PRODUCT, 3, "29.99"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, after) = client.get("/api/products").await;
+    assert_eq!(stock_of(&after, PRODUCT), stock_of(&before, PRODUCT) - 3);
+    stack.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_with_the_json_error_shape_on_every_service() {
+    let stack = start(config()).await;
+    let http = reqwest::Client::new();
+    for addr in [
+        stack.gateway,
+        stack.order,
+        stack.inventory,
+        stack.payment,
+        stack.orchestrator,
+    ] {
+        let response = http
+            .get(format!("http://{addr}/no/such/route"))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{addr}");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["success"], false, "{addr}: {body}");
+        assert_eq!(body["error"], "not_found", "{addr}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/no/such/route")),
+            "{addr}: {body}"
+        );
+
+        // `/health` exists, for GET only.
+        let response = http
+            .delete(format!("http://{addr}/health"))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{addr}");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["error"], "method_not_allowed", "{addr}: {body}");
+        assert_eq!(
+            body["message"], "DELETE is not allowed on /health",
+            "{addr}"
+        );
+    }
+    // The gateway's own routes too: GET on the checkout route.
+    let (status, body) = Client::new(&stack).get("/api/checkout").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["success"], false);
+    stack.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
 async fn operator_actions_need_the_token() {
     let mut config = config();
     config.orchestrator.operator_token = Some("s3cret-operator-token".into());

@@ -95,6 +95,7 @@ fn gateway() -> axum::Router {
         // Nothing listens there: a valid request ends in 502/503, never reaches anything.
         orchestrator_url: "http://127.0.0.1:1".into(),
         order_url: "http://127.0.0.1:1".into(),
+        inventory_url: "http://127.0.0.1:1".into(),
         limits: Limits::default(),
         max_body_bytes: 64 * 1024,
         upstream_timeout: Duration::from_secs(2),
