@@ -26,6 +26,21 @@ pub struct Cli {
     /// Tokio worker threads (default: 1 for a single service, every core for `all`).
     #[arg(long, env = "WORKER_THREADS", global = true)]
     pub worker_threads: Option<usize>,
+    /// Log lines as text for people, or as one JSON object per line for a
+    /// log pipeline (with the span fields: saga id, step...).
+    #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields`, `target`,
+    /// the current `span` and the list of enclosing `spans`.
+    Json,
 }
 
 impl Cli {

@@ -506,3 +506,38 @@ async fn operator_actions_need_the_token() {
     );
     stack.stop().await.expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    use tokio::io::AsyncBufReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkout-app"))
+        .args(["gateway", "--port", &port.to_string()])
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = tokio::io::BufReader::new(gateway.stdout.take().expect("stdout")).lines();
+    let listening = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            let entry: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if entry["fields"]["message"] == "listening" {
+                return entry;
+            }
+        }
+        panic!("the gateway exited without logging `listening`");
+    })
+    .await
+    .expect("logs `listening` in time");
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert_eq!(listening["fields"]["service"], "api-gateway", "{listening}");
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    gateway.kill().await.expect("stops");
+}
