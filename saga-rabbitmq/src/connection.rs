@@ -211,10 +211,14 @@ impl Shared {
         *self.closed.borrow()
     }
 
+    /// A receiver that sees the transport close (wait with `wait_for`).
+    pub(crate) fn closed_signal(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     /// Resolves once the transport is closed.
     pub(crate) async fn closing(&self) {
-        let mut closed = self.closed.subscribe();
-        let _ = closed.wait_for(|closed| *closed).await;
+        let _ = self.closed_signal().wait_for(|closed| *closed).await;
     }
 
     /// Marks the transport closed and waits up to `within` for the consumer

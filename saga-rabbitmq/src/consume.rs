@@ -194,10 +194,12 @@ async fn pump<T>(shared: &Arc<Shared>, open: &mut Open, tx: &mpsc::Sender<Delive
 where
     T: DeserializeOwned + Send + 'static,
 {
+    // Subscribed once: this loop runs per delivery.
+    let mut closed = shared.closed_signal();
     loop {
         let event = tokio::select! {
             biased;
-            () = shared.closing() => return Pump::TransportClosed,
+            _ = closed.wait_for(|closed| *closed) => return Pump::TransportClosed,
             () = tx.closed() => return Pump::SubscriptionDropped,
             event = open.deliveries.recv() => event,
         };

@@ -57,6 +57,30 @@ impl Default for GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The gateway in front of an orchestrator configured as `orchestrator`:
+    /// the same request limits, and an upstream timeout of the orchestrator's
+    /// wait plus 10 s, so the orchestrator's own answer (202 when the saga
+    /// is still running) arrives first.
+    #[must_use]
+    pub fn in_front_of(
+        orchestrator: &crate::orchestrator::OrchestratorConfig,
+        max_body_bytes: usize,
+        orchestrator_url: String,
+        order_url: String,
+        inventory_url: String,
+    ) -> Self {
+        Self {
+            orchestrator_url,
+            order_url,
+            inventory_url,
+            limits: orchestrator.limits,
+            max_body_bytes,
+            upstream_timeout: orchestrator.wait + Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Gateway {
     http: reqwest::Client,

@@ -85,14 +85,13 @@ pub async fn run_service(
     };
     match service {
         Service::Gateway => {
-            let gateway = GatewayConfig {
-                orchestrator_url: config.orchestrator_url.clone(),
-                order_url: config.order_url.clone(),
-                inventory_url: config.inventory_url.clone(),
-                limits: config.orchestrator.limits,
-                max_body_bytes: config.max_body_bytes,
-                upstream_timeout: config.orchestrator.wait + std::time::Duration::from_secs(10),
-            };
+            let gateway = GatewayConfig::in_front_of(
+                &config.orchestrator,
+                config.max_body_bytes,
+                config.orchestrator_url.clone(),
+                config.order_url.clone(),
+                config.inventory_url.clone(),
+            );
             serve(
                 &mut tasks,
                 "api-gateway",

@@ -264,14 +264,13 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
         &shutdown,
     );
 
-    let gateway_config = GatewayConfig {
-        orchestrator_url: url(orchestrator_addr),
-        order_url: url(order_addr),
-        inventory_url: url(inventory_addr),
-        limits: config.orchestrator.limits,
-        max_body_bytes: config.max_body_bytes,
-        upstream_timeout: config.orchestrator.wait + std::time::Duration::from_secs(10),
-    };
+    let gateway_config = GatewayConfig::in_front_of(
+        &config.orchestrator,
+        config.max_body_bytes,
+        url(orchestrator_addr),
+        url(order_addr),
+        url(inventory_addr),
+    );
     serve(
         &mut tasks,
         "api-gateway",
