@@ -115,6 +115,11 @@ pub enum SagaAction {
         /// Only this status.
         #[arg(long)]
         status: Option<String>,
+        /// Only unfinished sagas that count as stuck (no progress past their
+        /// step's timeout and retry delay, past their deadline, or retrying
+        /// without limit), with the reason.
+        #[arg(long)]
+        stuck: bool,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,

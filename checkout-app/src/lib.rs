@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod http;
 pub mod inventory;
 pub mod messages;
+pub mod metrics;
 pub mod operator;
 pub mod orchestrator;
 pub mod order;

@@ -14,10 +14,17 @@ pub async fn run(action: SagaAction, orchestrator_url: &str, token: Option<&str>
     let http = reqwest::Client::new();
     let request = match &action {
         SagaAction::Show { id } => http.get(format!("{base}/sagas/{id}")),
-        SagaAction::List { status, limit } => {
+        SagaAction::List {
+            status,
+            stuck,
+            limit,
+        } => {
             let mut query = vec![("limit", limit.to_string())];
             if let Some(status) = status {
                 query.push(("status", status.clone()));
+            }
+            if *stuck {
+                query.push(("stuck", "true".to_owned()));
             }
             http.get(format!("{base}/sagas")).query(&query)
         }
@@ -65,6 +72,9 @@ fn print_list(body: &Value) {
             saga["currentStep"].as_str().unwrap_or("-"),
             saga["updatedAt"].as_str().unwrap_or_default()
         );
+        if let Some(detail) = saga["stuck"]["detail"].as_str() {
+            println!("    stuck: {detail}");
+        }
     }
     println!("{} saga(s)", sagas.len());
 }

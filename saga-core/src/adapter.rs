@@ -16,6 +16,6 @@ pub use crate::message::{CommandMessage, ReplyMessage, ReplyOutcome};
 #[doc(inline)]
 pub use crate::state::{Cursor, Waiting};
 #[doc(inline)]
-pub use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
+pub use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
 #[doc(inline)]
 pub use crate::transport::{Acker, Delivery, Subscription, Transport, subscribe_with_retry};

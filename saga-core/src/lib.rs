@@ -157,11 +157,13 @@ pub mod machine;
 pub mod memory;
 mod mermaid;
 mod message;
+pub mod metrics;
 pub mod participant;
 mod retry;
 mod running;
 mod state;
 mod store;
+pub mod stuck;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;

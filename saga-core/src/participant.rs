@@ -289,6 +289,8 @@ impl Participant {
             idempotency_key: command.idempotency_key.clone(),
             delivery_count,
         };
+        let started = std::time::Instant::now();
+        let mut duplicate = false;
         let outcome = match &self.inner.inbox {
             None => ReplyOutcome::from(handler(command.payload.clone(), ctx).await),
             Some(inbox) => {
@@ -300,6 +302,7 @@ impl Participant {
                 {
                     Claim::Recorded(recorded) => {
                         tracing::debug!("duplicate command answered from the inbox");
+                        duplicate = true;
                         recorded
                     }
                     Claim::Claimed(claim) => {
@@ -318,6 +321,13 @@ impl Participant {
                 }
             }
         };
+        let label = match &outcome {
+            _ if duplicate => "duplicate",
+            ReplyOutcome::Success(_) => "succeeded",
+            ReplyOutcome::Failure(e) if e.kind == crate::StepErrorKind::Business => "refused",
+            ReplyOutcome::Failure(_) => "failed",
+        };
+        crate::metrics::command_handled(&command.command, label, started.elapsed());
         Ok(command.reply(outcome))
     }
 

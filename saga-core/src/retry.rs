@@ -109,6 +109,12 @@ impl RetryPolicy {
         self.max_attempts
     }
 
+    /// The longest delay between two attempts.
+    #[must_use]
+    pub const fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
     /// Whether attempt number `attempt` (1-based) is allowed.
     #[must_use]
     pub fn allows(&self, attempt: u32) -> bool {

@@ -68,8 +68,10 @@ pub struct SagaQuery {
     pub status: Option<SagaStatus>,
     /// Only sagas of this type.
     pub saga_type: Option<String>,
-    /// Only sagas last changed before this time (with a non-terminal status: stuck sagas).
+    /// Only sagas last changed before this time.
     pub updated_before: Option<DateTime<Utc>>,
+    /// Only unfinished sagas (`running` or `compensating`).
+    pub unfinished: bool,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -80,6 +82,7 @@ impl Default for SagaQuery {
             status: None,
             saga_type: None,
             updated_before: None,
+            unfinished: false,
             limit: 100,
         }
     }
@@ -113,6 +116,13 @@ impl SagaQuery {
         self
     }
 
+    /// Only unfinished sagas (`running` or `compensating`).
+    #[must_use]
+    pub fn unfinished(mut self) -> Self {
+        self.unfinished = true;
+        self
+    }
+
     /// At most `limit` sagas.
     #[must_use]
     pub fn limit(mut self, limit: usize) -> Self {
@@ -131,6 +141,63 @@ impl SagaQuery {
             && self
                 .updated_before
                 .is_none_or(|before| instance.updated_at < before)
+            && (!self.unfinished || !instance.status.is_terminal())
+    }
+}
+
+/// How many sagas of one type are in one status, from [`SagaStore::counts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SagaCount {
+    /// The saga type.
+    pub saga_type: String,
+    /// The status.
+    pub status: SagaStatus,
+    /// How many.
+    pub count: u64,
+    /// When the oldest of them was created.
+    pub oldest_created_at: DateTime<Utc>,
+}
+
+impl SagaCount {
+    /// A count of `count` sagas of `saga_type` in `status`, the oldest created at `oldest_created_at`.
+    #[must_use]
+    pub fn new(
+        saga_type: impl Into<String>,
+        status: SagaStatus,
+        count: u64,
+        oldest_created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            saga_type: saga_type.into(),
+            status,
+            count,
+            oldest_created_at,
+        }
+    }
+
+    /// Counts `instances` by type and status, sorted by type then status.
+    #[must_use]
+    pub fn tally<'a>(instances: impl IntoIterator<Item = &'a SagaInstance>) -> Vec<Self> {
+        let mut counts: std::collections::BTreeMap<(String, &'static str), Self> =
+            std::collections::BTreeMap::new();
+        for instance in instances {
+            counts
+                .entry((instance.saga_type.clone(), instance.status.as_str()))
+                .and_modify(|c| {
+                    c.count += 1;
+                    c.oldest_created_at = c.oldest_created_at.min(instance.created_at);
+                })
+                .or_insert_with(|| {
+                    Self::new(
+                        instance.saga_type.clone(),
+                        instance.status,
+                        1,
+                        instance.created_at,
+                    )
+                });
+        }
+        counts.into_values().collect()
     }
 }
 
@@ -180,6 +247,15 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Sagas matching `query`, most recently updated first.
     async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>>;
 
+    /// How many sagas match `query` (its limit aside), by type and status.
+    ///
+    /// The default lists every matching saga and counts them; a database
+    /// store should count in the database.
+    async fn counts(&self, query: &SagaQuery) -> Result<Vec<SagaCount>> {
+        let all = self.list(&query.clone().limit(usize::MAX)).await?;
+        Ok(SagaCount::tally(&all))
+    }
+
     /// A stream of ids of sagas that reached a terminal status, including those
     /// finished by other processes, if the store can notify (Postgres
     /// LISTEN/NOTIFY). `None` means waiters fall back to polling.
@@ -226,6 +302,10 @@ impl<T: SagaStore + ?Sized> SagaStore for std::sync::Arc<T> {
 
     async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>> {
         (**self).list(query).await
+    }
+
+    async fn counts(&self, query: &SagaQuery) -> Result<Vec<SagaCount>> {
+        (**self).counts(query).await
     }
 
     fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {

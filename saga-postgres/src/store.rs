@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use saga_core::adapter::{Created, DefinitionKey, SagaQuery};
-use saga_core::{LogEntry, SagaId, SagaInstance, SagaStore};
+use saga_core::adapter::{Created, DefinitionKey, SagaCount, SagaQuery};
+use saga_core::{LogEntry, SagaId, SagaInstance, SagaStatus, SagaStore};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, Value,
+    QueryOrder, QuerySelect, Select, Statement, Value,
 };
 use tokio::sync::broadcast;
 
@@ -362,17 +362,7 @@ impl SagaStore for PgSagaStore {
 
     #[tracing::instrument(name = "saga_postgres.list", level = "debug", skip(self))]
     async fn list(&self, query: &SagaQuery) -> saga_core::Result<Vec<SagaInstance>> {
-        let mut select = saga_state::Entity::find();
-        if let Some(status) = query.status {
-            select = select.filter(saga_state::Column::Status.eq(status.as_str()));
-        }
-        if let Some(saga_type) = &query.saga_type {
-            select = select.filter(saga_state::Column::SagaType.eq(saga_type.as_str()));
-        }
-        if let Some(before) = query.updated_before {
-            select = select.filter(saga_state::Column::UpdatedAt.lt(before));
-        }
-        let rows = select
+        let rows = filtered(query)
             .order_by_desc(saga_state::Column::UpdatedAt)
             .order_by_desc(saga_state::Column::Id)
             .limit(u64::try_from(query.limit).unwrap_or(u64::MAX))
@@ -385,10 +375,65 @@ impl SagaStore for PgSagaStore {
             .collect::<Result<_, _>>()?)
     }
 
+    #[tracing::instrument(name = "saga_postgres.counts", level = "debug", skip(self))]
+    async fn counts(&self, query: &SagaQuery) -> saga_core::Result<Vec<SagaCount>> {
+        let rows: Vec<(String, String, i64, DateTime<Utc>)> = filtered(query)
+            .select_only()
+            .column(saga_state::Column::SagaType)
+            .column(saga_state::Column::Status)
+            .column_as(saga_state::Column::Id.count(), "count")
+            .column_as(saga_state::Column::CreatedAt.min(), "oldest")
+            .group_by(saga_state::Column::SagaType)
+            .group_by(saga_state::Column::Status)
+            .order_by_asc(saga_state::Column::SagaType)
+            .order_by_asc(saga_state::Column::Status)
+            .into_tuple()
+            .all(&self.inner.db)
+            .await
+            .map_err(Error::from)?;
+        rows.into_iter()
+            .map(|(saga_type, status, count, oldest)| {
+                let status = status
+                    .parse::<SagaStatus>()
+                    .map_err(|reason| Error::Corrupt {
+                        key: format!("status counts of `{saga_type}`"),
+                        reason,
+                    })?;
+                Ok(SagaCount::new(
+                    saga_type,
+                    status,
+                    u64::try_from(count).unwrap_or_default(),
+                    oldest,
+                ))
+            })
+            .collect()
+    }
+
     fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {
         self.inner
             ._listener
             .as_ref()
             .map(|_| self.inner.finished.subscribe())
     }
+}
+
+/// The sagas `query` selects, its order and limit aside.
+fn filtered(query: &SagaQuery) -> Select<saga_state::Entity> {
+    let mut select = saga_state::Entity::find();
+    if let Some(status) = query.status {
+        select = select.filter(saga_state::Column::Status.eq(status.as_str()));
+    }
+    if query.unfinished {
+        select = select.filter(saga_state::Column::Status.is_in([
+            SagaStatus::Running.as_str(),
+            SagaStatus::Compensating.as_str(),
+        ]));
+    }
+    if let Some(saga_type) = &query.saga_type {
+        select = select.filter(saga_state::Column::SagaType.eq(saga_type.as_str()));
+    }
+    if let Some(before) = query.updated_before {
+        select = select.filter(saga_state::Column::UpdatedAt.lt(before));
+    }
+    select
 }

@@ -375,7 +375,10 @@ impl RabbitAcker {
             ),
         ];
         match self.republish(&exchange, &queue, &headers).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                saga_core::metrics::record_dead_letter(&queue);
+                Ok(())
+            }
             Err(e) if self.acker.is_some() => {
                 // The copy did not make it: let the broker dead-letter the
                 // original (its `x-death` header says `rejected`).
@@ -383,10 +386,14 @@ impl RabbitAcker {
                 let Some(acker) = self.acker.take() else {
                     return Err(e);
                 };
-                settled(
+                let rejected = settled(
                     "basic.reject",
                     acker.reject(BasicRejectOptions { requeue: false }).await,
-                )
+                );
+                if rejected.is_ok() {
+                    saga_core::metrics::record_dead_letter(&queue);
+                }
+                rejected
             }
             Err(e) => Err(e),
         }

@@ -17,7 +17,7 @@ use crate::messages::LineItem;
 use crate::request::{self, CheckoutRequest};
 use crate::saga::CheckoutData;
 
-/// The orchestrator's routes: `POST /checkouts`, `GET /sagas`, `GET /sagas/{id}`,
+/// The orchestrator's routes: `POST /checkouts`, `GET /sagas?status=&type=&stuck=&limit=`, `GET /sagas/{id}`,
 /// `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
 pub fn router(state: Orchestrator) -> Router {
     Router::new()
@@ -209,6 +209,10 @@ async fn show(
 #[derive(Deserialize)]
 struct ListQuery {
     status: Option<String>,
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
+    #[serde(default)]
+    stuck: bool,
     limit: Option<usize>,
 }
 
@@ -224,12 +228,25 @@ async fn list(
     if let Some(status) = status {
         filter = filter.status(status);
     }
-    let sagas = state
-        .engine
-        .list(&filter)
-        .await
-        .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
-    let views: Vec<Value> = sagas.iter().map(|s| instance_view(&state, s)).collect();
+    if let Some(saga_type) = query.saga_type {
+        filter = filter.saga_type(saga_type);
+    }
+    let to_api = |e: saga_core::Error| ApiError::from(crate::error::Error::from(e));
+    let views: Vec<Value> = if query.stuck {
+        let stuck = state.engine.stuck(&filter).await.map_err(to_api)?;
+        stuck
+            .iter()
+            .map(|s| {
+                let mut view = instance_view(&state, &s.instance);
+                view["stuck"] =
+                    json!({ "reason": s.reason.as_str(), "detail": s.reason.to_string() });
+                view
+            })
+            .collect()
+    } else {
+        let sagas = state.engine.list(&filter).await.map_err(to_api)?;
+        sagas.iter().map(|s| instance_view(&state, s)).collect()
+    };
     Ok(Json(json!({ "sagas": views })))
 }
 

@@ -34,9 +34,13 @@ pub(super) fn serve(
     shutdown: &Shutdown,
 ) {
     let stop = shutdown.wait();
+    let router = crate::metrics::count_requests(
+        crate::http::with_json_fallbacks(router.merge(crate::metrics::route())),
+        name,
+    );
     tasks.spawn(async move {
         tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
-        axum::serve(listener, crate::http::with_json_fallbacks(router))
+        axum::serve(listener, router)
             .with_graceful_shutdown(stop)
             .await?;
         Ok(())

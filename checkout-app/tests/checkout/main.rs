@@ -10,5 +10,6 @@ mod embedded;
 mod faults;
 mod fuzz;
 mod inventory_postgres;
+mod observability;
 mod postgres_rabbitmq;
 mod support;

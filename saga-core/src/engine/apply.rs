@@ -67,6 +67,12 @@ impl Engine {
             }
             match self.save(&instance, &t).instrument(span.clone()).await {
                 Ok(saved) => {
+                    crate::metrics::transition(
+                        &instance.saga_type,
+                        instance.updated_at,
+                        &t.logs,
+                        t.instance.updated_at,
+                    );
                     let after = Arc::new(t.instance);
                     self.remember(&after);
                     let mut effects = t.effects;

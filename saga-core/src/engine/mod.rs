@@ -7,6 +7,7 @@
 //! two engines working on the same saga never both dispatch.
 
 mod apply;
+mod census;
 mod local;
 mod run;
 
@@ -27,7 +28,8 @@ use crate::machine::{self, Event};
 use crate::message::ReplyMessage;
 use crate::running::Running;
 use crate::state::{LogEntry, SagaInstance, SagaStatus, Waiting};
-use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
+use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
+use crate::stuck::{self, StuckRule, StuckSaga};
 use crate::transport::Transport;
 
 /// Tuning for an [`Engine`]; every field has a setter on [`EngineBuilder`].
@@ -66,6 +68,14 @@ pub struct EngineConfig {
     /// before it goes back to the reply queue for an engine that has it (a
     /// rolling deploy of a new definition version; default 1 s).
     pub hand_back_delay: Duration,
+    /// When an unfinished saga counts as stuck (see [`stuck`](crate::stuck);
+    /// default 30 s of grace, 10 attempts of a step that retries without limit).
+    pub stuck: StuckRule,
+    /// How often [`Engine::run`] counts the unfinished sagas in the store for
+    /// the `saga_running`, `saga_oldest_running_seconds` and `saga_stuck`
+    /// gauges, and logs a warning for each newly stuck saga (default 15 s;
+    /// zero disables).
+    pub census_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +92,8 @@ impl Default for EngineConfig {
             cache_capacity: 4096,
             startup_resend_limit: 1000,
             hand_back_delay: Duration::from_secs(1),
+            stuck: StuckRule::default(),
+            census_interval: Duration::from_secs(15),
         }
     }
 }
@@ -238,6 +250,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets when an unfinished saga counts as stuck.
+    pub fn stuck_rule(mut self, rule: StuckRule) -> Self {
+        self.config.stuck = rule;
+        self
+    }
+
+    /// Sets how often the census counts unfinished and stuck sagas (zero disables it).
+    pub fn census_interval(mut self, interval: Duration) -> Self {
+        self.config.census_interval = interval;
+        self
+    }
+
     /// Uses another clock (a [`ManualClock`](crate::clock::ManualClock) in simulations).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -370,6 +394,12 @@ impl Engine {
             match self.inner.store.create(&t.instance, &t.logs).await? {
                 Created::New => {
                     tracing::info!("saga started");
+                    crate::metrics::transition(
+                        def.name(),
+                        t.instance.created_at,
+                        &t.logs,
+                        t.instance.updated_at,
+                    );
                     let instance = Arc::new(t.instance);
                     self.remember(&instance);
                     self.perform(&def, &instance, t.effects).await;
@@ -539,6 +569,49 @@ impl Engine {
     pub async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>> {
         self.inner.store.list(query).await
     }
+
+    /// How many sagas match `query`, by type and status (the limit aside).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn counts(&self, query: &SagaQuery) -> Result<Vec<SagaCount>> {
+        self.inner.store.counts(query).await
+    }
+
+    /// The unfinished sagas matching `query` that count as stuck under the
+    /// engine's [`StuckRule`], with the reason, most recently updated first.
+    ///
+    /// The rules need the saga's definition, so they run here rather than in
+    /// the store: the engine examines the [`STUCK_SCAN`](Self::STUCK_SCAN)
+    /// most recently updated unfinished sagas that match `query`, and returns
+    /// at most `query.limit` of the stuck ones. Sagas of definitions this
+    /// engine does not have are not judged.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn stuck(&self, query: &SagaQuery) -> Result<Vec<StuckSaga>> {
+        let candidates = self
+            .inner
+            .store
+            .list(&query.clone().unfinished().limit(Self::STUCK_SCAN))
+            .await?;
+        let now = self.inner.clock.now();
+        let rule = self.inner.config.stuck;
+        Ok(candidates
+            .into_iter()
+            .filter_map(|instance| {
+                let def = self
+                    .definition(&instance.saga_type, instance.definition_version)
+                    .ok()?;
+                let reason = stuck::check(def, &instance, now, rule)?;
+                Some(StuckSaga { instance, reason })
+            })
+            .take(query.limit)
+            .collect())
+    }
+
+    /// How many unfinished sagas [`stuck`](Self::stuck) examines at most.
+    pub const STUCK_SCAN: usize = 10_000;
 
     /// A Mermaid diagram of the instance's progress, if its definition is registered.
     #[must_use]

@@ -27,6 +27,7 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(poll(engine.clone(), stop_rx.clone()));
+    let census = tokio::spawn(super::census::run(engine.clone(), stop_rx.clone()));
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tracing::info!(instance = %config.instance_name, queue = %config.reply_queue, "engine running");
@@ -59,6 +60,7 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     let _ = poller.await;
+    let _ = census.await;
     engine.drain_local().await;
     tracing::info!(instance = %config.instance_name, "engine stopped");
     Ok(())

@@ -58,6 +58,7 @@ impl Shared {
     }
 
     fn dead_letter(&self, name: &str, envelope: &Envelope, reason: String) {
+        crate::metrics::record_dead_letter(name);
         self.with_queue(name, |q| {
             q.dead.push(DeadLetter {
                 body: envelope.body.to_vec(),

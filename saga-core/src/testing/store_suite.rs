@@ -86,6 +86,7 @@ pub async fn store_conformance<S: SagaStore + ?Sized>(store: &S) {
     claim_due_takes_only_the_given_definitions(store).await;
     concurrent_claimers_get_disjoint_sagas(store).await;
     list_filters_and_orders(store).await;
+    unfinished_sagas_are_listed_and_counted(store).await;
     finished_sagas_are_announced(store).await;
 }
 
@@ -501,6 +502,64 @@ async fn list_filters_and_orders<S: SagaStore + ?Sized>(store: &S) {
     for saga in &ids[1..] {
         terminate(store, saga).await;
     }
+}
+
+async fn unfinished_sagas_are_listed_and_counted<S: SagaStore + ?Sized>(store: &S) {
+    let saga_type = format!("counted_{}", SagaId::new().as_uuid().simple());
+    let mut sagas = Vec::new();
+    for i in 0..4_i64 {
+        let mut saga = instance(&saga_type, None, None);
+        saga.created_at = time(1_000 + i);
+        store.create(&saga, &[]).await.expect("create");
+        sagas.push(saga);
+    }
+    let mut compensating = next(&sagas[1]);
+    compensating.status = SagaStatus::Compensating;
+    store
+        .save(&compensating, sagas[1].version, &[])
+        .await
+        .expect("save");
+    terminate(store, &sagas[0]).await;
+    let query = SagaQuery::new().saga_type(saga_type.clone());
+
+    let unfinished = store.list(&query.clone().unfinished()).await.expect("list");
+    let mut ids: Vec<SagaId> = unfinished.iter().map(|s| s.id).collect();
+    ids.sort();
+    let mut expected = vec![sagas[1].id, sagas[2].id, sagas[3].id];
+    expected.sort();
+    assert_eq!(ids, expected, "running and compensating, not completed");
+
+    let counts = store.counts(&query.clone().limit(1)).await.expect("counts");
+    let mut seen: Vec<(SagaStatus, u64, DateTime<Utc>)> = counts
+        .iter()
+        .map(|c| {
+            assert_eq!(c.saga_type, saga_type);
+            (c.status, c.count, c.oldest_created_at)
+        })
+        .collect();
+    seen.sort_by_key(|(status, _, _)| status.as_str());
+    assert_eq!(
+        seen,
+        vec![
+            (SagaStatus::Compensating, 1, time(1_001)),
+            (SagaStatus::Completed, 1, time(1_000)),
+            (SagaStatus::Running, 2, time(1_002)),
+        ],
+        "by status, with the oldest creation time, whatever the limit"
+    );
+    let unfinished = store
+        .counts(&query.clone().unfinished())
+        .await
+        .expect("counts");
+    assert_eq!(
+        unfinished.iter().map(|c| c.count).sum::<u64>(),
+        3,
+        "{unfinished:?}"
+    );
+    for saga in &sagas[2..] {
+        terminate(store, saga).await;
+    }
+    terminate(store, &compensating).await;
 }
 
 async fn finished_sagas_are_announced<S: SagaStore + ?Sized>(store: &S) {
