@@ -30,14 +30,18 @@ impl Default for Limits {
 }
 
 /// One requested line. `price`, if the client sent one, must match the catalogue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestedItem {
-    /// The product.
+    /// The product (a catalogue id, `GET /api/products`).
     pub product_id: Uuid,
-    /// Units.
+    /// Units: at least 1, at most 1000 by default (configurable).
+    #[schema(minimum = 1, example = 2)]
     pub quantity: u32,
-    /// The price the client believes (checked, never charged).
+    /// The unit price the client believes, a decimal string (a JSON number is
+    /// accepted too). Checked against the catalogue, never charged: a
+    /// different price is refused with 422.
+    #[schema(value_type = Option<String>, example = "29.99")]
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -47,12 +51,20 @@ pub struct RequestedItem {
 }
 
 /// A validated checkout request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "userId": "user-123",
+    "items": [{"productId": "660facf7-b9cf-417a-8ee1-27afe2fb2c72", "quantity": 2, "price": "29.99"}]
+}))]
 pub struct CheckoutRequest {
-    /// The buyer.
+    /// The buyer: not blank, no control characters, at most 128 characters
+    /// by default (configurable). Surrounding spaces are trimmed.
+    #[schema(min_length = 1)]
     pub user_id: String,
-    /// The lines, product ids unique.
+    /// The lines: at least one, at most 100 by default (configurable), each
+    /// product at most once.
+    #[schema(min_items = 1)]
     pub items: Vec<RequestedItem>,
 }
 
