@@ -128,10 +128,14 @@ fn routes() -> OpenApiRouter<Gateway> {
         .merge(crate::http::health_routes("api-gateway"))
 }
 
-/// The gateway's OpenAPI document (served at `GET /api/docs/openapi.json`).
+/// The gateway's OpenAPI document (served at `GET /api/docs/openapi.json`),
+/// with the default request limits; the served document states the
+/// gateway's configured ones.
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut openapi = routes().into_openapi();
+    request::describe_limits(&mut openapi, &Limits::default());
+    openapi
 }
 
 /// The gateway's routes: those of [`openapi`], plus the docs page at
@@ -146,11 +150,13 @@ pub fn router(config: GatewayConfig) -> Result<Router> {
         .build()
         .map_err(|e| Error::Config(format!("http client: {e}")))?;
     let limit = config.max_body_bytes;
+    let limits = config.limits;
     let state = Gateway { http, config };
-    let (router, openapi) = routes()
+    let (router, mut openapi) = routes()
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .split_for_parts();
+    request::describe_limits(&mut openapi, &limits);
     Ok(router.merge(crate::api_docs::router(
         "/api/docs",
         "checkout API",

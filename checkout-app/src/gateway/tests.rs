@@ -73,6 +73,40 @@ async fn every_documented_route_is_served() {
     }
 }
 
+#[tokio::test]
+async fn the_served_document_states_the_configured_limits() {
+    let router = router(GatewayConfig {
+        limits: Limits {
+            max_items: 7,
+            max_quantity: 9,
+            max_user_id: 11,
+        },
+        ..GatewayConfig::default()
+    })
+    .expect("router");
+    let request = Request::get("/api/docs/openapi.json")
+        .body(Body::empty())
+        .expect("request");
+    let response = router.oneshot(request).await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .expect("body");
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+    let schemas = &doc["components"]["schemas"];
+    let request = &schemas["CheckoutRequest"]["properties"];
+    assert_eq!(request["items"]["maxItems"], 7, "{request}");
+    assert_eq!(request["userId"]["maxLength"], 11, "{request}");
+    let quantity = &schemas["RequestedItem"]["properties"]["quantity"];
+    assert_eq!(quantity["maximum"], 9, "{quantity}");
+    // The library's document has the defaults.
+    let default = serde_json::to_value(openapi()).expect("serializes");
+    assert_eq!(
+        default["components"]["schemas"]["CheckoutRequest"]["properties"]["items"]["maxItems"],
+        100
+    );
+}
+
 #[test]
 fn the_document_is_openapi_3_1_with_the_shared_shapes() {
     let doc = serde_json::to_value(openapi()).expect("serializes");

@@ -1,7 +1,7 @@
 //! The orchestrator's HTTP routes, each documented by its `#[utoipa::path]`:
 //! [`routes`] builds the router and the OpenAPI document from the same list.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::Orchestrator;
 use super::views::{CheckoutOutcome, CheckoutRefused, SagaDetail, SagaList, SagaView};
 use crate::api_docs::OperatorTokenScheme;
-use crate::http::{ApiError, AppJson, ErrorBody};
+use crate::http::{ApiError, AppJson, AppQuery, ErrorBody};
 use crate::messages::LineItem;
 use crate::request::{self, CheckoutRequest};
 use crate::saga::CheckoutData;
@@ -60,15 +60,21 @@ pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
 }
 
 /// The orchestrator's OpenAPI document (served at `GET /docs/openapi.json`).
+/// With the default request limits; the served document states the
+/// orchestrator's configured ones.
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut openapi = routes().into_openapi();
+    request::describe_limits(&mut openapi, &request::Limits::default());
+    openapi
 }
 
 /// The orchestrator's routes: those of [`openapi`], plus the docs page at
 /// `GET /docs` and the document at `GET /docs/openapi.json`.
 pub fn router(state: Orchestrator) -> Router {
-    let (router, openapi) = routes().with_state(state).split_for_parts();
+    let limits = state.config.limits;
+    let (router, mut openapi) = routes().with_state(state).split_for_parts();
+    request::describe_limits(&mut openapi, &limits);
     router.merge(crate::api_docs::router(
         "/docs",
         "checkout orchestrator API",
@@ -109,6 +115,8 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         (status = 200, description = "The order is placed", body = CheckoutOutcome),
         (status = 202, description = "The saga is still running after the wait; follow `GET /sagas/{sagaId}`", body = CheckoutOutcome),
         (status = 400, description = "The body or the Idempotency-Key header is invalid", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Refused (unknown product, wrong price) or compensated (the order is cancelled)", body = CheckoutRefused),
         (status = 500, description = "The saga failed and needs an operator, or an internal error", body = CheckoutRefused),
         (status = 503, description = "The store, the broker or the inventory service is unavailable", body = ErrorBody)
@@ -309,7 +317,7 @@ struct ListQuery {
     /// Only sagas with this status (any case).
     #[param(schema_with = super::views::saga_status_schema, nullable = false)]
     status: Option<String>,
-    /// At most this many sagas (default 50, at most 1000).
+    /// At most this many sagas (default 50; a value above 1000 counts as 1000).
     #[param(minimum = 0, example = 50, nullable = false)]
     limit: Option<usize>,
 }
@@ -331,7 +339,7 @@ struct ListQuery {
 )]
 async fn list(
     State(state): State<Orchestrator>,
-    Query(query): Query<ListQuery>,
+    AppQuery(query): AppQuery<ListQuery>,
 ) -> Result<Json<SagaList>, ApiError> {
     let status = match query.status.as_deref() {
         Some(s) => Some(s.parse::<SagaStatus>().map_err(ApiError::bad_request)?),

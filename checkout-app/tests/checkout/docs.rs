@@ -287,6 +287,26 @@ async fn the_gateway_document_describes_the_checkout() {
 }
 
 #[tokio::test]
+async fn a_malformed_saga_list_query_answers_the_documented_json_error() {
+    // Found by schemathesis: axum's query rejection was plain text.
+    let stack = start(config()).await;
+    for query in [
+        "status=failed&status=failed",
+        "limit=99999999999999999999999",
+        "limit=x",
+    ] {
+        let response = reqwest::get(format!("http://{}/sagas?{query}", stack.orchestrator))
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["error"], "bad_request", "{query}: {body}");
+        assert_eq!(body["success"], false, "{query}: {body}");
+    }
+    stack.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
 async fn the_orchestrator_document_requires_the_operator_token_for_actions() {
     let stack = start(config()).await;
     let http = reqwest::Client::new();
