@@ -60,7 +60,8 @@ async fn every_documented_route_is_served() {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("body");
-        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON body");
+        // Not every route answers JSON (`/metrics` is text); the fallbacks do.
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         assert_ne!(
             status,
             StatusCode::METHOD_NOT_ALLOWED,
