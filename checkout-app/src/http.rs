@@ -1,19 +1,38 @@
 //! What every service's HTTP side shares: one error type with one status
 //! mapping and JSON body, a JSON extractor whose rejections use the same body,
 //! the `/health` route, JSON answers for unknown routes and methods, and
-//! serving with graceful shutdown.
+//! serving with graceful shutdown. [`ErrorBody`] and [`Health`] are the wire
+//! shapes, also described in the services' OpenAPI documents.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The body of every error answer: `{"success":false,"error":"<code>","message":"..."}`.
+// Fields in alphabetical order, as the `json!` map this type replaced printed them.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"success": false, "error": "bad_request", "message": "userId is required"}))]
+pub struct ErrorBody {
+    /// A stable, machine-readable code: `bad_request`, `unauthorized`,
+    /// `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `unprocessable`,
+    /// `internal` or `unavailable`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Always `false`.
+    pub success: bool,
+}
 
 /// An HTTP error: a status and a message for the client. Internal causes are
 /// logged, never echoed.
@@ -88,7 +107,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "success": false, "error": self.code, "message": self.message });
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+            success: false,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -139,18 +162,75 @@ where
     }
 }
 
+/// A query string extractor whose rejections are [`ApiError`]s (400 with a JSON body).
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
 impl<T: Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {
         Json(self.0).into_response()
     }
 }
 
+/// The `GET /health` answer: `{"status":"ok","service":"<name>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok", "service": "api-gateway"}))]
+pub struct Health {
+    /// The service's name (`api-gateway`, `orchestrator`, `order-service`...).
+    pub service: &'static str,
+    /// Always `ok`: the process is up and serving HTTP.
+    pub status: &'static str,
+}
+
+/// The service name `GET /health` reports.
+#[derive(Clone, Copy, Debug)]
+struct ServiceName(&'static str);
+
+/// Liveness.
+///
+/// The process is up and serving HTTP (no dependency is checked).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    operation_id = "health",
+    responses((status = 200, description = "The service is up", body = Health))
+)]
+async fn health_check(Extension(ServiceName(service)): Extension<ServiceName>) -> Json<Health> {
+    Json(Health {
+        service,
+        status: "ok",
+    })
+}
+
+/// `GET /health` answering `{"status":"ok","service":name}`, documented, for
+/// a service whose router is an [`OpenApiRouter`] with state `S`.
+pub fn health_routes<S>(service: &'static str) -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    OpenApiRouter::new()
+        .routes(routes!(health_check))
+        .layer(Extension(ServiceName(service)))
+}
+
 /// `GET /health` answering `{"status":"ok","service":name}`.
 pub fn health(service: &'static str) -> Router {
-    Router::new().route(
-        "/health",
-        get(move || async move { Json(json!({ "status": "ok", "service": service })) }),
-    )
+    health_routes(service).split_for_parts().0
 }
 
 /// Adds the JSON answers for requests no route takes: `404 not_found` for an

@@ -16,6 +16,7 @@
 //! orchestrator: reply -> transition -> save -> next command ... -> outcome to the client
 //! ```
 
+pub mod api_docs;
 pub mod cli;
 pub mod db;
 pub mod error;

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{OpenApi, RefOr};
 use uuid::Uuid;
 
 /// Limits on a checkout request (configurable).
@@ -30,14 +32,18 @@ impl Default for Limits {
 }
 
 /// One requested line. `price`, if the client sent one, must match the catalogue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestedItem {
-    /// The product.
+    /// The product (a catalogue id, `GET /api/products`).
     pub product_id: Uuid,
-    /// Units.
+    /// Units: at least 1, at most 1000 by default (configurable).
+    #[schema(minimum = 1, example = 2)]
     pub quantity: u32,
-    /// The price the client believes (checked, never charged).
+    /// The unit price the client believes, a decimal string (a JSON number is
+    /// accepted too). Checked against the catalogue, never charged: a
+    /// different price is refused with 422.
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]+(\.[0-9]+)?$", example = "29.99")]
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -47,13 +53,47 @@ pub struct RequestedItem {
 }
 
 /// A validated checkout request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "userId": "user-123",
+    "items": [{"productId": "660facf7-b9cf-417a-8ee1-27afe2fb2c72", "quantity": 2, "price": "29.99"}]
+}))]
 pub struct CheckoutRequest {
-    /// The buyer.
+    /// The buyer: not blank, no control characters, at most 128 characters
+    /// by default (configurable). Surrounding spaces are trimmed.
+    #[schema(
+        min_length = 1,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub user_id: String,
-    /// The lines, product ids unique.
+    /// The lines: at least one, at most 100 by default (configurable), each
+    /// product at most once.
+    #[schema(min_items = 1)]
     pub items: Vec<RequestedItem>,
+}
+
+/// Writes `limits` into the `CheckoutRequest` and `RequestedItem` schemas of
+/// `openapi`: `userId`'s `maxLength`, `items`' `maxItems` and `quantity`'s
+/// `maximum`, so a service's document states the limits it enforces.
+pub fn describe_limits(openapi: &mut OpenApi, limits: &Limits) {
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut("CheckoutRequest") {
+        if let Some(RefOr::T(Schema::Object(user))) = request.properties.get_mut("userId") {
+            user.max_length = Some(limits.max_user_id);
+        }
+        if let Some(RefOr::T(Schema::Array(items))) = request.properties.get_mut("items") {
+            items.max_items = Some(limits.max_items);
+        }
+    }
+    if let Some(RefOr::T(Schema::Object(item))) = components.schemas.get_mut("RequestedItem")
+        && let Some(RefOr::T(Schema::Object(quantity))) = item.properties.get_mut("quantity")
+    {
+        let max = usize::try_from(limits.max_quantity).unwrap_or(usize::MAX);
+        quantity.maximum = Some(utoipa::Number::UInt(max));
+    }
 }
 
 /// Validates a JSON body against `limits`.
@@ -121,20 +161,32 @@ fn parse_item(item: &Value, i: usize, limits: &Limits) -> Result<RequestedItem, 
         None => return Err(format!("items[{i}].productId is required")),
     };
     let quantity = match object.get("quantity") {
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(0) => return Err(format!("items[{i}].quantity must be at least 1")),
-            Some(q) if q <= u64::from(limits.max_quantity) => q as u32,
-            Some(_) => {
-                return Err(format!(
-                    "items[{i}].quantity must be at most {}",
-                    limits.max_quantity
-                ));
+        Some(Value::Number(n)) => {
+            // A whole number, also when written with a zero fraction (`2.0`):
+            // JSON Schema's `integer`, as the OpenAPI document declares it.
+            let whole = n
+                .as_u64()
+                .map(i128::from)
+                .or_else(|| n.as_i64().map(i128::from))
+                .or_else(|| {
+                    n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i128) // saturates: huge values stay out of range
+                });
+            match whole {
+                None => return Err(format!("items[{i}].quantity must be a whole number")),
+                Some(q) if q < 1 => {
+                    return Err(format!("items[{i}].quantity must be at least 1"));
+                }
+                Some(q) => u32::try_from(q)
+                    .ok()
+                    .filter(|q| *q <= limits.max_quantity)
+                    .ok_or_else(|| {
+                        format!(
+                            "items[{i}].quantity must be at most {}",
+                            limits.max_quantity
+                        )
+                    })?,
             }
-            None if n.as_i64().is_some_and(|q| q < 0) => {
-                return Err(format!("items[{i}].quantity must be at least 1"));
-            }
-            None => return Err(format!("items[{i}].quantity must be a whole number")),
-        },
+        }
         Some(_) => return Err(format!("items[{i}].quantity must be a number")),
         None => return Err(format!("items[{i}].quantity is required")),
     };
@@ -191,6 +243,17 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_quantity_with_a_zero_fraction_is_accepted() {
+        // JSON Schema's `integer` (the OpenAPI document) includes `3.0`.
+        let r = parse(
+            &json!({"userId": "u", "items": [{"productId": P, "quantity": 3.0}]}),
+            &Limits::default(),
+        )
+        .expect("valid");
+        assert_eq!(r.items[0].quantity, 3);
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         assert_eq!(err(json!([])), "the body must be a JSON object");
         assert_eq!(err(json!({"items": []})), "userId is required");
@@ -240,6 +303,14 @@ mod tests {
         assert_eq!(
             err(json!({"userId": "u", "items": [{"productId": P, "quantity": 1.5}]})),
             "items[0].quantity must be a whole number"
+        );
+        assert_eq!(
+            err(json!({"userId": "u", "items": [{"productId": P, "quantity": 0.0}]})),
+            "items[0].quantity must be at least 1"
+        );
+        assert_eq!(
+            err(json!({"userId": "u", "items": [{"productId": P, "quantity": 1e300}]})),
+            "items[0].quantity must be at most 1000"
         );
         assert_eq!(
             err(json!({"userId": "u", "items": [{"productId": P, "quantity": "2"}]})),

@@ -27,7 +27,7 @@ pub const NAME: &str = "checkout";
 
 /// Everything the checkout saga carries. The order id is generated before the
 /// saga starts, so every command, first delivery or redelivery, names the same order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutData {
     /// The order's id.

@@ -12,20 +12,29 @@
 //! | `GET /api/orders/{id}` | the order, from the order service |
 //! | `GET /api/sagas/{id}` | the saga's state and log timeline, from the orchestrator |
 //! | `GET /health` | liveness |
+//! | `GET /api/docs` | the API docs page; the OpenAPI document at `GET /api/docs/openapi.json` |
+//!
+//! Every route is declared with `#[utoipa::path]` and added by [`routes`]'s
+//! `routes!` list, which builds the router and the OpenAPI document together.
 
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::http::{ApiError, AppJson};
-use crate::request::{self, Limits};
+use crate::http::{ApiError, AppJson, ErrorBody};
+use crate::orchestrator::{CheckoutOutcome, CheckoutRefused, IdempotencyKey, Product, SagaDetail};
+use crate::order::OrderView;
+use crate::request::{self, CheckoutRequest, Limits};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -87,7 +96,50 @@ struct Gateway {
     config: GatewayConfig,
 }
 
-/// The gateway's routes.
+/// The document's title, description and tags; the paths come from [`routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "checkout API",
+        description = "The public API of the reference checkout, served by its gateway \
+            (port 3000): place an order, follow it and its saga, read the catalogue. \
+            Every error answers `{\"success\":false,\"error\":\"<code>\",\"message\":\"...\"}` \
+            (`ErrorBody`), unknown routes (404) and methods (405) included.",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    tags(
+        (name = "checkout", description = "Place an order"),
+        (name = "catalogue", description = "Products, prices and stock"),
+        (name = "orders", description = "Orders"),
+        (name = "sagas", description = "The saga behind a checkout"),
+        (name = "health", description = "Liveness")
+    )
+)]
+struct GatewayApi;
+
+/// The gateway's routes, documented. To add a route, write its handler with
+/// `#[utoipa::path]` and add one `.routes(routes!(handler))` line here.
+fn routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::with_openapi(GatewayApi::openapi())
+        .routes(routes!(checkout))
+        .routes(routes!(products))
+        .routes(routes!(order))
+        .routes(routes!(saga))
+        .merge(crate::http::health_routes("api-gateway"))
+}
+
+/// The gateway's OpenAPI document (served at `GET /api/docs/openapi.json`),
+/// with the default request limits; the served document states the
+/// gateway's configured ones.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut openapi = routes().into_openapi();
+    request::describe_limits(&mut openapi, &Limits::default());
+    openapi
+}
+
+/// The gateway's routes: those of [`openapi`], plus the docs page at
+/// `GET /api/docs` and the document at `GET /api/docs/openapi.json`.
 ///
 /// # Errors
 /// When the HTTP client cannot be built.
@@ -98,17 +150,60 @@ pub fn router(config: GatewayConfig) -> Result<Router> {
         .build()
         .map_err(|e| Error::Config(format!("http client: {e}")))?;
     let limit = config.max_body_bytes;
+    let limits = config.limits;
     let state = Gateway { http, config };
-    Ok(Router::new()
-        .route("/api/checkout", post(checkout))
-        .route("/api/products", get(products))
-        .route("/api/orders/{id}", get(order))
-        .route("/api/sagas/{id}", get(saga))
+    let (router, mut openapi) = routes()
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
-        .merge(crate::http::health("api-gateway")))
+        .split_for_parts();
+    request::describe_limits(&mut openapi, &limits);
+    Ok(router.merge(crate::api_docs::router(
+        "/api/docs",
+        "checkout API",
+        openapi,
+    )))
 }
 
+/// An order or saga id path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // describes the parameter; the handlers parse it themselves (400 on a bad id)
+struct IdParam {
+    /// The id (a UUID).
+    id: Uuid,
+}
+
+/// The catalogue, as `GET /api/products` answers it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductList {
+    /// Every product, with its price and the units in stock.
+    pub products: Vec<Product>,
+}
+
+/// Places an order.
+///
+/// Validates the request, then runs the checkout saga (create order, reserve
+/// inventory, process payment, confirm order) and answers with its outcome.
+/// Prices come from the catalogue: a `price` that differs is refused, never
+/// charged.
+#[utoipa::path(
+    post,
+    path = "/api/checkout",
+    tag = "checkout",
+    operation_id = "checkout",
+    request_body = CheckoutRequest,
+    params(IdempotencyKey),
+    responses(
+        (status = 200, description = "The order is placed (`success: true`)", body = CheckoutOutcome),
+        (status = 202, description = "The saga is still running after the orchestrator's wait (`success: null`); follow `GET /api/sagas/{sagaId}`", body = CheckoutOutcome),
+        (status = 400, description = "The body is not valid JSON or not a valid request, or the Idempotency-Key header is invalid; nothing is created", body = ErrorBody),
+        (status = 413, description = "The body is too large (64 KiB by default)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Refused before the saga (an unknown product, a price that differs from the catalogue: `ErrorBody`), or the saga compensated (insufficient stock, a declined payment: `CheckoutOutcome` with `success: false`, the order cancelled)", body = CheckoutRefused),
+        (status = 500, description = "The saga could neither complete nor compensate and needs an operator (`CheckoutOutcome`), or an internal error (`ErrorBody`)", body = CheckoutRefused),
+        (status = 503, description = "A service or the store or the broker is unavailable; try again (with the same Idempotency-Key)", body = ErrorBody)
+    )
+)]
 async fn checkout(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
@@ -127,8 +222,19 @@ async fn checkout(
     relay("orchestrator", forward.send().await).await
 }
 
-/// The catalogue as clients see it: each product's id, name, price (a
-/// decimal string) and units in stock, by name.
+/// The catalogue.
+///
+/// Each product's id, name, price (a decimal string) and units in stock.
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "catalogue",
+    operation_id = "listProducts",
+    responses(
+        (status = 200, description = "The catalogue", body = ProductList),
+        (status = 503, description = "The inventory service is unavailable", body = ErrorBody)
+    )
+)]
 async fn products(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
     let url = format!("{}/products", gateway.config.inventory_url);
     let response = gateway
@@ -140,25 +246,30 @@ async fn products(State(gateway): State<Gateway>) -> Result<Response, ApiError> 
     if !response.status().is_success() {
         return relay("inventory service", Ok(response)).await;
     }
-    let listed: Vec<Value> = response.json().await.map_err(|e| {
+    let products: Vec<Product> = response.json().await.map_err(|e| {
         ApiError::unavailable(format!(
             "inventory service answered without a product list: {e}"
         ))
     })?;
-    let products: Vec<Value> = listed
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "id": p["id"],
-                "name": p["name"],
-                "price": p["price"],
-                "stock": p["stock"],
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "products": products })).into_response())
+    Ok(Json(ProductList { products }).into_response())
 }
 
+/// An order.
+///
+/// The order and its lines, from the order service.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    operation_id = "getOrder",
+    params(IdParam),
+    responses(
+        (status = 200, description = "The order: `PENDING`, `CONFIRMED` or `CANCELLED`", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "The order service is unavailable", body = ErrorBody)
+    )
+)]
 async fn order(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -169,6 +280,22 @@ async fn order(
     relay("order service", gateway.http.get(url).send().await).await
 }
 
+/// The saga behind a checkout.
+///
+/// Its status, steps, ordered audit log and a Mermaid diagram, from the orchestrator.
+#[utoipa::path(
+    get,
+    path = "/api/sagas/{id}",
+    tag = "sagas",
+    operation_id = "getSaga",
+    params(IdParam),
+    responses(
+        (status = 200, description = "The saga, its ordered log and a diagram", body = SagaDetail),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such saga", body = ErrorBody),
+        (status = 503, description = "The orchestrator is unavailable", body = ErrorBody)
+    )
+)]
 async fn saga(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -193,3 +320,6 @@ async fn relay(
         .map_err(|e| ApiError::unavailable(format!("{service} answered without JSON: {e}")))?;
     Ok((status, Json(body)).into_response())
 }
+
+#[cfg(test)]
+mod tests;

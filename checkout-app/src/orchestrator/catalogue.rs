@@ -14,15 +14,23 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// A catalogue product as the inventory service reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A catalogue product as the inventory service reports it (and the
+/// gateway's `GET /api/products` lists it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "660facf7-b9cf-417a-8ee1-27afe2fb2c72",
+    "name": "Wireless Mouse",
+    "price": "29.99",
+    "stock": 100
+}))]
 pub struct Product {
     /// Id.
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Unit price.
+    /// Unit price, a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "29.99")]
     pub price: Decimal,
     /// Units in stock.
     pub stock: i64,

@@ -8,6 +8,7 @@
 
 mod catalogue;
 mod routes;
+mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,11 @@ use std::time::Duration;
 use saga_core::{Engine, Saga};
 
 pub use catalogue::{Catalogue, Product};
-pub(crate) use routes::idempotency_key;
-pub use routes::router;
+pub(crate) use routes::{IdempotencyKey, idempotency_key};
+pub use routes::{openapi, router};
+pub use views::{
+    CheckoutOutcome, CheckoutRefused, LogView, SagaDetail, SagaList, SagaView, StepView,
+};
 
 use crate::request::Limits;
 use crate::saga::CheckoutData;

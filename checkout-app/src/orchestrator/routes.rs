@@ -1,32 +1,85 @@
-//! The orchestrator's HTTP routes.
+//! The orchestrator's HTTP routes, each documented by its `#[utoipa::path]`:
+//! [`routes`] builds the router and the OpenAPI document from the same list.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_core::adapter::SagaQuery;
 use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::Orchestrator;
-use crate::http::{ApiError, AppJson};
+use super::views::{CheckoutOutcome, CheckoutRefused, SagaDetail, SagaList, SagaView};
+use crate::api_docs::OperatorTokenScheme;
+use crate::http::{ApiError, AppJson, AppQuery, ErrorBody};
 use crate::messages::LineItem;
 use crate::request::{self, CheckoutRequest};
 use crate::saga::CheckoutData;
 
-/// The orchestrator's routes: `POST /checkouts`, `GET /sagas?status=&type=&stuck=&limit=`, `GET /sagas/{id}`,
-/// `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
+/// The document's title, description and tags; the paths come from [`routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "checkout orchestrator",
+        description = "The orchestrator of the reference checkout (port 3004): starts checkout \
+            sagas and serves their state and the operator actions (retry, cancel, resume), \
+            which need `Authorization: Bearer <OPERATOR_TOKEN>`. Every error answers \
+            `{\"success\":false,\"error\":\"<code>\",\"message\":\"...\"}` (`ErrorBody`), \
+            unknown routes (404) and methods (405) included.",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    modifiers(&OperatorTokenScheme),
+    tags(
+        (name = "checkout", description = "Start a checkout saga"),
+        (name = "sagas", description = "Saga state and audit logs"),
+        (name = "operator", description = "Operator actions (bearer token)"),
+        (name = "health", description = "Liveness")
+    )
+)]
+struct OrchestratorApi;
+
+/// The orchestrator's routes, documented: `POST /checkouts`, `GET /sagas`,
+/// `GET /sagas/{id}`, `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
+/// To add a route, write its handler with `#[utoipa::path]` and add one
+/// `.routes(routes!(handler))` line here.
+pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
+    OpenApiRouter::with_openapi(OrchestratorApi::openapi())
+        .routes(routes!(checkout))
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(retry))
+        .routes(routes!(cancel))
+        .routes(routes!(resume))
+        .merge(crate::http::health_routes("orchestrator"))
+}
+
+/// The orchestrator's OpenAPI document (served at `GET /docs/openapi.json`).
+/// With the default request limits; the served document states the
+/// orchestrator's configured ones.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut openapi = routes().into_openapi();
+    request::describe_limits(&mut openapi, &request::Limits::default());
+    openapi
+}
+
+/// The orchestrator's routes: those of [`openapi`], plus the docs page at
+/// `GET /docs` and the document at `GET /docs/openapi.json`.
 pub fn router(state: Orchestrator) -> Router {
-    Router::new()
-        .route("/checkouts", post(checkout))
-        .route("/sagas", get(list))
-        .route("/sagas/{id}", get(show))
-        .route("/sagas/{id}/{action}", post(operate))
-        .with_state(state)
-        .merge(crate::http::health("orchestrator"))
+    let limits = state.config.limits;
+    let (router, mut openapi) = routes().with_state(state).split_for_parts();
+    request::describe_limits(&mut openapi, &limits);
+    router.merge(crate::api_docs::router(
+        "/docs",
+        "checkout orchestrator API",
+        openapi,
+    ))
 }
 
 /// The idempotency key header, validated.
@@ -46,6 +99,29 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_owned()))
 }
 
+/// Starts a checkout saga.
+///
+/// The gateway's `POST /api/checkout` forwards here. Prices the request from
+/// the catalogue, starts the saga and waits for its outcome (`202` when it is
+/// still running after the configured wait).
+#[utoipa::path(
+    post,
+    path = "/checkouts",
+    tag = "checkout",
+    operation_id = "startCheckout",
+    request_body = CheckoutRequest,
+    params(IdempotencyKey),
+    responses(
+        (status = 200, description = "The order is placed", body = CheckoutOutcome),
+        (status = 202, description = "The saga is still running after the wait; follow `GET /sagas/{sagaId}`", body = CheckoutOutcome),
+        (status = 400, description = "The body or the Idempotency-Key header is invalid", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Refused (unknown product, wrong price) or compensated (the order is cancelled)", body = CheckoutRefused),
+        (status = 500, description = "The saga failed and needs an operator, or an internal error", body = CheckoutRefused),
+        (status = 503, description = "The store, the broker or the inventory service is unavailable", body = ErrorBody)
+    )
+)]
 async fn checkout(
     State(state): State<Orchestrator>,
     headers: HeaderMap,
@@ -119,40 +195,39 @@ fn client_reason(instance: &SagaInstance) -> String {
 }
 
 fn outcome_response(instance: &SagaInstance) -> Response {
-    let order_id = instance.data.get("orderId").cloned().unwrap_or(Value::Null);
     let (status, success, message) = match instance.status {
         SagaStatus::Completed => (
             StatusCode::OK,
-            json!(true),
+            Some(true),
             "Order placed successfully".to_owned(),
         ),
         SagaStatus::Compensated => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!(false),
+            Some(false),
             format!("Order cancelled: {}", client_reason(instance)),
         ),
         SagaStatus::Failed => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!(false),
+            Some(false),
             "The checkout could not be completed or rolled back; an operator has been alerted"
                 .to_owned(),
         ),
         SagaStatus::Running | SagaStatus::Compensating => (
             StatusCode::ACCEPTED,
-            Value::Null,
+            None,
             format!(
                 "Checkout is still processing; follow GET /api/sagas/{}",
                 instance.id
             ),
         ),
     };
-    let body = json!({
-        "success": success,
-        "orderId": order_id,
-        "sagaId": instance.id,
-        "status": instance.status,
-        "message": message,
-    });
+    let body = CheckoutOutcome {
+        message,
+        order_id: instance.data.get("orderId").cloned().unwrap_or(Value::Null),
+        saga_id: instance.id,
+        status: instance.status,
+        success,
+    };
     (status, Json(body)).into_response()
 }
 
@@ -161,30 +236,54 @@ fn parse_id(id: &str) -> Result<SagaId, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a saga id (a UUID)")))
 }
 
-fn instance_view(state: &Orchestrator, instance: &SagaInstance) -> Value {
+fn instance_view(state: &Orchestrator, instance: &SagaInstance) -> SagaView {
     let def = state.saga.definition();
-    let steps: Vec<Value> = def
-        .steps()
-        .iter()
-        .zip(&instance.steps)
-        .map(|(s, status)| json!({ "name": s.name(), "status": status }))
-        .collect();
-    json!({
-        "id": instance.id,
-        "type": instance.saga_type,
-        "version": instance.definition_version,
-        "status": instance.status,
-        "currentStep": instance.cursor.and_then(|c| def.steps().get(c.step)).map(|s| s.name()),
-        "attempt": instance.cursor.map(|c| c.attempt),
-        "error": instance.error,
-        "data": instance.data,
-        "steps": steps,
-        "nextWakeAt": instance.next_wake_at,
-        "createdAt": instance.created_at,
-        "updatedAt": instance.updated_at,
-    })
+    let names: Vec<&str> = def.steps().iter().map(|s| s.name()).collect();
+    SagaView::new(instance, &names)
 }
 
+/// A saga id path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // describes the parameter; the handlers parse it themselves (400 on a bad id)
+struct SagaIdParam {
+    /// The saga's id (a UUID).
+    id: Uuid,
+}
+
+/// The optional `Idempotency-Key` header of a checkout.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes the header; `idempotency_key` reads it
+pub(crate) struct IdempotencyKey {
+    /// 1-200 visible ASCII characters. A repeated request with the same key
+    /// (for the same user) returns the first request's saga and creates nothing.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        example = "order-42"
+    )]
+    idempotency_key: Option<String>,
+}
+
+/// A saga.
+///
+/// The saga with its ordered audit log and a Mermaid diagram of its steps.
+#[utoipa::path(
+    get,
+    path = "/sagas/{id}",
+    tag = "sagas",
+    operation_id = "getSaga",
+    params(SagaIdParam),
+    responses(
+        (status = 200, description = "The saga, its ordered log and a diagram", body = SagaDetail),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such saga", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody)
+    )
+)]
 async fn show(
     State(state): State<Orchestrator>,
     Path(id): Path<String>,
@@ -200,26 +299,60 @@ async fn show(
         .logs(id)
         .await
         .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
-    let mut view = instance_view(&state, &instance);
-    view["logs"] = json!(logs);
-    view["diagram"] = json!(engine.mermaid(&instance));
-    Ok(Json(view))
+    let detail = SagaDetail {
+        saga: instance_view(&state, &instance),
+        diagram: engine.mermaid(&instance),
+        logs: logs.into_iter().map(Into::into).collect(),
+    };
+    // Through a JSON map, whose keys print in alphabetical order, as before the
+    // flattened view was a type.
+    let body = serde_json::to_value(detail).map_err(ApiError::internal)?;
+    Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+/// The filters of `GET /sagas`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only sagas with this status (any case).
+    #[param(schema_with = super::views::saga_status_schema, nullable = false)]
     status: Option<String>,
+    /// Only sagas of this type (`checkout`).
     #[serde(rename = "type")]
+    #[param(rename = "type", nullable = false)]
     saga_type: Option<String>,
+    /// Only unfinished sagas that count as stuck, each with the reason.
     #[serde(default)]
-    stuck: bool,
+    #[param(nullable = false)]
+    stuck: Option<bool>,
+    /// At most this many sagas (default 50; a value above 1000 counts as 1000).
+    #[param(minimum = 0, example = 50, nullable = false)]
     limit: Option<usize>,
 }
 
+/// Lists sagas.
+///
+/// At most `limit` sagas, most recently updated first, optionally only those
+/// with `status` or `type`; with `stuck=true`, only the unfinished ones that
+/// count as stuck (no progress past their step's timeout and retry delay,
+/// running past their deadline, or retrying a step without limit), each with
+/// the reason.
+#[utoipa::path(
+    get,
+    path = "/sagas",
+    tag = "sagas",
+    operation_id = "listSagas",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The sagas", body = SagaList),
+        (status = 400, description = "An unknown status or a malformed limit", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody)
+    )
+)]
 async fn list(
     State(state): State<Orchestrator>,
-    Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    AppQuery(query): AppQuery<ListQuery>,
+) -> Result<Json<SagaList>, ApiError> {
     let status = match query.status.as_deref() {
         Some(s) => Some(s.parse::<SagaStatus>().map_err(ApiError::bad_request)?),
         None => None,
@@ -232,22 +365,20 @@ async fn list(
         filter = filter.saga_type(saga_type);
     }
     let to_api = |e: saga_core::Error| ApiError::from(crate::error::Error::from(e));
-    let views: Vec<Value> = if query.stuck {
+    let sagas = if query.stuck.unwrap_or(false) {
         let stuck = state.engine.stuck(&filter).await.map_err(to_api)?;
         stuck
             .iter()
-            .map(|s| {
-                let mut view = instance_view(&state, &s.instance);
-                view["stuck"] =
-                    json!({ "reason": s.reason.as_str(), "detail": s.reason.to_string() });
-                view
+            .map(|s| SagaView {
+                stuck: Some((&s.reason).into()),
+                ..instance_view(&state, &s.instance)
             })
             .collect()
     } else {
         let sagas = state.engine.list(&filter).await.map_err(to_api)?;
         sagas.iter().map(|s| instance_view(&state, s)).collect()
     };
-    Ok(Json(json!({ "sagas": views })))
+    Ok(Json(SagaList { sagas }))
 }
 
 fn authorize(state: &Orchestrator, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -276,28 +407,120 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn operate(
-    State(state): State<Orchestrator>,
-    Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
-    let id = parse_id(&id)?;
-    let engine = &state.engine;
-    let result = match action.as_str() {
-        "retry" => engine.retry(id).await,
-        "cancel" => engine.cancel(id, "cancelled by an operator").await,
-        "resume" => engine.resume(id).await,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "unknown action `{other}` (expected retry, cancel or resume)"
-            )));
+/// An operator action on a saga.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Retry,
+    Cancel,
+    Resume,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Cancel => "cancel",
+            Self::Resume => "resume",
         }
+    }
+}
+
+/// Retries a failed saga from the step that failed.
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/retry",
+    tag = "operator",
+    operation_id = "retrySaga",
+    params(SagaIdParam),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The saga after the action", body = SagaView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
+        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
+        (status = 404, description = "No such saga", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
+    )
+)]
+async fn retry(
+    State(state): State<Orchestrator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SagaView>, ApiError> {
+    operate(&state, &id, &headers, Action::Retry).await
+}
+
+/// Cancels a running saga: it compensates the steps done so far.
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/cancel",
+    tag = "operator",
+    operation_id = "cancelSaga",
+    params(SagaIdParam),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The saga after the action", body = SagaView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
+        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
+        (status = 404, description = "No such saga", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
+    )
+)]
+async fn cancel(
+    State(state): State<Orchestrator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SagaView>, ApiError> {
+    operate(&state, &id, &headers, Action::Cancel).await
+}
+
+/// Sends a running saga's in-flight command again (after a lost message).
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/resume",
+    tag = "operator",
+    operation_id = "resumeSaga",
+    params(SagaIdParam),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The saga after the action", body = SagaView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
+        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
+        (status = 404, description = "No such saga", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
+    )
+)]
+async fn resume(
+    State(state): State<Orchestrator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SagaView>, ApiError> {
+    operate(&state, &id, &headers, Action::Resume).await
+}
+
+async fn operate(
+    state: &Orchestrator,
+    id: &str,
+    headers: &HeaderMap,
+    action: Action,
+) -> Result<Json<SagaView>, ApiError> {
+    authorize(state, headers)?;
+    let id = parse_id(id)?;
+    let engine = &state.engine;
+    let result = match action {
+        Action::Retry => engine.retry(id).await,
+        Action::Cancel => engine.cancel(id, "cancelled by an operator").await,
+        Action::Resume => engine.resume(id).await,
     };
     match result {
         Ok(instance) => {
-            tracing::info!(saga_id = %id, %action, "operator action");
-            Ok(Json(instance_view(&state, &instance)))
+            tracing::info!(saga_id = %id, action = action.as_str(), "operator action");
+            Ok(Json(instance_view(state, &instance)))
         }
         Err(saga_core::Error::NotFound(_)) => {
             Err(ApiError::not_found(format!("saga {id} not found")))

@@ -12,7 +12,17 @@ pub mod orders {
 
     /// Where an order is in its life.
     #[derive(
-        Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        EnumIter,
+        DeriveActiveEnum,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
     )]
     #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
     #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -391,26 +391,40 @@ pub fn router(db: DatabaseConnection) -> Router {
         .merge(crate::http::health("order-service"))
 }
 
-/// An order as the HTTP API shows it.
-#[derive(Debug, Serialize)]
+/// An order as the HTTP API shows it (the gateway's `GET /api/orders/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct OrderView {
+pub struct OrderView {
+    /// The order's id.
     id: Uuid,
+    /// The buyer.
     user_id: String,
+    /// `PENDING` while the saga runs, then `CONFIRMED` or `CANCELLED`.
     status: OrderStatus,
+    /// Sum of quantity times unit price, a decimal string.
+    #[schema(example = "59.98")]
     total: Decimal,
+    /// The lines.
     items: Vec<ItemView>,
+    /// Why the order was cancelled.
+    #[schema(required = true)]
     reason: Option<String>,
+    /// When it was created.
     created_at: DateTime<Utc>,
+    /// When it last changed.
     updated_at: DateTime<Utc>,
 }
 
 /// An order line as the HTTP API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ItemView {
+pub struct ItemView {
+    /// The product.
     product_id: Uuid,
+    /// Units.
     quantity: i32,
+    /// The catalogue price per unit, a decimal string.
+    #[schema(example = "29.99")]
     unit_price: Decimal,
 }
 

@@ -6,6 +6,7 @@
 //! `broker_stopped_and_started_mid_load_loses_nothing` restarts the broker:
 //! it runs alone (`scripts/test`, `.config/nextest.toml`).
 
+mod docs;
 mod embedded;
 mod faults;
 mod fuzz;

@@ -16,6 +16,9 @@ async fn the_seed_success_criteria_hold_on_postgres_and_rabbitmq() {
     let stack = start(infra.config()).await;
     let client = Arc::new(Client::new(&stack));
 
+    // The same API documents as on the embedded stack, every route served.
+    crate::docs::assert_documents_served(&stack).await;
+
     // Happy path.
     let (status, body) = client.checkout(order(PRODUCT, 2, "29.99"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
