@@ -8,6 +8,7 @@
 
 mod catalogue;
 mod routes;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,15 +18,17 @@ use crate::request::{self, CheckoutRequest};
 use crate::saga::CheckoutData;
 
 /// The orchestrator's routes: `POST /checkouts`, `GET /sagas`, `GET /sagas/{id}`,
-/// `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
+/// `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`, and the
+/// operator's web pages under `/ui` (module `ui`).
 pub fn router(state: Orchestrator) -> Router {
     Router::new()
         .route("/checkouts", post(checkout))
         .route("/sagas", get(list))
         .route("/sagas/{id}", get(show))
         .route("/sagas/{id}/{action}", post(operate))
-        .with_state(state)
+        .with_state(state.clone())
         .merge(crate::http::health("orchestrator"))
+        .merge(super::ui::router(state))
 }
 
 /// The idempotency key header, validated.
