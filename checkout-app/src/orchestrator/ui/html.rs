@@ -41,13 +41,18 @@ impl Html {
         self.close(tag)
     }
 
-    /// `<tag attrs>text</tag>` with `text` escaped.
+    /// `<tag attrs>text</tag>` with `text` escaped. Never for `script` or
+    /// `style`, whose content is not HTML: escaping does not apply there.
     pub(crate) fn text_el(
         &mut self,
         tag: &'static str,
         attrs: &[Attr<'_>],
         text: impl Display,
     ) -> &mut Self {
+        debug_assert!(
+            !matches!(tag, "script" | "style"),
+            "no text inside <{tag}>: escaping does not protect it"
+        );
         self.open(tag, attrs);
         self.text(text);
         self.close(tag)
@@ -179,6 +184,13 @@ mod tests {
         let mut html = Html::new();
         html.text(Sneaky);
         assert_eq!(html.finish(), "a&lt;b&gt;&amp;c");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "escaping does not protect it")]
+    fn text_inside_a_script_element_is_refused() {
+        Html::new().text_el("script", &[], "alert(1)");
     }
 
     #[test]
