@@ -14,6 +14,8 @@
 //! - [`infra`]: fresh PostgreSQL databases and a RabbitMQ vhost for one test.
 //! - [`rabbitmq`]: a client of RabbitMQ's management HTTP API.
 //! - [`procfs`]: processes, their memory and the load average from `/proc`.
+//! - [`webdriver`]: headless Chromium through chromedriver (W3C WebDriver),
+//!   to look at pages as a person does.
 //!
 //! Not published. Where a test should fail (a server missing, a query
 //! refused), the harness panics with a message that says what to do.
@@ -24,6 +26,7 @@ pub mod invariants;
 pub mod load;
 pub mod procfs;
 pub mod rabbitmq;
+pub mod webdriver;
 
 #[doc(inline)]
 pub use saga_core::testing::Rng;

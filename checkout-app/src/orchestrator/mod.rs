@@ -8,6 +8,7 @@
 
 mod catalogue;
 mod routes;
+mod ui;
 mod views;
 
 use std::sync::Arc;

@@ -69,17 +69,20 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi
 }
 
-/// The orchestrator's routes: those of [`openapi`], plus the docs page at
-/// `GET /docs` and the document at `GET /docs/openapi.json`.
+/// The orchestrator's routes: those of [`openapi`], the docs page at
+/// `GET /docs` and the document at `GET /docs/openapi.json`, and the
+/// operator's web pages under `/ui` (module `ui`).
 pub fn router(state: Orchestrator) -> Router {
     let limits = state.config.limits;
-    let (router, mut openapi) = routes().with_state(state).split_for_parts();
+    let (router, mut openapi) = routes().with_state(state.clone()).split_for_parts();
     request::describe_limits(&mut openapi, &limits);
-    router.merge(crate::api_docs::router(
-        "/docs",
-        "checkout orchestrator API",
-        openapi,
-    ))
+    router
+        .merge(crate::api_docs::router(
+            "/docs",
+            "checkout orchestrator API",
+            openapi,
+        ))
+        .merge(super::ui::router(state))
 }
 
 /// The idempotency key header, validated.

@@ -1,7 +1,8 @@
 //! The checkout's integration tests, in one test binary (one link instead of
 //! five): end to end on the embedded stack and on PostgreSQL and RabbitMQ,
 //! the inventory participant on PostgreSQL, hostile input, and the fault
-//! suite on five `checkout-app` processes.
+//! suite on five `checkout-app` processes, and the orchestrator's web pages
+//! in headless Chromium.
 //!
 //! `broker_stopped_and_started_mid_load_loses_nothing` restarts the broker:
 //! it runs alone (`scripts/test`, `.config/nextest.toml`).
@@ -14,3 +15,4 @@ mod inventory_postgres;
 mod observability;
 mod postgres_rabbitmq;
 mod support;
+mod ui;

@@ -29,7 +29,7 @@ use crate::message::ReplyMessage;
 use crate::running::Running;
 use crate::state::{LogEntry, SagaInstance, SagaStatus, Waiting};
 use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
-use crate::stuck::{self, StuckRule, StuckSaga};
+use crate::stuck::{self, StuckReason, StuckRule, StuckSaga};
 use crate::transport::Transport;
 
 /// Tuning for an [`Engine`]; every field has a setter on [`EngineBuilder`].
@@ -595,19 +595,29 @@ impl Engine {
             .store
             .list(&query.clone().unfinished().limit(Self::STUCK_SCAN))
             .await?;
-        let now = self.inner.clock.now();
-        let rule = self.inner.config.stuck;
         Ok(candidates
             .into_iter()
             .filter_map(|instance| {
-                let def = self
-                    .definition(&instance.saga_type, instance.definition_version)
-                    .ok()?;
-                let reason = stuck::check(def, &instance, now, rule)?;
+                let reason = self.stuck_reason(&instance)?;
                 Some(StuckSaga { instance, reason })
             })
             .take(query.limit)
             .collect())
+    }
+
+    /// Why `instance` counts as stuck now under the engine's [`StuckRule`];
+    /// `None` when it does not, or when this engine lacks its definition.
+    #[must_use]
+    pub fn stuck_reason(&self, instance: &SagaInstance) -> Option<StuckReason> {
+        let def = self
+            .definition(&instance.saga_type, instance.definition_version)
+            .ok()?;
+        stuck::check(
+            def,
+            instance,
+            self.inner.clock.now(),
+            self.inner.config.stuck,
+        )
     }
 
     /// How many unfinished sagas [`stuck`](Self::stuck) examines at most.
