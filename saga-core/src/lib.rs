@@ -159,6 +159,7 @@ mod mermaid;
 mod message;
 pub mod metrics;
 pub mod participant;
+pub mod propagation;
 mod retry;
 mod running;
 mod state;

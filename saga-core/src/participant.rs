@@ -43,6 +43,7 @@ use crate::error::{Error, Result, StepError};
 use crate::id::{Direction, IdempotencyKey, SagaId};
 use crate::inbox::{Claim, Inbox};
 use crate::message::{CommandMessage, ReplyMessage, ReplyOutcome};
+use crate::propagation::Propagator;
 use crate::running::Running;
 use crate::transport::{Delivery, Transport};
 
@@ -94,6 +95,7 @@ pub struct ParticipantBuilder<S = NoState> {
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
     problems: Vec<String>,
+    propagator: Option<Arc<dyn Propagator>>,
 }
 
 impl<S> ParticipantBuilder<S> {
@@ -120,6 +122,14 @@ impl<S> ParticipantBuilder<S> {
     /// is better served by an inbox inside that transaction).
     pub fn inbox(mut self, inbox: impl Inbox) -> Self {
         self.inbox = Some(Arc::new(inbox));
+        self
+    }
+
+    /// Makes the trace context in each command's headers the parent of its
+    /// `saga.command` span, and writes that span's context into the reply
+    /// (see [`propagation`](crate::propagation)).
+    pub fn propagator(mut self, propagator: impl Propagator) -> Self {
+        self.propagator = Some(Arc::new(propagator));
         self
     }
 
@@ -153,6 +163,7 @@ impl<S> ParticipantBuilder<S> {
                 handlers: self.handlers,
                 inbox: self.inbox,
                 concurrency: self.concurrency,
+                propagator: self.propagator,
             }),
         })
     }
@@ -202,6 +213,7 @@ impl ParticipantBuilder<NoState> {
             inbox: self.inbox,
             concurrency: self.concurrency,
             problems: self.problems,
+            propagator: self.propagator,
         }
     }
 }
@@ -226,6 +238,7 @@ struct Inner {
     handlers: HashMap<String, Handler>,
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
+    propagator: Option<Arc<dyn Propagator>>,
 }
 
 /// A service endpoint that handles saga commands. Cheap to clone.
@@ -255,6 +268,7 @@ impl Participant {
             inbox: None,
             concurrency: 16,
             problems: Vec::new(),
+            propagator: None,
         }
     }
 
@@ -399,8 +413,12 @@ impl Participant {
             direction = %command.direction,
             attempt = command.attempt,
         );
+        if let Some(propagator) = &self.inner.propagator {
+            propagator.extract(&command.headers, &span);
+        }
+        let command_span = span.clone();
         async move {
-            let reply = match self
+            let mut reply = match self
                 .handle(&delivery.message, delivery.delivery_count)
                 .await
             {
@@ -416,6 +434,9 @@ impl Participant {
                     return;
                 }
             };
+            if let Some(propagator) = &self.inner.propagator {
+                propagator.inject(&command_span, &mut reply.headers);
+            }
             if reply.reply_to.is_none() {
                 let _ = delivery.reject("command has no reply_to").await;
                 return;

@@ -498,3 +498,119 @@ async fn a_saga_nothing_happens_to_is_stuck_after_its_step_budget_and_not_before
             .is_empty()
     );
 }
+
+/// Writes a numbered header and records what it reads: enough to follow the
+/// context from message to message without an OpenTelemetry dependency.
+#[derive(Clone, Default)]
+struct Recording {
+    written: Arc<Mutex<Vec<(String, String)>>>,
+    read: Arc<Mutex<Vec<(String, String)>>>,
+    side: &'static str,
+}
+
+impl saga_core::propagation::Propagator for Recording {
+    fn inject(&self, _span: &tracing::Span, headers: &mut saga_core::propagation::Headers) {
+        let mut written = self.written.lock().expect("written");
+        let value = format!("{}-{}", self.side, written.len());
+        headers.insert("traceparent".to_owned(), value.clone());
+        written.push((self.side.to_owned(), value));
+    }
+
+    fn extract(&self, headers: &saga_core::propagation::Headers, _span: &tracing::Span) {
+        if let Some(value) = headers.get("traceparent") {
+            self.read
+                .lock()
+                .expect("read")
+                .push((self.side.to_owned(), value.clone()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn trace_context_travels_in_commands_and_replies_and_continues_on_a_retry() {
+    let engine_side = Recording {
+        side: "engine",
+        ..Recording::default()
+    };
+    let shop_side = Recording {
+        side: "shop",
+        ..Recording::default()
+    };
+    let store = InMemoryStore::new();
+    let transport = InMemoryTransport::new();
+    // `pay` is refused once as a retryable failure, so the poller retries it.
+    let saga = Saga::<Order>::builder("traced")
+        .step("reserve", |step| {
+            step.invoke(|_: &Order| Reserve)
+                .compensate(|_: &Order| Release)
+        })
+        .step("pay", |step| {
+            step.invoke(|o: &Order| Pay {
+                refuse: o.refuse_payment,
+            })
+            .retry(RetryPolicy::fixed(Duration::from_millis(5)).unlimited())
+            .pivot()
+        })
+        .build()
+        .expect("valid saga");
+    let engine = Engine::builder(store.clone(), transport.clone())
+        .register(&saga)
+        .poll_interval(Duration::from_millis(5))
+        .propagator(engine_side.clone())
+        .build();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shop = {
+        let failed_once = Arc::clone(&failed_once);
+        Participant::builder()
+            .inbox(InMemoryInbox::new())
+            .propagator(shop_side.clone())
+            .on(|_: Reserve, _| async { Ok(()) })
+            .on(|_: Release, _| async { Ok(()) })
+            .on(move |_: Pay, _| {
+                let first = !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if first {
+                        Err(StepError::retryable("card network busy"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .build()
+            .expect("valid participant")
+    };
+    let (stop, _) = watch::channel(false);
+    let running = {
+        let engine = engine.clone();
+        let stop = stopped(stop.subscribe());
+        tokio::spawn(async move { engine.run(stop).await.expect("engine runs") })
+    };
+    let serving = {
+        let transport = transport.clone();
+        let stop = stopped(stop.subscribe());
+        tokio::spawn(async move { shop.run(transport, stop).await.expect("shop runs") })
+    };
+    let id = engine.start(&saga, Order::default()).await.expect("start");
+    assert_eq!(engine.wait(id, WAIT).await.expect("ends").status, SagaStatus::Completed);
+    let _ = stop.send(true);
+    running.await.expect("engine task");
+    serving.await.expect("shop task");
+
+    let written = |r: &Recording| -> Vec<String> {
+        r.written.lock().expect("written").iter().map(|(_, v)| v.clone()).collect()
+    };
+    let read = |r: &Recording| -> Vec<String> {
+        r.read.lock().expect("read").iter().map(|(_, v)| v.clone()).collect()
+    };
+    // reserve, pay (refused), pay again: three commands, each read by the shop.
+    assert_eq!(written(&engine_side), vec!["engine-0", "engine-1", "engine-2"]);
+    assert_eq!(read(&shop_side), written(&engine_side));
+    // Every reply carries the shop's context, which the engine reads; the
+    // retry of `pay`, sent by the poller, continues from the refused reply.
+    assert_eq!(written(&shop_side), vec!["shop-0", "shop-1", "shop-2"]);
+    assert_eq!(
+        read(&engine_side),
+        vec!["shop-0", "shop-1", "shop-1", "shop-2"],
+        "reply, reply, wake-up on the last context, reply"
+    );
+}

@@ -145,6 +145,9 @@ impl Engine {
     pub(super) fn remember(&self, instance: &Arc<SagaInstance>) {
         let capacity = self.inner.config.cache_capacity;
         let mut cache = self.cache();
+        if instance.is_terminal() {
+            self.inner.traces.forget(instance.id);
+        }
         if instance.is_terminal() || capacity == 0 {
             cache.remove(&instance.id);
             return;
@@ -186,7 +189,24 @@ impl Engine {
         mut command: CommandMessage,
     ) -> bool {
         command.reply_to = Some(self.inner.config.reply_queue.clone());
-        let Err(e) = self.inner.transport.send_command(&command).await else {
+        let span = tracing::info_span!(
+            "saga.step",
+            saga_id = %command.saga_id,
+            saga_type = %command.saga_type,
+            step = %command.step_name,
+            direction = %command.direction,
+            attempt = command.attempt,
+        );
+        self.inner
+            .traces
+            .inject(command.saga_id, &span, &mut command.headers);
+        let sent = self
+            .inner
+            .transport
+            .send_command(&command)
+            .instrument(span)
+            .await;
+        let Err(e) = sent else {
             return true;
         };
         tracing::warn!(

@@ -10,6 +10,7 @@ mod apply;
 mod census;
 mod local;
 mod run;
+mod traces;
 
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::id::SagaId;
 use crate::machine::{self, Event};
 use crate::message::ReplyMessage;
+use crate::propagation::Propagator;
 use crate::running::Running;
 use crate::state::{LogEntry, SagaInstance, SagaStatus, Waiting};
 use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
@@ -167,6 +169,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     definitions: HashMap<(String, u32), Arc<SagaDefinition>>,
     config: EngineConfig,
+    propagator: Option<Arc<dyn Propagator>>,
 }
 
 impl EngineBuilder {
@@ -262,6 +265,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Carries trace context in the headers of the commands sent and reads it
+    /// from the replies received (see [`propagation`](crate::propagation)).
+    pub fn propagator(mut self, propagator: impl Propagator) -> Self {
+        self.propagator = Some(Arc::new(propagator));
+        self
+    }
+
     /// Uses another clock (a [`ManualClock`](crate::clock::ManualClock) in simulations).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -286,10 +296,11 @@ impl EngineBuilder {
                 clock: self.clock,
                 definitions: self.definitions,
                 known,
-                config: self.config,
                 finished,
                 cache: Mutex::default(),
                 local: local::LocalRuns::default(),
+                traces: traces::Traces::new(self.propagator, self.config.cache_capacity),
+                config: self.config,
             }),
         }
     }
@@ -309,6 +320,8 @@ struct Inner {
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
     /// Local step attempts running in this process.
     local: local::LocalRuns,
+    /// Trace propagation.
+    traces: traces::Traces,
     /// When [`EngineBuilder::build`] ran: the start-up resend looks only at
     /// sagas updated before, whose commands this engine did not send itself.
     built_at: DateTime<Utc>,
@@ -341,6 +354,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             definitions: HashMap::new(),
             config: EngineConfig::default(),
+            propagator: None,
         }
     }
 
@@ -425,6 +439,19 @@ impl Engine {
     /// definition; store errors.
     pub async fn handle_reply(&self, reply: ReplyMessage) -> Result<()> {
         let id = reply.saga_id;
+        let span = tracing::info_span!(
+            "saga.reply",
+            saga_id = %id,
+            step = %reply.step_name,
+            direction = %reply.direction,
+            attempt = reply.attempt,
+        );
+        self.inner.traces.extract(id, &reply.headers, &span);
+        self.apply_reply(reply).instrument(span).await
+    }
+
+    async fn apply_reply(&self, reply: ReplyMessage) -> Result<()> {
+        let id = reply.saga_id;
         let event = Event::Reply {
             step: reply.step as usize,
             direction: reply.direction,
@@ -469,8 +496,11 @@ impl Engine {
         let count = due.len();
         for instance in due {
             let id = instance.id;
+            let span = tracing::info_span!("saga.wake", saga_id = %id, saga_type = %instance.saga_type);
+            self.inner.traces.resume(id, &span);
             if let Err(e) = self
                 .apply_to(Some(Arc::new(instance)), id, &Event::WakeUp, |_, _| Ok(()))
+                .instrument(span)
                 .await
             {
                 tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
