@@ -30,6 +30,12 @@ pub struct Cli {
     /// log pipeline (with the span fields: saga id, step...).
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to this collector (e.g.
+    /// `http://localhost:4318`); the other standard `OTEL_EXPORTER_OTLP_*`
+    /// and `OTEL_SERVICE_NAME` settings apply. Unset: no traces are exported
+    /// and no trace context is propagated.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How log lines are written (`LOG_FORMAT`).
@@ -44,6 +50,19 @@ pub enum LogFormat {
 }
 
 impl Cli {
+    /// The service name traces carry: the service this process runs.
+    #[must_use]
+    pub fn service_name(&self) -> &'static str {
+        match self.command {
+            Some(Command::Gateway(_)) => "api-gateway",
+            Some(Command::Orchestrator(_)) => "orchestrator",
+            Some(Command::OrderService(_)) => "order-service",
+            Some(Command::InventoryService(_)) => "inventory-service",
+            Some(Command::PaymentService(_)) => "payment-service",
+            _ => "checkout-app",
+        }
+    }
+
     /// Whether the command runs one service of the five on its own (one
     /// process per service): such a process is best served by a single-threaded
     /// runtime, since several processes share the machine's cores and a

@@ -34,3 +34,4 @@ pub mod request;
 pub mod runtime;
 pub mod saga;
 mod service;
+pub mod telemetry;

@@ -26,14 +26,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: checkout_app::cli::Cli) -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn,sea_orm_migration=warn")
-    });
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match cli.log_format {
-        checkout_app::cli::LogFormat::Text => logs.init(),
-        checkout_app::cli::LogFormat::Json => logs.json().with_span_list(true).init(),
-    }
+    let telemetry = checkout_app::telemetry::init(
+        cli.log_format,
+        cli.service_name(),
+        cli.otlp_endpoint.as_deref(),
+    );
+    let _guard = match telemetry {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match checkout_app::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 
 /// Buckets of the `_seconds` histograms: a step round trip takes milliseconds;
 /// a slow participant or a timeout, seconds.
@@ -89,7 +90,9 @@ pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 /// Histogram: seconds to answer an HTTP request, by `service`, `route`, `method`.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 
-/// Counts and times every request `router` answers, as `service`.
+/// Counts and times every request `router` answers, as `service`, each in an
+/// `http.request` span (parented on the request's `traceparent` when traces
+/// are on).
 pub fn count_requests(router: Router, service: &'static str) -> Router {
     router.layer(middleware::from_fn(move |request: Request, next: Next| {
         record(service, request, next)
@@ -103,7 +106,9 @@ async fn record(service: &'static str, request: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
+    let span = tracing::info_span!("http.request", service, %route, %method);
+    crate::telemetry::extract_http(request.headers(), &span);
+    let response = next.run(request).instrument(span).await;
     metrics::counter!(
         HTTP_REQUESTS_TOTAL,
         "service" => service,

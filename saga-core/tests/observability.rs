@@ -591,19 +591,35 @@ async fn trace_context_travels_in_commands_and_replies_and_continues_on_a_retry(
         tokio::spawn(async move { shop.run(transport, stop).await.expect("shop runs") })
     };
     let id = engine.start(&saga, Order::default()).await.expect("start");
-    assert_eq!(engine.wait(id, WAIT).await.expect("ends").status, SagaStatus::Completed);
+    assert_eq!(
+        engine.wait(id, WAIT).await.expect("ends").status,
+        SagaStatus::Completed
+    );
     let _ = stop.send(true);
     running.await.expect("engine task");
     serving.await.expect("shop task");
 
     let written = |r: &Recording| -> Vec<String> {
-        r.written.lock().expect("written").iter().map(|(_, v)| v.clone()).collect()
+        r.written
+            .lock()
+            .expect("written")
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
     };
     let read = |r: &Recording| -> Vec<String> {
-        r.read.lock().expect("read").iter().map(|(_, v)| v.clone()).collect()
+        r.read
+            .lock()
+            .expect("read")
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
     };
     // reserve, pay (refused), pay again: three commands, each read by the shop.
-    assert_eq!(written(&engine_side), vec!["engine-0", "engine-1", "engine-2"]);
+    assert_eq!(
+        written(&engine_side),
+        vec!["engine-0", "engine-1", "engine-2"]
+    );
     assert_eq!(read(&shop_side), written(&engine_side));
     // Every reply carries the shop's context, which the engine reads; the
     // retry of `pay`, sent by the poller, continues from the refused reply.

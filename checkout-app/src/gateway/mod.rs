@@ -219,7 +219,9 @@ async fn checkout(
     if let Some(key) = key {
         forward = forward.header("idempotency-key", key);
     }
-    relay("orchestrator", forward.send().await).await
+    let mut trace = axum::http::HeaderMap::new();
+    crate::telemetry::inject_http(&tracing::Span::current(), &mut trace);
+    relay("orchestrator", forward.headers(trace).send().await).await
 }
 
 /// The catalogue.

@@ -220,7 +220,8 @@ pub async fn set_stock(db: &DatabaseConnection, product_id: Uuid, stock: i32) ->
 /// # Errors
 /// Never in practice: both commands go to `inventory`.
 pub fn participant(db: DatabaseConnection) -> Result<Participant> {
-    Ok(Participant::builder()
+    let builder = crate::telemetry::traced_participant(Participant::builder());
+    Ok(builder
         .state(db)
         .on(
             |cmd: ReserveInventory, ctx, db: DatabaseConnection| async move {

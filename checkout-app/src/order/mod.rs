@@ -95,7 +95,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 /// # Errors
 /// Never in practice: the three commands go to `order`.
 pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Result<Participant> {
-    Ok(Participant::builder()
+    let builder = crate::telemetry::traced_participant(Participant::builder());
+    Ok(builder
         .state(db)
         .on(|cmd: CreateOrder, ctx, db: DatabaseConnection| async move {
             create_order(&db, &cmd, &ctx).await

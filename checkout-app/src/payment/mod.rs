@@ -91,7 +91,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 /// # Errors
 /// Never in practice: both commands go to `payment`.
 pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Result<Participant> {
-    Ok(Participant::builder()
+    let builder = crate::telemetry::traced_participant(Participant::builder());
+    Ok(builder
         .state(db)
         .on(
             move |cmd: ProcessPayment, ctx, db: DatabaseConnection| async move {

@@ -71,10 +71,12 @@ pub fn orchestrator_engine(
     timing: Timing,
 ) -> Result<Engine> {
     let saga = crate::saga::definition(timing)?;
-    Ok(Engine::builder(store, transport)
-        .register(&saga)
-        .reply_queue("orchestrator_replies")
-        .build())
+    Ok(
+        crate::telemetry::traced_engine(Engine::builder(store, transport))
+            .register(&saga)
+            .reply_queue("orchestrator_replies")
+            .build(),
+    )
 }
 
 pub(super) fn run_engine(tasks: &mut JoinSet<Result<()>>, engine: &Engine, shutdown: &Shutdown) {

@@ -15,4 +15,5 @@ mod inventory_postgres;
 mod observability;
 mod postgres_rabbitmq;
 mod support;
+mod traces;
 mod ui;

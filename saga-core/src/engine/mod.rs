@@ -496,7 +496,8 @@ impl Engine {
         let count = due.len();
         for instance in due {
             let id = instance.id;
-            let span = tracing::info_span!("saga.wake", saga_id = %id, saga_type = %instance.saga_type);
+            let span =
+                tracing::info_span!("saga.wake", saga_id = %id, saga_type = %instance.saga_type);
             self.inner.traces.resume(id, &span);
             if let Err(e) = self
                 .apply_to(Some(Arc::new(instance)), id, &Event::WakeUp, |_, _| Ok(()))
