@@ -38,6 +38,7 @@ guide!(Participants, "../participants.md");
 guide!(Adapters, "../adapters.md");
 guide!(Scaling, "../scaling.md");
 guide!(Reliability, "../reliability.md");
+guide!(Operations, "../operations.md");
 guide!(Benchmarks, "../benchmarks.md");
 guide!(BenchmarksHistory, "../benchmarks/history.md");
 guide!(BenchmarksPostgres, "../benchmarks/postgres.md");
