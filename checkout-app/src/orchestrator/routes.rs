@@ -18,11 +18,15 @@ use crate::request::{self, CheckoutRequest};
 use crate::saga::CheckoutData;
 
 /// The orchestrator's routes: `POST /checkouts`, `GET /sagas`, `GET /sagas/{id}`,
-/// `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
+/// `POST /sagas/{id}/{retry|cancel|resume}`, `POST /sagas/prune?olderThan=DURATION`,
+/// `GET /health`.
 pub fn router(state: Orchestrator) -> Router {
     Router::new()
         .route("/checkouts", post(checkout))
         .route("/sagas", get(list))
+        // A static segment wins over `{id}`: `/sagas/prune` is never a saga id
+        // (its GET is a 405, not a lookup).
+        .route("/sagas/prune", post(prune))
         .route("/sagas/{id}", get(show))
         .route("/sagas/{id}/{action}", post(operate))
         .with_state(state)
@@ -257,6 +261,35 @@ fn authorize(state: &Orchestrator, headers: &HeaderMap) -> Result<(), ApiError> 
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct PruneQuery {
+    #[serde(rename = "olderThan")]
+    older_than: Option<String>,
+}
+
+/// `POST /sagas/prune?olderThan=DURATION`: deletes the sagas that ended
+/// completed or compensated longer ago than DURATION, with their logs;
+/// answers `{"pruned": N}`. An operator action (the token is required).
+async fn prune(
+    State(state): State<Orchestrator>,
+    Query(query): Query<PruneQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let older_than = query
+        .older_than
+        .ok_or_else(|| ApiError::bad_request("olderThan is required (e.g. 0s, 90m, 7d)"))?;
+    let age = crate::cli::parse_duration(&older_than).map_err(ApiError::bad_request)?;
+    let cutoff = saga_core::clock::sub(chrono::Utc::now(), age);
+    let pruned = state
+        .engine
+        .prune(cutoff)
+        .await
+        .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
+    tracing::info!(pruned, %older_than, %cutoff, "operator prune of finished sagas");
+    Ok(Json(json!({ "pruned": pruned })))
 }
 
 async fn operate(
