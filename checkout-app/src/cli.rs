@@ -115,7 +115,7 @@ pub enum Command {
             global = true
         )]
         orchestrator_url: String,
-        /// The operator token (required for retry, cancel and resume).
+        /// The operator token (required for retry, cancel, resume and prune).
         #[arg(long, env = "OPERATOR_TOKEN", hide_env_values = true, global = true)]
         token: Option<String>,
     },
@@ -158,6 +158,77 @@ pub enum SagaAction {
         /// The saga id.
         id: String,
     },
+    /// Deletes the sagas that ended completed or compensated longer ago than
+    /// DURATION, with their logs (failed and unfinished sagas stay).
+    Prune {
+        /// How old a finished saga must be (e.g. 0s, 90m, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        older_than: String,
+    },
+}
+
+/// Parses a duration: a number and a unit, `ms`, `s`, `m` (or `min`), `h`
+/// or `d` (`500ms`, `90m`, `7d`, `1.5h`); a bare number is seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("`{text}` is not a duration (e.g. 0s, 500ms, 90m, 12h, 7d)");
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3_600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
+/// [`parse_duration`] for an argument kept as text (sent on as given).
+fn parse_duration_arg(text: &str) -> std::result::Result<String, String> {
+    parse_duration(text).map(|_| text.trim().to_owned())
+}
+
+/// How long something is kept: a duration, or `off` (forever).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "off" | "never" | "forever" => Ok(Self(None)),
+            other => parse_duration(other)
+                .map(|d| Self(Some(d)))
+                .map_err(|e| format!("{e}, or `off` to keep everything")),
+        }
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(d) => {
+                let secs = d.as_secs();
+                match (d.subsec_nanos(), secs) {
+                    (0, s) if s > 0 && s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+                    (0, s) if s > 0 && s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
+                    (0, s) if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+                    (0, s) => write!(f, "{s}s"),
+                    _ => write!(f, "{}ms", d.as_millis()),
+                }
+            }
+        }
+    }
 }
 
 /// RabbitMQ tuning, for every process that connects to it.
@@ -237,6 +308,19 @@ pub struct Shared {
     /// Most units of one product per order.
     #[arg(long, env = "MAX_QUANTITY", default_value_t = 1_000)]
     pub max_quantity: u32,
+    /// How long the orchestrator keeps sagas that ended completed or
+    /// compensated, with their logs, before deleting them (e.g. 90m, 7d; `off`
+    /// keeps them forever). Failed sagas are kept until an operator acts.
+    /// Their idempotency keys are free again once deleted.
+    #[arg(long, env = "SAGA_RETENTION", default_value = "7d")]
+    pub saga_retention: Retention,
+    /// How long the participants keep the records that refuse a late command
+    /// (the tombstones a compensation leaves when it arrives before its
+    /// command). Must be at least SAGA_RETENTION, and longer than any command
+    /// can be redelivered: a command that arrives after its record is gone
+    /// runs again. `off` keeps them forever.
+    #[arg(long, env = "INBOX_RETENTION", default_value = "14d")]
+    pub inbox_retention: Retention,
 }
 
 impl Shared {
@@ -250,6 +334,25 @@ impl Shared {
                     "{name} must be between 0 and 1, got {rate}"
                 )));
             }
+        }
+        match (self.inbox_retention.0, self.saga_retention.0) {
+            (Some(inbox), Some(saga)) if inbox < saga => {
+                return Err(Error::Config(format!(
+                    "INBOX_RETENTION ({}) must be at least SAGA_RETENTION ({}): a participant \
+                     must remember a command at least as long as the orchestrator keeps its saga, \
+                     or a command redelivered after its record is gone runs again",
+                    self.inbox_retention, self.saga_retention
+                )));
+            }
+            (Some(_), None) => {
+                return Err(Error::Config(format!(
+                    "INBOX_RETENTION ({}) must be `off` when SAGA_RETENTION is `off`: a \
+                     participant must remember a command at least as long as the orchestrator \
+                     keeps its saga",
+                    self.inbox_retention
+                )));
+            }
+            _ => {}
         }
         if self.operator_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(Error::Config(
@@ -438,6 +541,8 @@ async fn run_all(args: AllArgs) -> Result<()> {
         orchestrator: shared.orchestrator(),
         timing: shared.timing(),
         max_body_bytes: shared.max_body_bytes,
+        saga_retention: shared.saga_retention.0,
+        inbox_retention: shared.inbox_retention.0,
         ..StackConfig::default()
     };
     let shutdown = Shutdown::new();
@@ -485,8 +590,77 @@ async fn run_one(service: Service, args: ServiceArgs) -> Result<()> {
         timing: shared.timing(),
         max_body_bytes: shared.max_body_bytes,
         db_max_connections: shared.db_max_connections.max(1),
+        saga_retention: shared.saga_retention.0,
+        inbox_retention: shared.inbox_retention.0,
     };
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     runtime::run_service(service, config, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_every_unit() {
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        for bad in ["", "soon", "-1s", "7w", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!("off".parse::<Retention>(), Ok(Retention(None)));
+        assert_eq!(
+            "14d".parse::<Retention>().map(|r| r.to_string()),
+            Ok("14d".into())
+        );
+    }
+
+    fn shared(args: &[&str]) -> Shared {
+        let mut argv = vec!["checkout-app", "all"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Some(Command::All(all)) => all.shared,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_retentions_default_to_7_and_14_days_and_the_inbox_keeps_at_least_as_long() {
+        let defaults = shared(&[]);
+        assert_eq!(
+            defaults.saga_retention,
+            Retention(Some(Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(
+            defaults.inbox_retention,
+            Retention(Some(Duration::from_secs(14 * 86_400)))
+        );
+        assert!(defaults.validate().is_ok());
+        let shorter = shared(&["--saga-retention", "7d", "--inbox-retention", "3d"]);
+        let err = shorter.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("INBOX_RETENTION (3d) must be at least SAGA_RETENTION (7d)"),
+            "{err}"
+        );
+        let forever = shared(&["--saga-retention", "off"]);
+        assert!(
+            forever.validate().is_err(),
+            "the inbox cannot be kept shorter than forever"
+        );
+        assert!(
+            shared(&["--saga-retention", "off", "--inbox-retention", "off"])
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            shared(&["--saga-retention", "1m", "--inbox-retention", "1m"])
+                .validate()
+                .is_ok()
+        );
+    }
 }

@@ -31,6 +31,9 @@ pub async fn run(action: SagaAction, orchestrator_url: &str, token: Option<&str>
         SagaAction::Retry { id } => http.post(format!("{base}/sagas/{id}/retry")),
         SagaAction::Cancel { id } => http.post(format!("{base}/sagas/{id}/cancel")),
         SagaAction::Resume { id } => http.post(format!("{base}/sagas/{id}/resume")),
+        SagaAction::Prune { older_than } => http
+            .post(format!("{base}/sagas/prune"))
+            .query(&[("olderThan", older_than)]),
     };
     let request = match token {
         Some(token) => request.bearer_auth(token),

@@ -109,3 +109,121 @@ pub(crate) mod test_support {
             .map(|v| serde_json::from_value(v).unwrap())
     }
 }
+
+/// A table's tombstones: the rows a compensation writes when it arrives before
+/// its command, so that the late command is refused. They are the services'
+/// inbox records (the other rows are the business itself and stay), and are
+/// deleted after `INBOX_RETENTION` by [`prune_tombstones`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tombstones {
+    /// The table.
+    pub(crate) table: &'static str,
+    /// The SQL condition that holds for a tombstone and for no other row
+    /// (the same text on PostgreSQL and SQLite).
+    pub(crate) marker: &'static str,
+}
+
+impl Tombstones {
+    /// The partial index that finds old tombstones without reading the table.
+    pub(crate) fn index_sql(self) -> String {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {table}_tombstone_created_idx ON {table} (created_at) WHERE {marker}",
+            table = self.table,
+            marker = self.marker
+        )
+    }
+}
+
+/// Deletes at most `batch` tombstones written before `before`, oldest first;
+/// returns how many. On PostgreSQL, rows a handler holds at that moment are
+/// skipped (`SKIP LOCKED`), so pruning never waits for the services' work.
+pub(crate) async fn prune_tombstones(
+    db: &sea_orm::DatabaseConnection,
+    tombstones: Tombstones,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: usize,
+) -> saga_core::Result<usize> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let backend = db.get_database_backend();
+    let (cutoff, limit, lock) = match backend {
+        DbBackend::Postgres => ("$1", "$2", " FOR UPDATE SKIP LOCKED"),
+        _ => ("?", "?", ""),
+    };
+    let sql = format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {marker} AND created_at < {cutoff} \
+         ORDER BY created_at LIMIT {limit}{lock})",
+        table = tombstones.table,
+        marker = tombstones.marker,
+    );
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    let result = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [before.into(), limit.into()],
+        ))
+        .await
+        .map_err(|e| {
+            saga_core::Error::backend(
+                saga_core::ErrorKind::Unavailable,
+                format!("pruning the tombstones of `{}`: {e}", tombstones.table),
+            )
+        })?;
+    Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
+}
+
+/// A participant builder with `INBOX_RETENTION`: its tombstones are pruned
+/// by the participant's run loop.
+pub(crate) fn retaining<S>(
+    builder: saga_core::participant::ParticipantBuilder<S>,
+    db: &sea_orm::DatabaseConnection,
+    tombstones: Tombstones,
+    retention: Option<std::time::Duration>,
+) -> saga_core::participant::ParticipantBuilder<S> {
+    let Some(retention) = retention else {
+        return builder;
+    };
+    let db = db.clone();
+    builder
+        .inbox_retention(retention)
+        .prune_with(move |before, batch| {
+            let db = db.clone();
+            async move { prune_tombstones(&db, tombstones, before, batch).await }
+        })
+}
+
+/// The migration that adds the tombstone index of `tombstones`.
+pub(crate) struct TombstoneIndex {
+    pub(crate) name: &'static str,
+    pub(crate) tombstones: Tombstones,
+}
+
+impl sea_orm_migration::MigrationName for TombstoneIndex {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl sea_orm_migration::MigrationTrait for TombstoneIndex {
+    async fn up(&self, manager: &sea_orm_migration::SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::ConnectionTrait;
+        manager
+            .get_connection()
+            .execute_unprepared(&self.tombstones.index_sql())
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &sea_orm_migration::SchemaManager) -> Result<(), DbErr> {
+        use sea_orm::ConnectionTrait;
+        manager
+            .get_connection()
+            .execute_unprepared(&format!(
+                "DROP INDEX IF EXISTS {}_tombstone_created_idx",
+                self.tombstones.table
+            ))
+            .await?;
+        Ok(())
+    }
+}

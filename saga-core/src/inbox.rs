@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::error::{Result, StepError};
 use crate::id::IdempotencyKey;
@@ -18,6 +19,20 @@ use crate::message::ReplyOutcome;
 /// handled by one copy of a command at a time. See [`participant`](crate::participant) for the contract.
 ///
 /// `async-trait` because the participant holds its inbox as a trait object.
+///
+/// # Retention
+/// An inbox grows with every command handled. [`Inbox::prune`] deletes the
+/// records (outcomes and tombstones) written before a cutoff, and
+/// [`ParticipantBuilder::inbox_retention`](crate::participant::ParticipantBuilder::inbox_retention)
+/// runs it in the participant's loop. A record must outlive every copy of its
+/// command: a duplicate that arrives after its record is gone runs the handler
+/// again, and an invoke that arrives after its compensation's tombstone is
+/// gone creates an effect nobody undoes. So the retention must be longer than
+/// any redelivery: the broker's longest redelivery and retry schedule, the
+/// saga's longest retry schedule and step deadline, and the time within which
+/// an operator may still [retry](crate::Engine::retry) a failed saga (its
+/// commands go out again with the same keys). Days, not minutes; and at least
+/// as long as the orchestrator's own [retention](crate::EngineBuilder::retention).
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {
     /// Claims `key`, or returns the outcome recorded for it.
@@ -33,6 +48,12 @@ pub trait Inbox: Send + Sync + 'static {
         key: &IdempotencyKey,
         tombstone: Option<&IdempotencyKey>,
     ) -> Result<Claim>;
+
+    /// Deletes at most `batch` records (recorded outcomes and tombstones)
+    /// written before `before`, and returns how many it deleted. A claim in
+    /// progress is never deleted. See [retention](Inbox#retention) for how
+    /// long records must be kept.
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> Result<usize>;
 }
 
 #[async_trait]
@@ -43,6 +64,10 @@ impl<T: Inbox + ?Sized> Inbox for Arc<T> {
         tombstone: Option<&IdempotencyKey>,
     ) -> Result<Claim> {
         (**self).claim(key, tombstone).await
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        (**self).prune(before, batch).await
     }
 }
 

@@ -28,13 +28,24 @@
 //!   (a delayed or redelivered command) is refused instead of creating an
 //!   effect nobody will undo. If the invoke is being handled at that moment,
 //!   the compensation waits for it to finish, and then undoes what it did.
+//!
+//! # Retention
+//! Inbox records pile up with every command. With
+//! [`ParticipantBuilder::inbox_retention`], [`Participant::run`] deletes the
+//! records older than the retention in the background: the inbox's (see
+//! [`Inbox::prune`]) and those of any [`ParticipantBuilder::prune_with`]
+//! function (an inbox kept by the handlers in their own transactions, or a
+//! business table's tombstones). The retention must be longer than any copy
+//! of a command can arrive: a duplicate whose record is gone runs again (see
+//! [`Inbox`](crate::Inbox#retention)). The default keeps records forever.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -50,6 +61,30 @@ use crate::transport::{Delivery, Transport};
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Handler =
     Arc<dyn Fn(Value, CommandContext) -> BoxFuture<Result<Value, StepError>> + Send + Sync>;
+type Pruner = Arc<dyn Fn(DateTime<Utc>, usize) -> BoxFuture<Result<usize>> + Send + Sync>;
+
+/// How a participant prunes its records (see [retention](self#retention)).
+#[derive(Clone)]
+struct Retention {
+    /// `None`: records are kept forever.
+    keep: Option<std::time::Duration>,
+    interval: std::time::Duration,
+    batch: usize,
+    pause: std::time::Duration,
+    pruners: Vec<Pruner>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: None,
+            interval: std::time::Duration::from_secs(60),
+            batch: 500,
+            pause: std::time::Duration::from_millis(50),
+            pruners: Vec::new(),
+        }
+    }
+}
 
 /// What a handler knows about the command it handles.
 #[derive(Clone, Debug)]
@@ -94,6 +129,7 @@ pub struct ParticipantBuilder<S = NoState> {
     handlers: HashMap<String, Handler>,
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
+    retention: Retention,
     problems: Vec<String>,
     propagator: Option<Arc<dyn Propagator>>,
 }
@@ -139,6 +175,43 @@ impl<S> ParticipantBuilder<S> {
         self
     }
 
+    /// Deletes inbox records older than `retention` in the background while
+    /// the participant [runs](Participant::run): the [`inbox`](Self::inbox)'s
+    /// and those of every [`prune_with`](Self::prune_with) function, every
+    /// [`prune_interval`](Self::prune_interval). The default keeps them
+    /// forever. The retention must be longer than any copy of a command can
+    /// arrive (see [`Inbox`](crate::Inbox#retention)): days, and at least the
+    /// orchestrator's [retention](crate::EngineBuilder::retention).
+    pub fn inbox_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention.keep = Some(retention);
+        self
+    }
+
+    /// How often the [`inbox_retention`](Self::inbox_retention) pruning runs
+    /// (default 1 min), and the most records one call deletes (default 500).
+    pub fn prune_interval(mut self, interval: std::time::Duration, batch: usize) -> Self {
+        self.retention.interval = interval;
+        self.retention.batch = batch.max(1);
+        self
+    }
+
+    /// Also prunes records the handlers keep themselves (an inbox table used
+    /// inside their own transactions, like `saga_postgres::inbox::check_in`'s,
+    /// or a business table's tombstones) when an
+    /// [`inbox_retention`](Self::inbox_retention) is set: `prune(before,
+    /// batch)` deletes at most `batch` records written before `before` and
+    /// returns how many. It is called again while it returns a full batch.
+    pub fn prune_with<F, Fut>(mut self, prune: F) -> Self
+    where
+        F: Fn(DateTime<Utc>, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<usize>> + Send + 'static,
+    {
+        self.retention.pruners.push(Arc::new(move |before, batch| {
+            Box::pin(prune(before, batch))
+        }));
+        self
+    }
+
     /// Finishes the participant. It serves the endpoint of its commands
     /// ([`Command::ENDPOINT`]).
     ///
@@ -151,10 +224,21 @@ impl<S> ParticipantBuilder<S> {
                 "a participant needs at least one handler (`.on(..)`)".to_owned(),
             ));
         };
-        if !self.problems.is_empty() {
+        let mut problems = self.problems;
+        if self.retention.keep.is_some()
+            && self.inbox.is_none()
+            && self.retention.pruners.is_empty()
+        {
+            problems.push(
+                "an inbox retention needs an inbox (`.inbox(..)`) or a `.prune_with(..)` \
+                 function: there is nothing to prune"
+                    .to_owned(),
+            );
+        }
+        if !problems.is_empty() {
             return Err(Error::InvalidParticipant(format!(
                 "participant `{endpoint}`: {}",
-                self.problems.join("; ")
+                problems.join("; ")
             )));
         }
         Ok(Participant {
@@ -164,6 +248,7 @@ impl<S> ParticipantBuilder<S> {
                 inbox: self.inbox,
                 concurrency: self.concurrency,
                 propagator: self.propagator,
+                retention: self.retention,
             }),
         })
     }
@@ -212,6 +297,7 @@ impl ParticipantBuilder<NoState> {
             handlers: self.handlers,
             inbox: self.inbox,
             concurrency: self.concurrency,
+            retention: self.retention,
             problems: self.problems,
             propagator: self.propagator,
         }
@@ -239,6 +325,7 @@ struct Inner {
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
     propagator: Option<Arc<dyn Propagator>>,
+    retention: Retention,
 }
 
 /// A service endpoint that handles saga commands. Cheap to clone.
@@ -267,6 +354,7 @@ impl Participant {
             handlers: HashMap::new(),
             inbox: None,
             concurrency: 16,
+            retention: Retention::default(),
             problems: Vec::new(),
             propagator: None,
         }
@@ -345,6 +433,84 @@ impl Participant {
         Ok(command.reply(outcome))
     }
 
+    /// Deletes the records written before `before` from the inbox and
+    /// through every [`prune_with`](ParticipantBuilder::prune_with) function,
+    /// batch after batch until none is left, and returns how many. For manual
+    /// runs; with an [`inbox_retention`](ParticipantBuilder::inbox_retention),
+    /// [`run`](Self::run) does it in the background.
+    ///
+    /// # Errors
+    /// The first inbox or pruning error (what was deleted before stays deleted).
+    pub async fn prune(&self, before: DateTime<Utc>) -> Result<usize> {
+        self.prune_until(before, None).await
+    }
+
+    async fn prune_until(
+        &self,
+        before: DateTime<Utc>,
+        mut pause: Option<&mut watch::Receiver<bool>>,
+    ) -> Result<usize> {
+        let retention = &self.inner.retention;
+        let batch = retention.batch.max(1);
+        let inbox = self.inner.inbox.clone().map(|inbox| -> Pruner {
+            Arc::new(move |before, batch| {
+                let inbox = Arc::clone(&inbox);
+                Box::pin(async move { inbox.prune(before, batch).await })
+            })
+        });
+        let mut total = 0;
+        for prune in inbox.iter().chain(&retention.pruners) {
+            loop {
+                let pruned = prune(before, batch).await?;
+                total += pruned;
+                tracing::debug!(endpoint = %self.inner.endpoint, pruned, "inbox retention: batch deleted");
+                if pruned < batch {
+                    break;
+                }
+                match &mut pause {
+                    None => tokio::task::yield_now().await,
+                    Some(stop) => {
+                        tokio::select! {
+                            biased;
+                            _ = stop.wait_for(|stop| *stop) => return Ok(total),
+                            () = tokio::time::sleep(retention.pause) => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// The background pruning of [`ParticipantBuilder::inbox_retention`].
+    async fn retain(self, keep: std::time::Duration, mut stop: watch::Receiver<bool>) {
+        let endpoint = &self.inner.endpoint;
+        let every = self
+            .inner
+            .retention
+            .interval
+            .max(std::time::Duration::from_millis(1));
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = interval.tick() => {}
+            }
+            let before = crate::clock::sub(Utc::now(), keep);
+            match self.prune_until(before, Some(&mut stop)).await {
+                Ok(0) => tracing::debug!(%endpoint, %before, "inbox retention: nothing to delete"),
+                Ok(pruned) => {
+                    tracing::info!(%endpoint, pruned, %before, "inbox retention: records deleted");
+                }
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "inbox retention: pruning failed");
+                }
+            }
+        }
+    }
+
     /// Serves the endpoint over `transport` in a task of its own until the
     /// returned handle is shut down (see [`Running`]).
     pub fn spawn(&self, transport: impl Transport) -> Running {
@@ -375,6 +541,12 @@ impl Participant {
         let Some(mut commands) = subscribed else {
             return Ok(());
         };
+        let (stop_retention, stopped) = watch::channel(false);
+        let retention = self
+            .inner
+            .retention
+            .keep
+            .map(|keep| tokio::spawn(self.clone().retain(keep, stopped)));
         let permits = Arc::new(Semaphore::new(self.inner.concurrency));
         let mut tasks = JoinSet::new();
         loop {
@@ -398,7 +570,11 @@ impl Participant {
             });
         }
         drop(commands);
+        let _ = stop_retention.send(true);
         while tasks.join_next().await.is_some() {}
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         Ok(())
     }
 

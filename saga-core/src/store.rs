@@ -256,6 +256,23 @@ pub trait SagaStore: Send + Sync + 'static {
         Ok(SagaCount::tally(&all))
     }
 
+    /// Deletes at most `batch` finished sagas, with all their log entries,
+    /// in one transaction, and returns how many sagas it deleted.
+    ///
+    /// Only sagas whose status is [`Completed`](SagaStatus::Completed) or
+    /// [`Compensated`](SagaStatus::Compensated) and whose `updated_at` is
+    /// before `finished_before` go, oldest first. A
+    /// [`Failed`](SagaStatus::Failed) saga is never deleted (it waits for an
+    /// operator), nor is a running or compensating one. Several processes may
+    /// prune one store at once: each deletes a disjoint set, and a saga being
+    /// written at that moment is skipped rather than waited for (the next
+    /// prune takes it). Once deleted, a saga's idempotency key is free again.
+    ///
+    /// [`Engine::prune`](crate::Engine::prune) calls this in a loop;
+    /// [`EngineBuilder::retention`](crate::EngineBuilder::retention) runs it
+    /// in the background.
+    async fn prune(&self, finished_before: DateTime<Utc>, batch: usize) -> Result<usize>;
+
     /// A stream of ids of sagas that reached a terminal status, including those
     /// finished by other processes, if the store can notify (Postgres
     /// LISTEN/NOTIFY). `None` means waiters fall back to polling.
@@ -306,6 +323,10 @@ impl<T: SagaStore + ?Sized> SagaStore for std::sync::Arc<T> {
 
     async fn counts(&self, query: &SagaQuery) -> Result<Vec<SagaCount>> {
         (**self).counts(query).await
+    }
+
+    async fn prune(&self, finished_before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        (**self).prune(finished_before, batch).await
     }
 
     fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {

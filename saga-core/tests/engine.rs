@@ -752,3 +752,85 @@ async fn the_engine_keeps_trying_to_subscribe_while_the_broker_is_unavailable() 
     runner.await.expect("task").expect("engine");
     serving.await.expect("task").expect("participant");
 }
+
+#[tokio::test]
+async fn a_participant_with_an_inbox_retention_prunes_its_inbox_while_it_runs() {
+    let inbox = InMemoryInbox::new();
+    let participant = Participant::builder()
+        .inbox(inbox.clone())
+        .inbox_retention(Duration::from_millis(300))
+        .prune_interval(Duration::from_millis(20), 10)
+        .on(|cmd: Book, _| async move { Ok(cmd.what) })
+        .on(|_: Undo, _| async { Ok(()) })
+        .build()
+        .expect("valid participant");
+    let store = InMemoryStore::new();
+    let transport = InMemoryTransport::new();
+    let engine = Engine::builder(store, transport.clone())
+        .register(&trip())
+        .poll_interval(Duration::from_millis(10))
+        .build();
+    let (stop, _) = watch::channel(false);
+    let serving = tokio::spawn({
+        let participant = participant.clone();
+        let transport = transport.clone();
+        let stop = stopped(stop.subscribe());
+        async move { participant.run(transport, stop).await }
+    });
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        let stop = stopped(stop.subscribe());
+        async move { engine.run(stop).await }
+    });
+    let id = engine.start(&trip(), Trip::default()).await.expect("start");
+    assert_eq!(
+        engine.wait(id, WAIT).await.expect("ends").status,
+        SagaStatus::Completed
+    );
+    assert_eq!(inbox.len(), 4, "one record per step");
+    tokio::time::timeout(WAIT, async {
+        while !inbox.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the records are pruned once older than the retention");
+    let _ = stop.send(true);
+    serving.await.expect("task").expect("participant stops");
+    running.await.expect("task").expect("engine stops");
+}
+
+#[tokio::test]
+async fn an_inbox_retention_needs_something_to_prune() {
+    let err = Participant::builder()
+        .inbox_retention(Duration::from_secs(60))
+        .on(|cmd: Book, _| async move { Ok(cmd.what) })
+        .build()
+        .expect_err("nothing to prune");
+    assert!(err.to_string().contains("inbox retention"), "{err}");
+    let pruned = Arc::new(AtomicU32::new(0));
+    let participant = Participant::builder()
+        .inbox_retention(Duration::from_secs(60))
+        .prune_interval(Duration::from_secs(60), 2)
+        .prune_with({
+            let pruned = Arc::clone(&pruned);
+            move |_before, batch| {
+                let pruned = Arc::clone(&pruned);
+                async move {
+                    // Five records to delete, `batch` at a time.
+                    let before = pruned.load(Ordering::SeqCst) as usize;
+                    let now = (before + batch).min(5);
+                    pruned.store(now as u32, Ordering::SeqCst);
+                    Ok(now - before)
+                }
+            }
+        })
+        .on(|cmd: Book, _| async move { Ok(cmd.what) })
+        .build()
+        .expect("a prune_with function is enough");
+    assert_eq!(
+        participant.prune(chrono::Utc::now()).await.expect("prune"),
+        5,
+        "called again while it returns a full batch"
+    );
+}

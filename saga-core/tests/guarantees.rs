@@ -577,6 +577,10 @@ impl SagaStore for FlakyStore {
         self.check()?;
         self.inner.list(query).await
     }
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> saga_core::Result<usize> {
+        self.check()?;
+        self.inner.prune(before, batch).await
+    }
 }
 
 mod replies_wait {
@@ -1046,5 +1050,181 @@ mod smaller {
             tokio::time::advance(Duration::from_secs(90)).await;
             assert_eq!((clock.now() - start).num_seconds(), 90);
         });
+    }
+}
+
+// ---- 8. retention ----------------------------------------------------------------
+
+mod retention {
+    use super::*;
+
+    /// A participant at `E` that refuses every booking.
+    fn refusing<const E: usize>() -> Participant {
+        Participant::builder()
+            .on(|_: Book<E>, _| async { Err::<String, _>(StepError::business("sold out")) })
+            .on(|_: Undo<E>, _| async { Ok(()) })
+            .build()
+            .expect("valid participant")
+    }
+
+    /// A participant at `E` that books but can never undo.
+    fn unrefundable<const E: usize>() -> Participant {
+        Participant::builder()
+            .on(|cmd: Book<E>, _| async move { Ok(format!("{}-ref", cmd.what)) })
+            .on(|_: Undo<E>, _| async { Err(StepError::retryable("refunds are down")) })
+            .build()
+            .expect("valid participant")
+    }
+
+    fn retry() -> RetryPolicy {
+        RetryPolicy::fixed(Duration::from_millis(10)).max_attempts(2)
+    }
+
+    /// Completes: one booking.
+    fn completes() -> Saga<Trip> {
+        Saga::<Trip>::builder("completes")
+            .default_timeout(Duration::from_secs(1))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
+            .build()
+            .expect("valid")
+    }
+
+    /// Compensates: the second step is refused, the first is undone.
+    fn compensates() -> Saga<Trip> {
+        Saga::<Trip>::builder("compensates")
+            .default_timeout(Duration::from_secs(1))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
+            .step("shop", |step| {
+                step.invoke(book::<SHOP>("shop"))
+                    .compensate(undo::<SHOP>("shop"))
+                    .retry(retry())
+            })
+            .build()
+            .expect("valid")
+    }
+
+    /// Fails: the second step is refused and the first cannot be undone.
+    fn fails() -> Saga<Trip> {
+        Saga::<Trip>::builder("fails")
+            .default_timeout(Duration::from_secs(1))
+            .step("pay", |step| {
+                step.invoke(book::<PAYMENT>("pay"))
+                    .compensate(undo::<PAYMENT>("pay"))
+                    .compensation_retry(retry())
+            })
+            .step("shop", |step| {
+                step.invoke(book::<SHOP>("shop"))
+                    .compensate(undo::<SHOP>("shop"))
+                    .retry(retry())
+            })
+            .build()
+            .expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_engine_prunes_finished_sagas_after_the_retention_and_keeps_failed_ones() {
+        let (completes, compensates, fails) = (completes(), compensates(), fails());
+        let journal = Journal::default();
+        let transport = InMemoryTransport::new();
+        let store = InMemoryStore::new();
+        let clock = Arc::new(TokioClock::new());
+        let engine = Engine::builder(store.clone(), transport.clone())
+            .register(&completes)
+            .register(&compensates)
+            .register(&fails)
+            .clock(clock.clone())
+            .poll_interval(Duration::from_millis(10))
+            .retention(Duration::from_secs(3_600))
+            .prune_interval(Duration::from_secs(60))
+            .prune_batch(2)
+            .build();
+        let mut stack = Stack::new(transport);
+        stack.run_engine(&engine);
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::from_millis(5)));
+        stack.serve(refusing::<SHOP>());
+        stack.serve(unrefundable::<PAYMENT>());
+
+        let mut finished = Vec::new();
+        for _ in 0..3 {
+            finished.push(
+                engine
+                    .start(&completes, Trip::default())
+                    .await
+                    .expect("start"),
+            );
+        }
+        finished.push(
+            engine
+                .start(&compensates, Trip::default())
+                .await
+                .expect("start"),
+        );
+        let failed = engine.start(&fails, Trip::default()).await.expect("start");
+        for id in &finished {
+            let done = engine.wait(*id, WAIT).await.expect("ends");
+            assert!(
+                matches!(done.status, SagaStatus::Completed | SagaStatus::Compensated),
+                "{done:?}"
+            );
+        }
+        assert_eq!(
+            engine.wait(failed, WAIT).await.expect("ends").status,
+            SagaStatus::Failed
+        );
+        let statuses: Vec<SagaStatus> = store.all().iter().map(|s| s.status).collect();
+        assert!(statuses.contains(&SagaStatus::Compensated), "{statuses:?}");
+
+        // Within the retention everything stays.
+        tokio::time::sleep(Duration::from_secs(1_800)).await;
+        assert_eq!(
+            store.all().len(),
+            5,
+            "nothing is pruned before the retention"
+        );
+
+        // Past it (and one prune interval), the finished ones go, with their logs.
+        tokio::time::sleep(Duration::from_secs(1_800 + 120)).await;
+        for id in &finished {
+            assert!(
+                engine.get(*id).await.expect("get").is_none(),
+                "saga {id} pruned"
+            );
+            assert!(
+                engine.logs(*id).await.expect("logs").is_empty(),
+                "its log too"
+            );
+        }
+        let left = store.all();
+        assert_eq!(
+            left.iter().map(|s| (s.id, s.status)).collect::<Vec<_>>(),
+            vec![(failed, SagaStatus::Failed)],
+            "the failed saga waits for an operator"
+        );
+        assert!(!engine.logs(failed).await.expect("logs").is_empty());
+
+        // A manual prune takes what the background one has not reached yet.
+        let late = engine
+            .start(&completes, Trip::default())
+            .await
+            .expect("start");
+        engine.wait(late, WAIT).await.expect("ends");
+        assert_eq!(
+            engine.prune(clock.now()).await.expect("prune"),
+            0,
+            "too recent"
+        );
+        let later = clock.now() + chrono::Duration::seconds(1);
+        assert_eq!(engine.prune(later).await.expect("prune"), 1);
+        assert_eq!(
+            store.all().iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![failed]
+        );
+        stack.shutdown().await;
     }
 }

@@ -284,6 +284,52 @@ pub async fn prune_in<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Re
     Ok(result.rows_affected())
 }
 
+/// Deletes up to `$2` inbox records (outcomes and tombstones) created before
+/// `$1`, oldest first. A claim without an outcome is left alone, and `SKIP
+/// LOCKED` passes over a row a participant holds at that moment (it waits for
+/// no one, and concurrent pruners take disjoint sets).
+const PRUNE_BATCH_SQL: &str = "\
+DELETE FROM saga_inbox
+WHERE idempotency_key IN (
+    SELECT idempotency_key FROM saga_inbox
+    WHERE created_at < $1 AND outcome IS NOT NULL
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)";
+
+/// Deletes at most `batch` inbox records (recorded outcomes and tombstones)
+/// created before `before`, oldest first; returns how many. What
+/// [`PgInbox`]'s [`prune`](saga_core::Inbox::prune) runs, and what a
+/// participant that calls [`check_in`] in its own transactions runs for
+/// retention (with
+/// [`ParticipantBuilder::prune_with`](saga_core::participant::ParticipantBuilder::prune_with)).
+///
+/// Keep records longer than any copy of a command can arrive: see
+/// [the inbox's retention](saga_core::Inbox#retention). Rows held by a
+/// transaction at that moment are skipped, not waited for.
+///
+/// # Errors
+/// Database errors.
+pub async fn prune_batch_in<C: ConnectionTrait>(
+    conn: &C,
+    before: DateTime<Utc>,
+    batch: usize,
+) -> Result<u64, Error> {
+    if batch == 0 {
+        return Ok(0);
+    }
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    let result = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            PRUNE_BATCH_SQL,
+            [before.into(), limit.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
 /// A [`saga_core::Inbox`] on `saga_inbox`, for participants whose handlers
 /// have no transaction of their own.
 ///
@@ -331,6 +377,11 @@ impl saga_core::Inbox for PgInbox {
                 key: key.clone(),
             }))),
         }
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> saga_core::Result<usize> {
+        let pruned = prune_batch_in(&self.db, before, batch).await?;
+        Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
     }
 }
 

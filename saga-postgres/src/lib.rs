@@ -79,9 +79,9 @@
 //!
 //! | table | columns | keys and indexes |
 //! |---|---|---|
-//! | `saga_state` | `id uuid`, `saga_type text`, `definition_version int`, `status text`, `current_step int`, `phase text` (`invoke`/`compensate`), `attempt int`, `waiting text` (`reply`/`retry`), `uncertain bool`, `steps jsonb`, `data jsonb`, `error text`, `idempotency_key text`, `version bigint`, `next_wake_at timestamptz`, `deadline_at timestamptz`, `log_seq bigint`, `lease_owner text`, `lease_until timestamptz`, `created_at timestamptz`, `updated_at timestamptz` | primary key `id`; unique `idempotency_key`; `saga_state_due_idx (next_wake_at) WHERE next_wake_at IS NOT NULL` for the due-saga claim; `saga_state_status_updated_idx (status, updated_at)` for listings and stuck sagas; check on `status` |
+//! | `saga_state` | `id uuid`, `saga_type text`, `definition_version int`, `status text`, `current_step int`, `phase text` (`invoke`/`compensate`), `attempt int`, `waiting text` (`reply`/`retry`), `uncertain bool`, `steps jsonb`, `data jsonb`, `error text`, `idempotency_key text`, `version bigint`, `next_wake_at timestamptz`, `deadline_at timestamptz`, `log_seq bigint`, `lease_owner text`, `lease_until timestamptz`, `created_at timestamptz`, `updated_at timestamptz` | primary key `id`; unique `idempotency_key`; `saga_state_due_idx (next_wake_at) WHERE next_wake_at IS NOT NULL` for the due-saga claim; `saga_state_status_updated_idx (status, updated_at)` for listings and stuck sagas; `saga_state_finished_idx (updated_at) WHERE status IN ('completed', 'compensated')` for [`prune`](saga_core::SagaStore::prune); check on `status` |
 //! | `saga_logs` | `saga_id uuid`, `seq bigint`, `event text`, `step text`, `attempt int`, `payload jsonb`, `created_at timestamptz` | primary key `(saga_id, seq)` (the log order); foreign key to `saga_state` with `ON DELETE CASCADE` |
-//! | `saga_inbox` | `idempotency_key text`, `outcome jsonb` (null while claimed), `created_at timestamptz` | primary key `idempotency_key`; index on `created_at` for [`inbox::prune_in`] |
+//! | `saga_inbox` | `idempotency_key text`, `outcome jsonb` (null while claimed), `created_at timestamptz` | primary key `idempotency_key`; index on `created_at` for [`inbox::prune_in`] and [`inbox::prune_batch_in`] |
 //! | `saga_migrations` | sea-orm-migration's record of applied migrations | kept apart from `seaql_migrations` so the application's own migrator can share the database |
 //!
 //! A trigger, `saga_state_finished`, calls `pg_notify('saga_finished', id)`
@@ -115,6 +115,11 @@
 //!   lease that expired (its engine died) is claimed again.
 //! - **Ordered, complete logs.** Entries are keyed by `(saga_id, seq)` and
 //!   written only together with the state change they belong to.
+//! - **Retention without waiting.** [`prune`](saga_core::SagaStore::prune)
+//!   deletes a batch of completed and compensated sagas and their logs in one
+//!   `DELETE … WHERE id IN (SELECT … ORDER BY updated_at LIMIT n FOR UPDATE
+//!   SKIP LOCKED)`: concurrent pruners delete disjoint sets, and a saga an
+//!   engine is writing is skipped, never waited for.
 //! - **Outcomes across processes.** The NOTIFY is sent inside the committing
 //!   transaction, so [`finished_events`](saga_core::SagaStore::finished_events)
 //!   announces only committed outcomes, whichever process wrote them. A

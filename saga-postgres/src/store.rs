@@ -58,6 +58,22 @@ WHERE id IN (
 )
 RETURNING *";
 
+/// Deletes up to `$2` completed or compensated sagas last updated before `$1`,
+/// oldest first; their `saga_logs` rows go with them (`ON DELETE CASCADE`),
+/// in the same statement. The partial index `saga_state_finished_idx` serves
+/// the filter and the order, so a batch reads only the rows it deletes. `SKIP
+/// LOCKED`: concurrent pruners take disjoint sets, and a row an engine is
+/// writing is skipped instead of waited for.
+const PRUNE_SQL: &str = "\
+DELETE FROM saga_state
+WHERE id IN (
+    SELECT id FROM saga_state
+    WHERE status IN ('completed', 'compensated') AND updated_at < $1
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)";
+
 /// Options for [`PgSagaStore::with_config`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -407,6 +423,29 @@ impl SagaStore for PgSagaStore {
                 ))
             })
             .collect()
+    }
+
+    #[tracing::instrument(name = "saga_postgres.prune", level = "debug", skip(self))]
+    async fn prune(
+        &self,
+        finished_before: DateTime<Utc>,
+        batch: usize,
+    ) -> saga_core::Result<usize> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+        let result = self
+            .inner
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                PRUNE_SQL,
+                [finished_before.into(), limit.into()],
+            ))
+            .await
+            .map_err(Error::from)?;
+        Ok(usize::try_from(result.rows_affected()).unwrap_or(usize::MAX))
     }
 
     fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {

@@ -18,7 +18,13 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateInventory)]
+        vec![
+            Box::new(CreateInventory),
+            Box::new(crate::service::TombstoneIndex {
+                name: "m20261210_000001_index_inventory_tombstones",
+                tombstones: super::TOMBSTONES,
+            }),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -60,7 +60,7 @@ use self::entity::reservations::{self, ReservationStatus, ReservedItem, Reserved
 use crate::error::{Error, Result};
 use crate::http::{ApiError, AppJson};
 use crate::messages::{InventoryReserved, LineItem, ReleaseInventory, ReserveInventory};
-use crate::service::{db_failure, inserted, money, parse_id};
+use crate::service::{Tombstones, db_failure, inserted, money, parse_id};
 
 /// The endpoint (queue) the inventory participant serves.
 pub const ENDPOINT: &str = "inventory";
@@ -220,9 +220,27 @@ pub async fn set_stock(db: &DatabaseConnection, product_id: Uuid, stock: i32) ->
 /// # Errors
 /// Never in practice: both commands go to `inventory`.
 pub fn participant(db: DatabaseConnection) -> Result<Participant> {
-    let builder = crate::telemetry::traced_participant(Participant::builder());
-    Ok(builder
-        .state(db)
+    participant_with(db, None)
+}
+
+/// The inventory tombstones: `RELEASED` reservations of nothing, written by a
+/// `release_inventory` that arrived before its `reserve_inventory`.
+pub(crate) const TOMBSTONES: Tombstones = Tombstones {
+    table: "reservations",
+    marker: "status = 'RELEASED' AND items = '[]'",
+};
+
+/// [`participant`] that deletes its tombstones once older than
+/// `inbox_retention` (`INBOX_RETENTION`; `None` keeps them).
+///
+/// # Errors
+/// As [`participant`].
+pub fn participant_with(
+    db: DatabaseConnection,
+    inbox_retention: Option<std::time::Duration>,
+) -> Result<Participant> {
+    let builder = crate::telemetry::traced_participant(Participant::builder())
+        .state(db.clone())
         .on(
             |cmd: ReserveInventory, ctx, db: DatabaseConnection| async move {
                 reserve_inventory(&db, &cmd, &ctx).await
@@ -232,8 +250,8 @@ pub fn participant(db: DatabaseConnection) -> Result<Participant> {
             |cmd: ReleaseInventory, ctx, db: DatabaseConnection| async move {
                 release_inventory(&db, &cmd, &ctx).await
             },
-        )
-        .build()?)
+        );
+    Ok(crate::service::retaining(builder, &db, TOMBSTONES, inbox_retention).build()?)
 }
 
 /// Merges the lines per product, sorted by product id; a bad line is a

@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use saga_core::adapter::SagaQuery;
 use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -45,8 +45,8 @@ use crate::saga::CheckoutData;
 struct OrchestratorApi;
 
 /// The orchestrator's routes, documented: `POST /checkouts`, `GET /sagas`,
-/// `GET /sagas/{id}`, `POST /sagas/{id}/{retry|cancel|resume}`, `GET /health`.
-/// To add a route, write its handler with `#[utoipa::path]` and add one
+/// `GET /sagas/{id}`, `POST /sagas/{id}/{retry|cancel|resume}`,
+/// `POST /sagas/prune`, `GET /health`. To add a route, write its handler with `#[utoipa::path]` and add one
 /// `.routes(routes!(handler))` line here.
 pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
     OpenApiRouter::with_openapi(OrchestratorApi::openapi())
@@ -56,6 +56,7 @@ pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
         .routes(routes!(retry))
         .routes(routes!(cancel))
         .routes(routes!(resume))
+        .routes(routes!(prune))
         .merge(crate::http::health_routes("orchestrator"))
 }
 
@@ -408,6 +409,63 @@ fn authorize(state: &Orchestrator, headers: &HeaderMap) -> Result<(), ApiError> 
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The query of `POST /sagas/prune`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PruneQuery {
+    /// How long ago a saga must have finished to go: `0s`, `90m`, `12h`, `7d`.
+    #[serde(rename = "olderThan")]
+    #[param(rename = "olderThan", nullable = false, example = "7d")]
+    older_than: Option<String>,
+}
+
+/// How many sagas a prune deleted.
+#[derive(Debug, Serialize, ToSchema)]
+struct Pruned {
+    /// Sagas deleted, with their logs.
+    pruned: usize,
+}
+
+/// Deletes finished sagas.
+///
+/// Deletes the sagas that ended `completed` or `compensated` longer ago than
+/// `olderThan`, with their logs, in batches; `failed` sagas are kept. The
+/// orchestrator also does this in the background after `SAGA_RETENTION`.
+#[utoipa::path(
+    post,
+    path = "/sagas/prune",
+    tag = "operator",
+    operation_id = "pruneSagas",
+    params(PruneQuery),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The finished sagas older than `olderThan` are deleted", body = Pruned),
+        (status = 400, description = "`olderThan` is missing or not a duration", body = ErrorBody),
+        (status = 401, description = "A valid operator token is required", body = ErrorBody),
+        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody)
+    )
+)]
+async fn prune(
+    State(state): State<Orchestrator>,
+    AppQuery(query): AppQuery<PruneQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Pruned>, ApiError> {
+    authorize(&state, &headers)?;
+    let older_than = query
+        .older_than
+        .ok_or_else(|| ApiError::bad_request("olderThan is required (e.g. 0s, 90m, 7d)"))?;
+    let age = crate::cli::parse_duration(&older_than).map_err(ApiError::bad_request)?;
+    let cutoff = saga_core::clock::sub(chrono::Utc::now(), age);
+    let pruned = state
+        .engine
+        .prune(cutoff)
+        .await
+        .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
+    tracing::info!(pruned, %older_than, %cutoff, "operator prune of finished sagas");
+    Ok(Json(Pruned { pruned }))
 }
 
 /// An operator action on a saga.

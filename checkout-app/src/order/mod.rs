@@ -45,7 +45,7 @@ use self::entity::{order_items, orders};
 use crate::error::Result;
 use crate::http::{ApiError, AppJson};
 use crate::messages::{CancelOrder, ConfirmOrder, CreateOrder, OrderCreated};
-use crate::service::{db_failure, inserted, money, parse_id};
+use crate::service::{Tombstones, db_failure, inserted, money, parse_id};
 
 /// The endpoint (queue) the order participant serves.
 pub const ENDPOINT: &str = "order";
@@ -95,9 +95,28 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 /// # Errors
 /// Never in practice: the three commands go to `order`.
 pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Result<Participant> {
-    let builder = crate::telemetry::traced_participant(Participant::builder());
-    Ok(builder
-        .state(db)
+    participant_with(db, config, None)
+}
+
+/// The order tombstones: `CANCELLED` rows without a buyer, written by a
+/// `cancel_order` that arrived before its `create_order`.
+pub(crate) const TOMBSTONES: Tombstones = Tombstones {
+    table: "orders",
+    marker: "status = 'CANCELLED' AND user_id = ''",
+};
+
+/// [`participant`] that deletes its tombstones once older than
+/// `inbox_retention` (`INBOX_RETENTION`; `None` keeps them).
+///
+/// # Errors
+/// As [`participant`].
+pub fn participant_with(
+    db: DatabaseConnection,
+    config: OrderConfig,
+    inbox_retention: Option<std::time::Duration>,
+) -> Result<Participant> {
+    let builder = crate::telemetry::traced_participant(Participant::builder())
+        .state(db.clone())
         .on(|cmd: CreateOrder, ctx, db: DatabaseConnection| async move {
             create_order(&db, &cmd, &ctx).await
         })
@@ -108,8 +127,8 @@ pub fn participant(db: DatabaseConnection, config: OrderConfig) -> Result<Partic
         )
         .on(|cmd: CancelOrder, ctx, db: DatabaseConnection| async move {
             cancel_order(&db, &cmd, &ctx).await
-        })
-        .build()?)
+        });
+    Ok(crate::service::retaining(builder, &db, TOMBSTONES, inbox_retention).build()?)
 }
 
 /// A business refusal for an amount a `decimal(12, 2)` column cannot hold exactly.

@@ -40,7 +40,7 @@ use self::entity::payments::{self, PaymentStatus};
 use crate::error::Result;
 use crate::http::{ApiError, AppJson};
 use crate::messages::{PaymentProcessed, ProcessPayment, RefundPayment};
-use crate::service::{db_failure, inserted, money};
+use crate::service::{Tombstones, db_failure, inserted, money};
 
 /// The endpoint (queue) the payment participant serves.
 pub const ENDPOINT: &str = "payment";
@@ -91,9 +91,28 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 /// # Errors
 /// Never in practice: both commands go to `payment`.
 pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Result<Participant> {
-    let builder = crate::telemetry::traced_participant(Participant::builder());
-    Ok(builder
-        .state(db)
+    participant_with(db, config, None)
+}
+
+/// The payment tombstones: `REFUNDED` rows without a buyer, written by a
+/// `refund_payment` that arrived before its `process_payment`.
+pub(crate) const TOMBSTONES: Tombstones = Tombstones {
+    table: "payments",
+    marker: "status = 'REFUNDED' AND user_id = ''",
+};
+
+/// [`participant`] that deletes its tombstones once older than
+/// `inbox_retention` (`INBOX_RETENTION`; `None` keeps them).
+///
+/// # Errors
+/// As [`participant`].
+pub fn participant_with(
+    db: DatabaseConnection,
+    config: PaymentConfig,
+    inbox_retention: Option<std::time::Duration>,
+) -> Result<Participant> {
+    let builder = crate::telemetry::traced_participant(Participant::builder())
+        .state(db.clone())
         .on(
             move |cmd: ProcessPayment, ctx, db: DatabaseConnection| async move {
                 process_payment(&db, config, &cmd, &ctx).await
@@ -103,8 +122,8 @@ pub fn participant(db: DatabaseConnection, config: PaymentConfig) -> Result<Part
             |cmd: RefundPayment, ctx, db: DatabaseConnection| async move {
                 refund_payment(&db, &cmd, &ctx).await
             },
-        )
-        .build()?)
+        );
+    Ok(crate::service::retaining(builder, &db, TOMBSTONES, inbox_retention).build()?)
 }
 
 /// The reply an existing payment gives to `process_payment`.

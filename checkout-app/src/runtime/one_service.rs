@@ -2,6 +2,7 @@
 //! by the seed guide's environment variables.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
@@ -62,6 +63,10 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     /// `DB_MAX_CONNECTIONS`: the size of this service's database pool.
     pub db_max_connections: u32,
+    /// `SAGA_RETENTION` (the orchestrator): how long finished sagas are kept.
+    pub saga_retention: Option<Duration>,
+    /// `INBOX_RETENTION` (the participants): how long tombstones are kept.
+    pub inbox_retention: Option<Duration>,
 }
 
 /// Runs one service until `shutdown`.
@@ -117,7 +122,8 @@ pub async fn run_service(
                 .to_owned();
             let store =
                 saga_store_with_pool(Some(&db_url), &database, config.db_max_connections).await?;
-            let engine = orchestrator_engine(store, transport, config.timing)?;
+            let engine =
+                orchestrator_engine(store, transport, config.timing, config.saga_retention)?;
             let orchestrator = Orchestrator::new(
                 engine.clone(),
                 crate::saga::definition(config.timing)?,
@@ -145,18 +151,25 @@ pub async fn run_service(
                 Service::Order => {
                     order::migrate(&db).await?;
                     (
-                        order::participant(db.clone(), config.order)?,
+                        order::participant_with(db.clone(), config.order, config.inbox_retention)?,
                         order::router(db),
                     )
                 }
                 Service::Inventory => {
                     inventory::migrate(&db).await?;
-                    (inventory::participant(db.clone())?, inventory::router(db))
+                    (
+                        inventory::participant_with(db.clone(), config.inbox_retention)?,
+                        inventory::router(db),
+                    )
                 }
                 _ => {
                     payment::migrate(&db).await?;
                     (
-                        payment::participant(db.clone(), config.payment)?,
+                        payment::participant_with(
+                            db.clone(),
+                            config.payment,
+                            config.inbox_retention,
+                        )?,
                         payment::router(db),
                     )
                 }

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use saga_core::Engine;
 use sea_orm::DatabaseConnection;
@@ -90,6 +91,12 @@ pub struct StackConfig {
     pub max_body_bytes: usize,
     /// Load the 10 catalogue products at start.
     pub seed: bool,
+    /// How long the orchestrator keeps completed and compensated sagas
+    /// (`SAGA_RETENTION`; `None`, the default here: forever).
+    pub saga_retention: Option<Duration>,
+    /// How long the participants keep their tombstones (`INBOX_RETENTION`;
+    /// `None`, the default here: forever).
+    pub inbox_retention: Option<Duration>,
 }
 
 impl Default for StackConfig {
@@ -107,6 +114,8 @@ impl Default for StackConfig {
             timing: Timing::default(),
             max_body_bytes: GatewayConfig::default().max_body_bytes,
             seed: true,
+            saga_retention: None,
+            inbox_retention: None,
         }
     }
 }
@@ -210,19 +219,19 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
     let mut tasks = JoinSet::new();
     participate(
         &mut tasks,
-        order::participant(order_db.clone(), config.order)?,
+        order::participant_with(order_db.clone(), config.order, config.inbox_retention)?,
         &transport,
         &shutdown,
     );
     participate(
         &mut tasks,
-        inventory::participant(inventory_db.clone())?,
+        inventory::participant_with(inventory_db.clone(), config.inbox_retention)?,
         &transport,
         &shutdown,
     );
     participate(
         &mut tasks,
-        payment::participant(payment_db.clone(), config.payment)?,
+        payment::participant_with(payment_db.clone(), config.payment, config.inbox_retention)?,
         &transport,
         &shutdown,
     );
@@ -248,7 +257,12 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
         &shutdown,
     );
 
-    let engine = orchestrator_engine(store, Arc::clone(&transport), config.timing)?;
+    let engine = orchestrator_engine(
+        store,
+        Arc::clone(&transport),
+        config.timing,
+        config.saga_retention,
+    )?;
     let orchestrator = Orchestrator::new(
         engine.clone(),
         crate::saga::definition(config.timing)?,

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use saga_core::{Engine, SagaStore, Transport};
 use tokio::net::TcpListener;
@@ -61,7 +62,9 @@ pub(super) fn participate(
     });
 }
 
-/// The orchestrator's engine with the checkout saga registered.
+/// The orchestrator's engine with the checkout saga registered; with a
+/// `retention`, it deletes completed and compensated sagas that old in the
+/// background (`SAGA_RETENTION`).
 ///
 /// # Errors
 /// Never in practice (the definition is valid).
@@ -69,14 +72,16 @@ pub fn orchestrator_engine(
     store: Arc<dyn SagaStore>,
     transport: Arc<dyn Transport>,
     timing: Timing,
+    retention: Option<Duration>,
 ) -> Result<Engine> {
     let saga = crate::saga::definition(timing)?;
-    Ok(
-        crate::telemetry::traced_engine(Engine::builder(store, transport))
-            .register(&saga)
-            .reply_queue("orchestrator_replies")
-            .build(),
-    )
+    let mut builder = crate::telemetry::traced_engine(Engine::builder(store, transport))
+        .register(&saga)
+        .reply_queue("orchestrator_replies");
+    if let Some(retention) = retention {
+        builder = builder.retention(retention);
+    }
+    Ok(builder.build())
 }
 
 pub(super) fn run_engine(tasks: &mut JoinSet<Result<()>>, engine: &Engine, shutdown: &Shutdown) {

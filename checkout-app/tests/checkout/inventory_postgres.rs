@@ -2,7 +2,9 @@
 //! 5-unit "Limited Stock Item" never oversell it (and those too late are
 //! refused for the shortage only), concurrent buyers and concurrent releases
 //! of a hot product with plenty of stock all succeed on their first handling,
-//! and concurrent duplicate deliveries take and give back stock once.
+//! and concurrent duplicate deliveries take and give back stock once. Also
+//! the participants' `INBOX_RETENTION`: their tombstones are pruned, their
+//! business rows stay (on PostgreSQL and SQLite).
 //!
 //! `SAGA_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! is an admin URL: each test creates `checkout_test_<uuid>` through it and
@@ -418,4 +420,245 @@ async fn concurrent_duplicate_deliveries_take_and_return_stock_once() {
         assert_eq!(product(&db, LIMITED).await.stock, 5);
     })
     .await;
+}
+
+/// Counts the rows of `sql` (a `SELECT count(*) AS n ...`).
+async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+    db.query_one_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .expect("row")
+    .try_get::<i64>("", "n")
+    .unwrap()
+}
+
+/// `INBOX_RETENTION` on the three participants: the tombstones a compensation
+/// left before its command (a cancelled order without a buyer, a refund of no
+/// payment, a release of no reservation) go once older than the cutoff; the
+/// business rows (a cancelled order, a refunded payment, a released
+/// reservation that held stock) stay.
+async fn tombstones_are_pruned_and_business_rows_stay(db: DatabaseConnection) {
+    use checkout_app::messages::{CancelOrder, CreateOrder, ProcessPayment, RefundPayment};
+    use checkout_app::{order, payment};
+    use std::time::Duration;
+    order::migrate(&db).await.unwrap();
+    payment::migrate(&db).await.unwrap();
+    let retention = Some(Duration::from_secs(3_600));
+    let inventory = inventory::participant_with(db.clone(), retention).unwrap();
+    let orders =
+        order::participant_with(db.clone(), order::OrderConfig::default(), retention).unwrap();
+    let payments = payment::participant_with(
+        db.clone(),
+        payment::PaymentConfig {
+            failure_rate: 0.0,
+            seed: 0,
+        },
+        retention,
+    )
+    .unwrap();
+    let send = |p: &Participant, m: CommandMessage| {
+        let p = p.clone();
+        async move {
+            let reply = p.handle(&m, 1).await.expect("handled");
+            assert!(
+                matches!(reply.outcome, ReplyOutcome::Success(_)),
+                "{:?}",
+                reply.outcome
+            );
+        }
+    };
+    let compensate = |c: &dyn Fn(SagaId) -> CommandMessage| c(SagaId::new());
+    // Compensations before their commands: one tombstone per service.
+    let early = Uuid::new_v4();
+    send(
+        &inventory,
+        compensate(&|s| {
+            message(
+                &ReleaseInventory { order_id: early },
+                s,
+                "reserve",
+                Direction::Compensate,
+            )
+        }),
+    )
+    .await;
+    send(
+        &orders,
+        compensate(&|s| {
+            message(
+                &CancelOrder {
+                    order_id: early,
+                    reason: "timeout".into(),
+                },
+                s,
+                "create",
+                Direction::Compensate,
+            )
+        }),
+    )
+    .await;
+    send(
+        &payments,
+        compensate(&|s| {
+            message(
+                &RefundPayment { order_id: early },
+                s,
+                "pay",
+                Direction::Compensate,
+            )
+        }),
+    )
+    .await;
+    // A saga that did everything and was compensated: business rows.
+    let done = Uuid::new_v4();
+    let line = LineItem {
+        product_id: STANDARD,
+        quantity: 1,
+        unit_price: Decimal::new(2999, 2),
+    };
+    send(
+        &orders,
+        message(
+            &CreateOrder {
+                order_id: done,
+                user_id: "user-1".into(),
+                items: vec![line.clone()],
+                total: Decimal::new(2999, 2),
+            },
+            SagaId::new(),
+            "create",
+            Direction::Invoke,
+        ),
+    )
+    .await;
+    send(
+        &inventory,
+        message(
+            &ReserveInventory {
+                order_id: done,
+                items: vec![line],
+            },
+            SagaId::new(),
+            "reserve",
+            Direction::Invoke,
+        ),
+    )
+    .await;
+    send(
+        &payments,
+        message(
+            &ProcessPayment {
+                order_id: done,
+                user_id: "user-1".into(),
+                amount: Decimal::new(2999, 2),
+            },
+            SagaId::new(),
+            "pay",
+            Direction::Invoke,
+        ),
+    )
+    .await;
+    send(
+        &payments,
+        message(
+            &RefundPayment { order_id: done },
+            SagaId::new(),
+            "pay",
+            Direction::Compensate,
+        ),
+    )
+    .await;
+    send(
+        &inventory,
+        message(
+            &ReleaseInventory { order_id: done },
+            SagaId::new(),
+            "reserve",
+            Direction::Compensate,
+        ),
+    )
+    .await;
+    send(
+        &orders,
+        message(
+            &CancelOrder {
+                order_id: done,
+                reason: "declined".into(),
+            },
+            SagaId::new(),
+            "create",
+            Direction::Compensate,
+        ),
+    )
+    .await;
+    let rows = |table: &'static str| {
+        let db = db.clone();
+        async move { count(&db, &format!("SELECT count(*) AS n FROM {table}")).await }
+    };
+    assert_eq!(
+        (
+            rows("orders").await,
+            rows("payments").await,
+            rows("reservations").await
+        ),
+        (2, 2, 2)
+    );
+
+    // Younger than the cutoff: nothing goes.
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    for p in [&inventory, &orders, &payments] {
+        assert_eq!(p.prune(past).await.expect("prune"), 0);
+    }
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    for p in [&inventory, &orders, &payments] {
+        assert_eq!(
+            p.prune(later).await.expect("prune"),
+            1,
+            "{p:?}: its tombstone"
+        );
+        assert_eq!(p.prune(later).await.expect("prune"), 0, "{p:?}: only that");
+    }
+    assert_eq!(
+        (
+            rows("orders").await,
+            rows("payments").await,
+            rows("reservations").await
+        ),
+        (1, 1, 1)
+    );
+    // What is left is the compensated saga's (UUIDs are blobs on SQLite: match by content).
+    for (sql, what) in [
+        (
+            "SELECT count(*) AS n FROM orders WHERE status = 'CANCELLED' AND user_id = 'user-1'",
+            "order",
+        ),
+        (
+            "SELECT count(*) AS n FROM payments WHERE status = 'REFUNDED' AND user_id = 'user-1'",
+            "payment",
+        ),
+        (
+            "SELECT count(*) AS n FROM reservations WHERE status = 'RELEASED' AND items <> '[]'",
+            "reservation",
+        ),
+    ] {
+        assert_eq!(count(&db, sql).await, 1, "the compensated {what} stays");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_older_than_the_inbox_retention_are_pruned_on_postgres() {
+    with_fresh_database(tombstones_are_pruned_and_business_rows_stay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_older_than_the_inbox_retention_are_pruned_on_sqlite() {
+    let db = checkout_app::db::connect(checkout_app::db::EMBEDDED, 1)
+        .await
+        .unwrap();
+    inventory::migrate(&db).await.unwrap();
+    assert_eq!(inventory::seed(&db).await.expect("seed"), 10);
+    tombstones_are_pruned_and_business_rows_stay(db).await;
 }

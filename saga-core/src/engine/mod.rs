@@ -78,6 +78,24 @@ pub struct EngineConfig {
     /// gauges, and logs a warning for each newly stuck saga (default 15 s;
     /// zero disables).
     pub census_interval: Duration,
+    /// How long finished sagas are kept (default `None`: forever). With a
+    /// retention, [`Engine::run`] deletes every saga that ended `Completed`
+    /// or `Compensated` longer than this ago, with its log, in the
+    /// background (see [`Engine::prune`]); a `Failed` saga is kept until an
+    /// operator deals with it. Once a saga is deleted, its idempotency key
+    /// starts a new saga, and [`Engine::get`] no longer finds it: keep sagas
+    /// longer than a client may repeat a start, and than anyone needs their
+    /// history. Participants keep their inbox records at least as long
+    /// (see [`Inbox`](crate::Inbox#retention)).
+    pub retention: Option<Duration>,
+    /// How often the background pruning runs when a
+    /// [`retention`](Self::retention) is set (default 1 min).
+    pub prune_interval: Duration,
+    /// Most sagas deleted by one store call (one transaction) (default 500).
+    pub prune_batch: usize,
+    /// Pause between two batches of the background pruning, so it never
+    /// holds the store for long (default 50 ms).
+    pub prune_pause: Duration,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +114,10 @@ impl Default for EngineConfig {
             hand_back_delay: Duration::from_secs(1),
             stuck: StuckRule::default(),
             census_interval: Duration::from_secs(15),
+            retention: None,
+            prune_interval: Duration::from_secs(60),
+            prune_batch: 500,
+            prune_pause: Duration::from_millis(50),
         }
     }
 }
@@ -269,6 +291,32 @@ impl EngineBuilder {
     /// from the replies received (see [`propagation`](crate::propagation)).
     pub fn propagator(mut self, propagator: impl Propagator) -> Self {
         self.propagator = Some(Arc::new(propagator));
+        self
+    }
+
+    /// Keeps finished sagas for `retention`, then deletes them in the
+    /// background; see [`EngineConfig::retention`] (the default keeps them
+    /// forever).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.config.retention = Some(retention);
+        self
+    }
+
+    /// See [`EngineConfig::prune_interval`].
+    pub fn prune_interval(mut self, interval: Duration) -> Self {
+        self.config.prune_interval = interval;
+        self
+    }
+
+    /// See [`EngineConfig::prune_batch`].
+    pub fn prune_batch(mut self, batch: usize) -> Self {
+        self.config.prune_batch = batch;
+        self
+    }
+
+    /// See [`EngineConfig::prune_pause`].
+    pub fn prune_pause(mut self, pause: Duration) -> Self {
+        self.config.prune_pause = pause;
         self
     }
 
@@ -653,6 +701,55 @@ impl Engine {
 
     /// How many unfinished sagas [`stuck`](Self::stuck) examines at most.
     pub const STUCK_SCAN: usize = 10_000;
+
+    /// Deletes every saga that ended `Completed` or `Compensated` before
+    /// `finished_before` (by its last update), with its log, one batch of
+    /// [`EngineConfig::prune_batch`] sagas (one transaction) after another
+    /// until none is left, and returns how many it deleted. `Failed`,
+    /// running and compensating sagas stay. For manual runs; with
+    /// [`EngineBuilder::retention`], [`run`](Self::run) does it in the
+    /// background. Safe while engines run on the same store, and while other
+    /// processes prune it too (see [`SagaStore::prune`]).
+    ///
+    /// # Errors
+    /// Store errors (the batches deleted before stay deleted).
+    pub async fn prune(&self, finished_before: DateTime<Utc>) -> Result<usize> {
+        self.prune_until(finished_before, None).await
+    }
+
+    /// [`prune`](Self::prune), with `pause` between batches; stops early
+    /// (between batches) once `stop` says so.
+    async fn prune_until(
+        &self,
+        finished_before: DateTime<Utc>,
+        mut pause: Option<(Duration, &mut tokio::sync::watch::Receiver<bool>)>,
+    ) -> Result<usize> {
+        let batch = self.inner.config.prune_batch.max(1);
+        let mut total = 0;
+        loop {
+            let pruned = self.inner.store.prune(finished_before, batch).await?;
+            total += pruned;
+            tracing::debug!(
+                pruned,
+                total,
+                %finished_before,
+                "retention: batch of finished sagas deleted"
+            );
+            if pruned < batch {
+                return Ok(total);
+            }
+            match &mut pause {
+                None => tokio::task::yield_now().await,
+                Some((pause, stop)) => {
+                    tokio::select! {
+                        biased;
+                        () = run::stopped(stop) => return Ok(total),
+                        () = tokio::time::sleep(*pause) => {}
+                    }
+                }
+            }
+        }
+    }
 
     /// A Mermaid diagram of the instance's progress, if its definition is registered.
     #[must_use]

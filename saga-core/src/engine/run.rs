@@ -28,6 +28,9 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(poll(engine.clone(), stop_rx.clone()));
     let census = tokio::spawn(super::census::run(engine.clone(), stop_rx.clone()));
+    let retention = config
+        .retention
+        .map(|retention| tokio::spawn(retain(engine.clone(), retention, stop_rx.clone())));
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     tracing::info!(instance = %config.instance_name, queue = %config.reply_queue, "engine running");
@@ -61,13 +64,16 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     while tasks.join_next().await.is_some() {}
     let _ = poller.await;
     let _ = census.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     engine.drain_local().await;
     tracing::info!(instance = %config.instance_name, "engine stopped");
     Ok(())
 }
 
 /// Resolves once the engine is told to stop.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
@@ -178,6 +184,34 @@ async fn poll(engine: Engine, mut stop: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// The background pruning of [`EngineConfig::retention`](super::EngineConfig::retention):
+/// every `prune_interval`, deletes the sagas that finished more than
+/// `retention` ago, in batches with a pause between them, until the engine stops.
+async fn retain(engine: Engine, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let config = engine.config().clone();
+    tracing::info!(?retention, interval = ?config.prune_interval, "retention: finished sagas are pruned in the background");
+    let mut interval = tokio::time::interval(config.prune_interval.max(Duration::from_millis(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return,
+            _ = interval.tick() => {}
+        }
+        let cutoff = crate::clock::sub(engine.inner.clock.now(), retention);
+        match engine
+            .prune_until(cutoff, Some((config.prune_pause, &mut stop)))
+            .await
+        {
+            Ok(0) => tracing::debug!(%cutoff, "retention: no finished saga to delete"),
+            Ok(pruned) => {
+                tracing::info!(pruned, %cutoff, "retention: finished sagas deleted");
+            }
+            Err(e) => tracing::warn!(error = %e, "retention: pruning finished sagas failed"),
         }
     }
 }

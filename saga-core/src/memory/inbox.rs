@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use super::lock;
@@ -14,8 +15,8 @@ use crate::message::ReplyOutcome;
 enum Entry {
     /// A command with this key is being handled; the notify fires when it settles.
     Claimed(Arc<Notify>),
-    /// Processed, with this outcome.
-    Done(ReplyOutcome),
+    /// Processed, with this outcome, recorded at this time.
+    Done(ReplyOutcome, DateTime<Utc>),
 }
 
 type Records = Arc<Mutex<HashMap<IdempotencyKey, Entry>>>;
@@ -24,6 +25,8 @@ type Records = Arc<Mutex<HashMap<IdempotencyKey, Entry>>>;
 ///
 /// It lives and dies with the process: after a restart it remembers nothing,
 /// so it suits tests, examples and participants whose effects are in memory too.
+/// Records are stamped with the system clock when written, for
+/// [`Inbox::prune`].
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryInbox {
     records: Records,
@@ -52,7 +55,7 @@ impl InMemoryInbox {
     #[must_use]
     pub fn recorded(&self, key: &IdempotencyKey) -> Option<ReplyOutcome> {
         match lock(&self.records).get(key) {
-            Some(Entry::Done(outcome)) => Some(outcome.clone()),
+            Some(Entry::Done(outcome, _)) => Some(outcome.clone()),
             _ => None,
         }
     }
@@ -83,13 +86,13 @@ impl Inbox for InMemoryInbox {
                         wait
                     }
                     None => {
-                        if let Some(Entry::Done(outcome)) = records.get(key) {
+                        if let Some(Entry::Done(outcome, _)) = records.get(key) {
                             return Ok(Claim::Recorded(outcome.clone()));
                         }
                         if let Some(tombstone) = tombstone {
                             records
                                 .entry(tombstone.clone())
-                                .or_insert_with(|| Entry::Done(compensated_refusal()));
+                                .or_insert_with(|| Entry::Done(compensated_refusal(), Utc::now()));
                         }
                         let notify = Arc::new(Notify::new());
                         records.insert(key.clone(), Entry::Claimed(Arc::clone(&notify)));
@@ -104,6 +107,20 @@ impl Inbox for InMemoryInbox {
             };
             wait.await;
         }
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        let mut records = lock(&self.records);
+        let old: Vec<IdempotencyKey> = records
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Done(_, at) if *at < before))
+            .map(|(key, _)| key.clone())
+            .take(batch)
+            .collect();
+        for key in &old {
+            records.remove(key);
+        }
+        Ok(old.len())
     }
 }
 
@@ -124,7 +141,7 @@ impl MemoryClaim {
         let mut records = lock(&self.records);
         match outcome {
             Some(outcome) => {
-                records.insert(self.key.clone(), Entry::Done(outcome.clone()));
+                records.insert(self.key.clone(), Entry::Done(outcome.clone(), Utc::now()));
             }
             None => {
                 records.remove(&self.key);

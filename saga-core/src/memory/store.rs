@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use super::lock;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::id::SagaId;
-use crate::state::{LogEntry, SagaInstance};
+use crate::state::{LogEntry, SagaInstance, SagaStatus};
 use crate::store::{Created, DefinitionKey, SagaQuery, SagaStore};
 
 struct Row {
@@ -23,6 +23,17 @@ struct State {
     sagas: HashMap<SagaId, Row>,
     logs: HashMap<SagaId, Vec<LogEntry>>,
     keys: HashMap<String, SagaId>,
+    /// Completed and compensated sagas by `updated_at`: what `prune` may take.
+    finished: BTreeSet<(DateTime<Utc>, SagaId)>,
+}
+
+/// Whether [`SagaStore::prune`] may delete a saga in this state (once old enough).
+fn prunable(instance: &SagaInstance) -> Option<(DateTime<Utc>, SagaId)> {
+    matches!(
+        instance.status,
+        SagaStatus::Completed | SagaStatus::Compensated
+    )
+    .then_some((instance.updated_at, instance.id))
 }
 
 /// A [`SagaStore`] in process memory. Clones share the same data.
@@ -98,6 +109,9 @@ impl SagaStore for InMemoryStore {
             },
         );
         state.logs.insert(instance.id, logs.to_vec());
+        if let Some(entry) = prunable(instance) {
+            state.finished.insert(entry);
+        }
         if instance.is_terminal() {
             let _ = self.finished.send(instance.id);
         }
@@ -114,7 +128,8 @@ impl SagaStore for InMemoryStore {
         expected_version: u64,
         logs: &[LogEntry],
     ) -> Result<()> {
-        let mut state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         let row = state
             .sagas
             .get_mut(&instance.id)
@@ -125,8 +140,15 @@ impl SagaStore for InMemoryStore {
                 expected: expected_version,
             });
         }
+        let before = prunable(&row.instance);
         row.instance = instance.clone();
         row.lease_until = None;
+        if let Some(entry) = before {
+            state.finished.remove(&entry);
+        }
+        if let Some(entry) = prunable(instance) {
+            state.finished.insert(entry);
+        }
         state
             .logs
             .entry(instance.id)
@@ -183,6 +205,36 @@ impl SagaStore for InMemoryStore {
         found.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
         found.truncate(query.limit);
         Ok(found)
+    }
+
+    async fn prune(&self, finished_before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        let mut state = lock(&self.state);
+        let old: Vec<(DateTime<Utc>, SagaId)> = state
+            .finished
+            .iter()
+            .take_while(|(updated_at, _)| *updated_at < finished_before)
+            .take(batch)
+            .copied()
+            .collect();
+        // Dropped after the lock is released: freeing them is the slow part.
+        let mut removed = Vec::with_capacity(old.len());
+        for entry in &old {
+            let id = entry.1;
+            state.finished.remove(entry);
+            let logs = state.logs.remove(&id);
+            let row = state.sagas.remove(&id);
+            if let Some(key) = row
+                .as_ref()
+                .and_then(|r| r.instance.idempotency_key.as_ref())
+                && state.keys.get(key) == Some(&id)
+            {
+                state.keys.remove(key);
+            }
+            removed.push((row, logs));
+        }
+        drop(state);
+        drop(removed);
+        Ok(old.len())
     }
 
     fn finished_events(&self) -> Option<broadcast::Receiver<SagaId>> {

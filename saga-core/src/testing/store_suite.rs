@@ -88,6 +88,180 @@ pub async fn store_conformance<S: SagaStore + ?Sized>(store: &S) {
     list_filters_and_orders(store).await;
     unfinished_sagas_are_listed_and_counted(store).await;
     finished_sagas_are_announced(store).await;
+    prune_deletes_old_completed_and_compensated_sagas_with_their_logs(store).await;
+    concurrent_prunes_delete_each_saga_once(store).await;
+}
+
+/// A saga created at `at` with one log entry, then saved in `status` at
+/// `at` with a second entry: the shape of a saga that ended long ago.
+async fn ended<S: SagaStore + ?Sized>(
+    store: &S,
+    saga_type: &str,
+    key: Option<&str>,
+    status: SagaStatus,
+    at: DateTime<Utc>,
+) -> SagaInstance {
+    let mut saga = instance(saga_type, key, None);
+    saga.created_at = at;
+    saga.updated_at = at;
+    store
+        .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+        .await
+        .expect("create");
+    let mut done = next(&saga);
+    done.status = status;
+    done.updated_at = at;
+    if status.is_terminal() {
+        done.cursor = None;
+    }
+    store
+        .save(
+            &done,
+            saga.version,
+            &[log(&done, 1, LogEvent::StepSucceeded)],
+        )
+        .await
+        .expect("save");
+    done
+}
+
+async fn prune_deletes_old_completed_and_compensated_sagas_with_their_logs<
+    S: SagaStore + ?Sized,
+>(
+    store: &S,
+) {
+    let cutoff = time(1_000_000);
+    let key = format!("pruned-{}", SagaId::new());
+    // Oldest first: the order in which batches take them.
+    let old = [
+        ended(
+            store,
+            "pruned",
+            Some(&key),
+            SagaStatus::Completed,
+            time(1_000),
+        )
+        .await,
+        ended(store, "pruned", None, SagaStatus::Compensated, time(2_000)).await,
+        ended(store, "pruned", None, SagaStatus::Completed, time(3_000)).await,
+        ended(store, "pruned", None, SagaStatus::Compensated, time(4_000)).await,
+        ended(store, "pruned", None, SagaStatus::Completed, time(5_000)).await,
+    ];
+    let kept = [
+        ended(store, "kept", None, SagaStatus::Failed, time(500)).await,
+        ended(store, "kept", None, SagaStatus::Running, time(600)).await,
+        ended(store, "kept", None, SagaStatus::Compensating, time(700)).await,
+        // Ended after the cutoff.
+        ended(store, "kept", None, SagaStatus::Completed, time(1_000_001)).await,
+        ended(
+            store,
+            "kept",
+            None,
+            SagaStatus::Compensated,
+            time(2_000_000),
+        )
+        .await,
+    ];
+    assert_eq!(
+        store.prune(cutoff, 0).await.expect("prune"),
+        0,
+        "a batch of 0 deletes nothing"
+    );
+    assert_eq!(
+        store.prune(cutoff, 2).await.expect("prune"),
+        2,
+        "the batch size is respected"
+    );
+    for saga in &old[..2] {
+        assert!(
+            store.load(saga.id).await.expect("load").is_none(),
+            "the oldest go first"
+        );
+    }
+    for saga in &old[2..] {
+        assert!(
+            store.load(saga.id).await.expect("load").is_some(),
+            "a batch takes no more than its size"
+        );
+    }
+    assert_eq!(store.prune(cutoff, 2).await.expect("prune"), 2);
+    assert_eq!(
+        store.prune(cutoff, 2).await.expect("prune"),
+        1,
+        "the last one"
+    );
+    assert_eq!(
+        store.prune(cutoff, 100).await.expect("prune"),
+        0,
+        "nothing left to prune"
+    );
+    for saga in &old {
+        assert!(
+            store.load(saga.id).await.expect("load").is_none(),
+            "a {:?} saga older than the cutoff is deleted",
+            saga.status
+        );
+        assert!(
+            store.logs(saga.id).await.expect("logs").is_empty(),
+            "its log goes with it"
+        );
+    }
+    for saga in &kept {
+        let stored = store.load(saga.id).await.expect("load");
+        assert_eq!(
+            stored.as_ref().map(|s| s.status),
+            Some(saga.status),
+            "a {:?} saga last updated at {} stays",
+            saga.status,
+            saga.updated_at
+        );
+        assert_eq!(
+            store.logs(saga.id).await.expect("logs").len(),
+            2,
+            "with its log"
+        );
+    }
+    // The deleted saga's idempotency key starts a new saga.
+    let again = instance("pruned", Some(&key), None);
+    assert_eq!(
+        store.create(&again, &[]).await.expect("create"),
+        Created::New,
+        "a pruned saga's idempotency key is free again"
+    );
+    terminate(store, &again).await;
+    let stuck: Vec<&SagaInstance> = kept.iter().filter(|s| !s.is_terminal()).collect();
+    for saga in stuck {
+        terminate(store, saga).await;
+    }
+}
+
+async fn concurrent_prunes_delete_each_saga_once<S: SagaStore + ?Sized>(store: &S) {
+    let cutoff = time(1_000_000);
+    let mut old = Vec::new();
+    for i in 0..7 {
+        old.push(
+            ended(
+                store,
+                "pruned_concurrently",
+                None,
+                SagaStatus::Completed,
+                time(10_000 + i),
+            )
+            .await,
+        );
+    }
+    let (a, b) = tokio::join!(store.prune(cutoff, 4), store.prune(cutoff, 4));
+    let (a, b) = (a.expect("prune a"), b.expect("prune b"));
+    assert!(a <= 4 && b <= 4, "each respects its batch: {a} and {b}");
+    let rest = store.prune(cutoff, 100).await.expect("prune");
+    assert_eq!(
+        a + b + rest,
+        old.len(),
+        "concurrent pruners delete every saga exactly once ({a} + {b} + {rest})"
+    );
+    for saga in &old {
+        assert!(store.load(saga.id).await.expect("load").is_none());
+    }
 }
 
 async fn create_then_load_round_trips<S: SagaStore + ?Sized>(store: &S) {

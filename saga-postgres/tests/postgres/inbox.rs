@@ -495,3 +495,89 @@ async fn pg_inbox_makes_a_compensation_wait_for_its_invoke_and_undo_it() {
         "the charge that ran is refunded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_old_outcomes_and_tombstones_in_batches_and_nothing_else() {
+    use saga_core::Inbox;
+    let test = with_business_table().await;
+    let pg = PgInbox::new(test.db.clone());
+    // Three sagas handled: an invoke each, and one compensation (with its tombstone).
+    let sagas: Vec<SagaId> = (0..3).map(|_| SagaId::new()).collect();
+    for saga in &sagas {
+        reserve(&test.db, &context(*saga, Direction::Invoke), true)
+            .await
+            .expect("handled");
+    }
+    let compensated = SagaId::new();
+    let txn = test.db.begin().await.expect("begin");
+    let compensation = context(compensated, Direction::Compensate);
+    assert_eq!(
+        inbox::check_in(&txn, &compensation).await.expect("check"),
+        None
+    );
+    inbox::record_in(
+        &txn,
+        &compensation.idempotency_key,
+        &ReplyOutcome::Success(json!(null)),
+    )
+    .await
+    .expect("record");
+    txn.commit().await.expect("commit");
+    // A committed claim without an outcome, and a recent record.
+    let bare = context(SagaId::new(), Direction::Invoke);
+    let txn = test.db.begin().await.expect("begin");
+    assert_eq!(inbox::check_in(&txn, &bare).await.expect("check"), None);
+    txn.commit().await.expect("commit");
+    test.db
+        .execute_unprepared("UPDATE saga_inbox SET created_at = now() - interval '30 days'")
+        .await
+        .expect("age every record");
+    let recent = context(SagaId::new(), Direction::Invoke);
+    reserve(&test.db, &recent, true).await.expect("handled");
+    assert_eq!(
+        saga_inbox::Entity::find()
+            .count(&test.db)
+            .await
+            .expect("count"),
+        7
+    );
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+    assert_eq!(
+        pg.prune(cutoff, 2).await.expect("prune"),
+        2,
+        "the batch is respected"
+    );
+    assert_eq!(pg.prune(cutoff, 2).await.expect("prune"), 2);
+    assert_eq!(
+        pg.prune(cutoff, 2).await.expect("prune"),
+        1,
+        "3 invokes, a compensation, its tombstone"
+    );
+    assert_eq!(pg.prune(cutoff, 2).await.expect("prune"), 0);
+    let left: Vec<String> = saga_inbox::Entity::find()
+        .all(&test.db)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|row| row.idempotency_key)
+        .collect();
+    let mut expected = vec![
+        bare.idempotency_key.as_str().to_owned(),
+        recent.idempotency_key.as_str().to_owned(),
+    ];
+    expected.sort();
+    let mut left = left;
+    left.sort();
+    assert_eq!(
+        left, expected,
+        "a claim without an outcome and a recent record stay"
+    );
+    // The pruned invoke's key is unknown again: a duplicate this late would run.
+    assert_eq!(
+        inbox::check_in(&test.db, &context(sagas[0], Direction::Invoke))
+            .await
+            .expect("check"),
+        None
+    );
+}

@@ -722,3 +722,73 @@ async fn concurrent_creates_amid_grouped_saves_are_each_checked_on_their_own() {
     );
     assert_eq!(store.logs(existing[0].id).await.expect("logs").len(), 2);
 }
+
+/// Two pruning engines and an engine's own writes never wait for each other:
+/// a row another transaction holds is skipped, and taken by the next prune.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_skips_a_saga_another_transaction_holds_instead_of_waiting() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let test = TestDb::new().await;
+    let store = test.store().await;
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let mut saga = instance("pruned", None, None);
+        saga.created_at = at(100);
+        saga.updated_at = at(100);
+        store
+            .create(&saga, &[log(&saga, 0, LogEvent::SagaStarted)])
+            .await
+            .expect("create");
+        let mut done = next(&saga, 1);
+        done.status = SagaStatus::Completed;
+        done.cursor = None;
+        done.updated_at = at(100);
+        store
+            .save(
+                &done,
+                saga.version,
+                &[log(&done, 1, LogEvent::SagaCompleted)],
+            )
+            .await
+            .expect("save");
+        ended.push(done);
+    }
+    // Another process holds the first saga's row (an engine saving it).
+    let other = TestDb::pool(&test.url).await;
+    let txn = other.begin().await.expect("begin");
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT id FROM saga_state WHERE id = $1 FOR UPDATE",
+        [(*ended[0].id.as_uuid()).into()],
+    ))
+    .await
+    .expect("lock the row");
+    let pruned = tokio::time::timeout(Duration::from_secs(5), store.prune(at(1_000), 10))
+        .await
+        .expect("the prune does not wait for the held row")
+        .expect("prune");
+    assert_eq!(pruned, 1, "the free saga goes, the held one is skipped");
+    assert!(store.load(ended[0].id).await.expect("load").is_some());
+    assert!(store.load(ended[1].id).await.expect("load").is_none());
+    txn.rollback().await.expect("rollback");
+    assert_eq!(
+        store.prune(at(1_000), 10).await.expect("prune"),
+        1,
+        "taken next time"
+    );
+    let logs = test
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) AS n FROM saga_logs",
+        ))
+        .await
+        .expect("count")
+        .expect("row")
+        .try_get::<i64>("", "n")
+        .expect("n");
+    assert_eq!(
+        logs, 0,
+        "the logs went with their sagas (ON DELETE CASCADE)"
+    );
+}

@@ -128,6 +128,11 @@ impl SagaStore for SimStore {
         self.inner.logs(id).await
     }
 
+    async fn prune(&self, finished_before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        enter(&self.shared, &self.alive).await;
+        self.inner.prune(finished_before, batch).await
+    }
+
     async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>> {
         enter(&self.shared, &self.alive).await;
         self.inner.list(query).await
@@ -219,6 +224,11 @@ impl Inbox for SimInbox {
             recorded => recorded,
         })
     }
+
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        await_point(&self.shared).await;
+        self.inner.prune(before, batch).await
+    }
 }
 
 struct SimClaim {
@@ -272,6 +282,10 @@ impl Inbox for CheckThenActInbox {
             key: key.clone(),
         })))
     }
+
+    async fn prune(&self, _before: DateTime<Utc>, _batch: usize) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 struct UnheldClaim {
@@ -306,5 +320,9 @@ impl Inbox for NoTombstoneInbox {
         _tombstone: Option<&IdempotencyKey>,
     ) -> Result<Claim> {
         self.0.claim(key, None).await
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, batch: usize) -> Result<usize> {
+        self.0.prune(before, batch).await
     }
 }
