@@ -354,12 +354,20 @@ impl Shared {
             }
             _ => {}
         }
-        if self.operator_token.as_deref().is_some_and(|t| t.len() < 16) {
+        if self.operator_token().is_some_and(|t| t.len() < 16) {
             return Err(Error::Config(
                 "OPERATOR_TOKEN must be at least 16 characters".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The operator token; an empty `OPERATOR_TOKEN` (as `docker compose`
+    /// passes `${OPERATOR_TOKEN:-}`) counts as unset.
+    fn operator_token(&self) -> Option<&str> {
+        self.operator_token
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
     }
 
     fn timing(&self) -> Timing {
@@ -375,7 +383,7 @@ impl Shared {
     fn orchestrator(&self) -> OrchestratorConfig {
         OrchestratorConfig {
             wait: Duration::from_millis(self.checkout_wait_ms),
-            operator_token: self.operator_token.clone(),
+            operator_token: self.operator_token().map(str::to_owned),
             limits: Limits {
                 max_items: self.max_items,
                 max_quantity: self.max_quantity,
@@ -627,6 +635,19 @@ mod tests {
             Some(Command::All(all)) => all.shared,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_empty_operator_token_disables_operator_actions_instead_of_failing() {
+        let empty = shared(&["--operator-token", ""]);
+        assert!(empty.validate().is_ok());
+        assert_eq!(empty.orchestrator().operator_token, None);
+        assert!(shared(&["--operator-token", "short"]).validate().is_err());
+        let set = shared(&["--operator-token", "0123456789abcdef"]);
+        assert_eq!(
+            set.orchestrator().operator_token.as_deref(),
+            Some("0123456789abcdef")
+        );
     }
 
     #[test]
