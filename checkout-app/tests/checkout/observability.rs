@@ -229,6 +229,47 @@ async fn every_service_exports_metrics_that_match_the_checkouts_run() {
         .await
         .expect("json");
     assert_eq!(stuck, json!({ "sagas": [] }));
+
+    // The API description lists the checkout.
+    let document: Value = http
+        .get(format!("{gateway}/api/docs/openapi.json"))
+        .send()
+        .await
+        .expect("the gateway's OpenAPI document")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        document["paths"]["/api/checkout"]["post"].is_object(),
+        "{document}"
+    );
+
+    // An operator prunes every finished saga with the CLI.
+    let orchestrator_url = cluster.url(Node::new(Role::Orchestrator));
+    let output = tokio::process::Command::new(binary().exe())
+        .args(["saga", "prune", "--older-than", "0s"])
+        .args([
+            "--orchestrator-url",
+            &orchestrator_url,
+            "--token",
+            OPERATOR_TOKEN,
+        ])
+        .output()
+        .await
+        .expect("checkout-app saga prune");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let pruned: Value = serde_json::from_str(&stdout).expect("JSON answer");
+    assert_eq!(pruned, json!({ "pruned": 6 }));
+    let left: Value = http
+        .get(format!("{orchestrator_url}/sagas"))
+        .send()
+        .await
+        .expect("saga list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(left, json!({ "sagas": [] }));
     cluster.shutdown().await;
 }
 
