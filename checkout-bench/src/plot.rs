@@ -247,6 +247,8 @@ mod tests {
             mean_ms: p50,
             per_second: Vec::new(),
             rss: Vec::new(),
+            cpu: Vec::new(),
+            cpu_ms_per_checkout: None,
             loadavg: String::new(),
         };
         let svg = svg(&[level(1, 100.0, 4.0), level(8, 400.0, 12.0)]);

@@ -9,7 +9,7 @@ use serde::Serialize;
 use checkout_app::error::Result;
 use test_kit::invariants::Invariants;
 use test_kit::load::LevelResult;
-pub use test_kit::procfs::ProcessRss;
+pub use test_kit::procfs::{ComponentCpu, ProcessRss};
 use test_kit::procfs::{first_line, loadavg};
 
 use super::BenchArgs;
@@ -145,6 +145,11 @@ pub struct LevelReport {
     pub per_second: Vec<u64>,
     /// Highest RSS of each sampled process during the window.
     pub rss: Vec<ProcessRss>,
+    /// CPU time per component (each service, `postgres`, `rabbitmq`) during the window.
+    pub cpu: Vec<ComponentCpu>,
+    /// All of `cpu` divided by the completed checkouts, milliseconds
+    /// (`None` when nothing completed or no process was measured).
+    pub cpu_ms_per_checkout: Option<f64>,
     /// `/proc/loadavg` at the end of the level.
     pub loadavg: String,
 }
@@ -177,6 +182,8 @@ impl LevelReport {
             mean_ms: if empty { 0.0 } else { h.mean() / 1000.0 },
             per_second: level.timeline,
             rss: level.rss,
+            cpu_ms_per_checkout: per_checkout(&level.cpu, completed),
+            cpu: level.cpu,
             loadavg: level.loadavg,
         }
     }
@@ -277,6 +284,9 @@ impl Report {
         if !errors.is_empty() {
             let _ = writeln!(md, "\nErrors: {}.", errors.join("; "));
         }
+        if self.levels.iter().any(|l| l.cpu_ms_per_checkout.is_some()) {
+            self.cpu_table(&mut md);
+        }
         if self.levels.iter().any(|l| !l.rss.is_empty()) {
             md.push_str(
                 "\nMax RSS (MiB) per process while each level was measured:\n\n| process | pid |",
@@ -363,5 +373,65 @@ impl Report {
             out.join("report.md").display(),
             out.join("latency.svg").display()
         );
+    }
+}
+
+/// Milliseconds of CPU per completed checkout.
+fn per_checkout(cpu: &[ComponentCpu], completed: u64) -> Option<f64> {
+    let total: f64 = cpu.iter().map(|c| c.cpu_ms).sum();
+    #[allow(clippy::cast_precision_loss)]
+    (completed > 0 && total > 0.0).then(|| total / completed as f64)
+}
+
+impl Report {
+    /// CPU per checkout by component, one column per level.
+    fn cpu_table(&self, md: &mut String) {
+        use std::fmt::Write as _;
+        md.push_str(
+            "\nCPU per checkout (ms: user + system time of each component over the \
+             measured window ÷ completed checkouts; the load generator apart):\n\n| component |",
+        );
+        for l in &self.levels {
+            let _ = write!(md, " c={} |", l.concurrency);
+        }
+        md.push_str("\n|---|");
+        for _ in &self.levels {
+            md.push_str("---:|");
+        }
+        md.push('\n');
+        let names: Vec<String> = self
+            .levels
+            .iter()
+            .flat_map(|l| l.cpu.iter().map(|c| c.name.clone()))
+            .fold(Vec::new(), |mut acc, n| {
+                if !acc.contains(&n) {
+                    acc.push(n);
+                }
+                acc
+            });
+        for name in names {
+            let _ = write!(md, "| {name} |");
+            for l in &self.levels {
+                let completed = l.succeeded + l.compensated;
+                match l.cpu.iter().find(|c| c.name == name) {
+                    #[allow(clippy::cast_precision_loss)]
+                    Some(c) if completed > 0 => {
+                        let _ = write!(md, " {:.2} |", c.cpu_ms / completed as f64);
+                    }
+                    _ => md.push_str(" – |"),
+                }
+            }
+            md.push('\n');
+        }
+        md.push_str("| **all** |");
+        for l in &self.levels {
+            match l.cpu_ms_per_checkout {
+                Some(ms) => {
+                    let _ = write!(md, " **{ms:.2}** |");
+                }
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
     }
 }

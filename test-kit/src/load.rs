@@ -28,7 +28,7 @@ use checkout_app::messages::LineItem;
 use checkout_app::saga::CheckoutData;
 
 use crate::Rng;
-use crate::procfs::{ProcessRss, RssSampler, loadavg};
+use crate::procfs::{ComponentCpu, CpuMeter, ProcessRss, RssSampler, loadavg};
 
 /// The seed catalogue's "Limited Stock Item" (5 units): [`load`] asks for
 /// it in about one checkout line in ten, so that some checkouts run out of
@@ -231,7 +231,7 @@ pub struct LevelConfig {
     pub seed: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
-    /// Processes whose RSS is sampled.
+    /// The service processes whose RSS is sampled and whose CPU time is counted.
     pub pids: Vec<u32>,
 }
 
@@ -255,6 +255,8 @@ pub struct LevelResult {
     pub timeline: Vec<u64>,
     /// Highest RSS per sampled process during the measured window.
     pub rss: Vec<ProcessRss>,
+    /// CPU time of the services, PostgreSQL and RabbitMQ during the measured window.
+    pub cpu: Vec<ComponentCpu>,
     /// `/proc/loadavg` when the level ended.
     pub loadavg: String,
 }
@@ -289,6 +291,7 @@ pub async fn run_level(
 
     let bar = progress_bar(&config);
     let sampler = RssSampler::start(config.pids.clone(), measure_from, end);
+    let cpu_meter = CpuMeter::start(config.pids.clone(), measure_from, end);
     let ticker = {
         let bar = bar.clone();
         let done = Arc::clone(&done);
@@ -388,6 +391,7 @@ pub async fn run_level(
     let _ = ticker.await;
     bar.finish_and_clear();
     let rss = sampler.finish().await;
+    let cpu = cpu_meter.finish().await;
     let timeline = per_second
         .iter()
         .take(config.duration.as_secs().max(1) as usize)
@@ -402,6 +406,7 @@ pub async fn run_level(
         error_kinds: errors.into_iter().collect(),
         timeline,
         rss,
+        cpu,
         loadavg: loadavg(),
     }
 }
