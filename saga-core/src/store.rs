@@ -72,7 +72,9 @@ pub struct SagaQuery {
     pub updated_before: Option<DateTime<Utc>>,
     /// Only unfinished sagas (`running` or `compensating`).
     pub unfinished: bool,
-    /// At most this many, newest first.
+    /// Least recently updated first, instead of most recently.
+    pub oldest_first: bool,
+    /// At most this many, most recently updated first (unless `oldest_first`).
     pub limit: usize,
 }
 
@@ -83,6 +85,7 @@ impl Default for SagaQuery {
             saga_type: None,
             updated_before: None,
             unfinished: false,
+            oldest_first: false,
             limit: 100,
         }
     }
@@ -120,6 +123,13 @@ impl SagaQuery {
     #[must_use]
     pub fn unfinished(mut self) -> Self {
         self.unfinished = true;
+        self
+    }
+
+    /// The least recently updated sagas first (those that may be stuck).
+    #[must_use]
+    pub fn oldest_first(mut self) -> Self {
+        self.oldest_first = true;
         self
     }
 
@@ -244,7 +254,8 @@ pub trait SagaStore: Send + Sync + 'static {
     /// The saga's log, ordered by sequence number.
     async fn logs(&self, id: SagaId) -> Result<Vec<LogEntry>>;
 
-    /// Sagas matching `query`, most recently updated first.
+    /// Sagas matching `query`, most recently updated first (least recently
+    /// first with [`SagaQuery::oldest_first`]), ties broken by id.
     async fn list(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>>;
 
     /// How many sagas match `query` (its limit aside), by type and status.

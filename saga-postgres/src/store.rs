@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use saga_core::adapter::{Created, DefinitionKey, SagaCount, SagaQuery};
 use saga_core::{LogEntry, SagaId, SagaInstance, SagaStatus, SagaStore};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Order, QueryFilter,
     QueryOrder, QuerySelect, Select, Statement, Value,
 };
 use tokio::sync::broadcast;
@@ -378,9 +378,14 @@ impl SagaStore for PgSagaStore {
 
     #[tracing::instrument(name = "saga_postgres.list", level = "debug", skip(self))]
     async fn list(&self, query: &SagaQuery) -> saga_core::Result<Vec<SagaInstance>> {
+        let order = if query.oldest_first {
+            Order::Asc
+        } else {
+            Order::Desc
+        };
         let rows = filtered(query)
-            .order_by_desc(saga_state::Column::UpdatedAt)
-            .order_by_desc(saga_state::Column::Id)
+            .order_by(saga_state::Column::UpdatedAt, order.clone())
+            .order_by(saga_state::Column::Id, order)
             .limit(u64::try_from(query.limit).unwrap_or(u64::MAX))
             .all(&self.inner.db)
             .await

@@ -658,12 +658,14 @@ impl Engine {
     }
 
     /// The unfinished sagas matching `query` that count as stuck under the
-    /// engine's [`StuckRule`], with the reason, most recently updated first.
+    /// engine's [`StuckRule`], with the reason, least recently updated first.
     ///
     /// The rules need the saga's definition, so they run here rather than in
     /// the store: the engine examines the [`STUCK_SCAN`](Self::STUCK_SCAN)
-    /// most recently updated unfinished sagas that match `query`, and returns
-    /// at most `query.limit` of the stuck ones. Sagas of definitions this
+    /// least recently updated unfinished sagas that match `query` (a saga
+    /// that made no progress is among them; one retrying without limit keeps
+    /// changing, and in a backlog larger than the scan may be missed), and
+    /// returns at most `query.limit` of the stuck ones. Sagas of definitions this
     /// engine does not have are not judged.
     ///
     /// # Errors
@@ -672,7 +674,13 @@ impl Engine {
         let candidates = self
             .inner
             .store
-            .list(&query.clone().unfinished().limit(Self::STUCK_SCAN))
+            .list(
+                &query
+                    .clone()
+                    .unfinished()
+                    .oldest_first()
+                    .limit(Self::STUCK_SCAN),
+            )
             .await?;
         Ok(candidates
             .into_iter()

@@ -203,6 +203,9 @@ impl SagaStore for InMemoryStore {
             .cloned()
             .collect();
         found.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        if query.oldest_first {
+            found.reverse();
+        }
         found.truncate(query.limit);
         Ok(found)
     }

@@ -664,6 +664,15 @@ async fn list_filters_and_orders<S: SagaStore + ?Sized>(store: &S) {
         .await
         .expect("list");
     assert_eq!(limited.len(), 2, "the limit is respected");
+    let oldest = store
+        .list(&query.clone().oldest_first().limit(2))
+        .await
+        .expect("list");
+    assert_eq!(
+        oldest.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![ids[1].id, ids[2].id],
+        "least recently updated first"
+    );
     let stuck = store
         .list(&SagaQuery {
             status: Some(SagaStatus::Running),
