@@ -9,7 +9,7 @@ use saga_core::adapter::SagaQuery;
 use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -486,6 +486,33 @@ impl Action {
     }
 }
 
+/// What each operator action (retry, cancel, resume) answers, for the document.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // describes the answers; `operate` builds them
+enum OperatorAnswer {
+    /// The saga after the action
+    #[response(status = 200)]
+    Done(SagaView),
+    /// The id is not a UUID
+    #[response(status = 400)]
+    BadId(ErrorBody),
+    /// A missing or wrong operator token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Operator actions are disabled (no OPERATOR_TOKEN)
+    #[response(status = 403)]
+    Disabled(ErrorBody),
+    /// No such saga
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The saga's state does not allow the action
+    #[response(status = 409)]
+    NotAllowed(ErrorBody),
+    /// The store or the broker is unavailable
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Retries a failed saga from the step that failed.
 #[utoipa::path(
     post,
@@ -494,15 +521,7 @@ impl Action {
     operation_id = "retrySaga",
     params(SagaIdParam),
     security(("operator_token" = [])),
-    responses(
-        (status = 200, description = "The saga after the action", body = SagaView),
-        (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
-        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
-        (status = 404, description = "No such saga", body = ErrorBody),
-        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
-        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
-    )
+    responses(OperatorAnswer)
 )]
 async fn retry(
     State(state): State<Orchestrator>,
@@ -520,15 +539,7 @@ async fn retry(
     operation_id = "cancelSaga",
     params(SagaIdParam),
     security(("operator_token" = [])),
-    responses(
-        (status = 200, description = "The saga after the action", body = SagaView),
-        (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
-        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
-        (status = 404, description = "No such saga", body = ErrorBody),
-        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
-        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
-    )
+    responses(OperatorAnswer)
 )]
 async fn cancel(
     State(state): State<Orchestrator>,
@@ -546,15 +557,7 @@ async fn cancel(
     operation_id = "resumeSaga",
     params(SagaIdParam),
     security(("operator_token" = [])),
-    responses(
-        (status = 200, description = "The saga after the action", body = SagaView),
-        (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "A missing or wrong operator token", body = ErrorBody),
-        (status = 403, description = "Operator actions are disabled (no OPERATOR_TOKEN)", body = ErrorBody),
-        (status = 404, description = "No such saga", body = ErrorBody),
-        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
-        (status = 503, description = "The store or the broker is unavailable", body = ErrorBody)
-    )
+    responses(OperatorAnswer)
 )]
 async fn resume(
     State(state): State<Orchestrator>,
