@@ -30,10 +30,11 @@ pub struct Cli {
     /// log pipeline (with the span fields: saga id, step...).
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Export traces over OTLP/HTTP to this collector (e.g.
-    /// `http://localhost:4318`); the other standard `OTEL_EXPORTER_OTLP_*`
-    /// and `OTEL_SERVICE_NAME` settings apply. Unset: no traces are exported
-    /// and no trace context is propagated.
+    /// Export traces over OTLP/HTTP to this collector (its base URL, e.g.
+    /// `http://localhost:4318`; spans go to `/v1/traces`), named after the
+    /// service this process runs; the other standard `OTEL_EXPORTER_OTLP_*`
+    /// settings (headers, timeout) apply. Unset: no traces are exported and no
+    /// trace context is propagated.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
 }

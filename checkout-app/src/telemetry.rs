@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use saga_core::propagation::{Headers, Propagator};
@@ -149,9 +150,10 @@ impl Drop for Guard {
 }
 
 /// Installs the process's subscriber: logs in `format` filtered by `RUST_LOG`
-/// and, when `otlp_endpoint` is given, spans exported over OTLP/HTTP as
-/// service `service`. The exporter reads the standard `OTEL_EXPORTER_OTLP_*`
-/// settings itself.
+/// and, when `otlp_endpoint` (a collector's base URL) is given, spans
+/// exported over OTLP/HTTP to its `/v1/traces` as service `service`. The
+/// exporter reads the other standard `OTEL_EXPORTER_OTLP_*` settings
+/// (headers, timeout...) itself.
 ///
 /// # Errors
 /// When the exporter cannot be built.
@@ -159,9 +161,12 @@ pub fn init(format: LogFormat, service: &str, otlp_endpoint: Option<&str>) -> Re
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,sea_orm_migration=warn"));
     let (provider, traces) = match otlp_endpoint {
-        Some(_) => {
+        Some(endpoint) => {
+            // As the standard variable means it: the base URL, traces at `/v1/traces`.
+            let traces_url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_endpoint(traces_url)
                 .build()
                 .map_err(|e| Error::Config(format!("OTLP trace exporter: {e}")))?;
             let provider = SdkTracerProvider::builder()

@@ -86,3 +86,60 @@ async fn the_spans_of_one_checkout_share_one_trace_id_across_the_services() {
     }
     assert_ne!(traces[0], traces[1], "two checkouts, two traces");
 }
+
+/// `--otlp-endpoint` (not only the environment variable) sends spans to the
+/// collector's `/v1/traces`.
+#[tokio::test]
+async fn the_otlp_endpoint_option_sends_spans_to_the_collector() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a collector port");
+    let endpoint = format!("http://{}", collector.local_addr().expect("address"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let _gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkout-app"))
+        .args([
+            "gateway",
+            "--port",
+            &port.to_string(),
+            "--otlp-endpoint",
+            &endpoint,
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let http = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(&health).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the gateway answers");
+    // The batch exporter sends within its 5 s schedule.
+    let request_line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let (mut socket, _) = collector.accept().await.expect("the exporter connects");
+        let mut buffer = vec![0_u8; 4096];
+        let n = socket.read(&mut buffer).await.expect("a request");
+        let _ = socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        String::from_utf8_lossy(&buffer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .await
+    .expect("spans exported in time");
+    assert_eq!(request_line, "POST /v1/traces HTTP/1.1");
+}
