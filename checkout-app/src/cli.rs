@@ -1,6 +1,7 @@
 //! The command line: one binary, a subcommand per service, plus operator tools.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,7 +11,9 @@ use crate::orchestrator::OrchestratorConfig;
 use crate::order::OrderConfig;
 use crate::payment::PaymentConfig;
 use crate::request::Limits;
-use crate::runtime::{self, Databases, Ports, Service, ServiceConfig, Shutdown, StackConfig};
+use crate::runtime::{
+    self, Databases, Ports, Service, ServiceConfig, Shutdown, StackConfig, Storage,
+};
 use crate::saga::Timing;
 
 /// The e-commerce checkout on the saga engine.
@@ -413,12 +416,31 @@ impl Shared {
 pub struct AllArgs {
     /// PostgreSQL server URL; each service uses its own database on it
     /// (orders, inventory, payments, orchestrator), created if missing.
-    /// Unset: embedded in-memory databases.
+    /// Unset: embedded SQLite files in the data folder.
     #[arg(long, env = "DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// Without DB_URL: the folder of the embedded SQLite files (created if
+    /// missing; a second start on it resumes where the first stopped).
+    /// `:memory:` keeps nothing, like --in-memory.
+    #[arg(long, env = "DATA_DIR", default_value = "checkout-data")]
+    pub data_dir: PathBuf,
+    /// Without DB_URL: keep everything in memory (nothing survives a stop).
+    #[arg(long)]
+    pub in_memory: bool,
     /// Settings every service shares.
     #[command(flatten)]
     pub shared: Shared,
+}
+
+impl AllArgs {
+    /// Where the stack keeps its data.
+    fn storage(&self) -> Storage {
+        match &self.db_url {
+            Some(url) => Storage::Postgres(url.clone()),
+            None if self.in_memory || self.data_dir.as_os_str() == ":memory:" => Storage::Memory,
+            None => Storage::Files(self.data_dir.clone()),
+        }
+    }
 }
 
 /// Arguments of a single service.
@@ -488,8 +510,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::PaymentService(args) => run_one(Service::Payment, args).await,
         Command::Migrate(args) => migrate(&args.db_url).await,
         Command::Seed(args) => {
-            let db =
-                runtime::service_db(Some(&args.db_url), &Databases::default().inventory, 2).await?;
+            let storage = Storage::Postgres(args.db_url.clone());
+            let db = runtime::service_db(&storage, &Databases::default().inventory, 2).await?;
             crate::inventory::migrate(&db).await?;
             let n = crate::inventory::seed(&db).await?;
             println!(
@@ -519,13 +541,14 @@ impl AllArgs {
 
 async fn migrate(db_url: &str) -> Result<()> {
     let names = Databases::default();
-    let order = runtime::service_db(Some(db_url), &names.orders, 2).await?;
+    let storage = Storage::Postgres(db_url.to_owned());
+    let order = runtime::service_db(&storage, &names.orders, 2).await?;
     crate::order::migrate(&order).await?;
-    let inventory = runtime::service_db(Some(db_url), &names.inventory, 2).await?;
+    let inventory = runtime::service_db(&storage, &names.inventory, 2).await?;
     crate::inventory::migrate(&inventory).await?;
-    let payment = runtime::service_db(Some(db_url), &names.payments, 2).await?;
+    let payment = runtime::service_db(&storage, &names.payments, 2).await?;
     crate::payment::migrate(&payment).await?;
-    runtime::saga_store(Some(db_url), &names.orchestrator).await?;
+    runtime::saga_store(&storage, &names.orchestrator).await?;
     println!(
         "migrated databases {}, {}, {} and {} on {}",
         names.orders,
@@ -540,9 +563,14 @@ async fn migrate(db_url: &str) -> Result<()> {
 async fn run_all(args: AllArgs) -> Result<()> {
     args.shared.validate()?;
     let shared = &args.shared;
+    let storage = args.storage();
     let config = StackConfig {
         bind: shared.bind,
-        postgres: args.db_url.clone(),
+        postgres: storage.postgres().map(str::to_owned),
+        data_dir: match &storage {
+            Storage::Files(folder) => Some(folder.clone()),
+            Storage::Postgres(_) | Storage::Memory => None,
+        },
         rabbitmq: shared.rabbitmq_url.clone(),
         rabbitmq_tuning: shared.rabbitmq.tuning(),
         payment: shared.payment(),
@@ -557,15 +585,24 @@ async fn run_all(args: AllArgs) -> Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let stack = runtime::start_all(config, shutdown).await?;
-    let mode = match (&args.db_url, &shared.rabbitmq_url) {
-        (None, None) => "embedded mode: in-memory databases and in-process messaging; set DB_URL and RABBITMQ_URL for Postgres and RabbitMQ".to_owned(),
-        (db, mq) => format!(
-            "storage: {}, messaging: {}",
-            db.as_deref().map_or("embedded".to_owned(), crate::db::redact),
-            mq.as_deref().map_or("in-process".to_owned(), crate::db::redact)
+    let messaging = shared
+        .rabbitmq_url
+        .as_deref()
+        .map_or("in-process".to_owned(), crate::db::redact);
+    println!("checkout-app is running");
+    println!("  data          {}", storage.describe());
+    println!("  messaging     {messaging}");
+    match &storage {
+        Storage::Files(folder) => println!(
+            "  (kept across restarts; to start fresh, stop and delete {}; --in-memory keeps nothing; DB_URL and RABBITMQ_URL run on Postgres and RabbitMQ)",
+            folder.display()
         ),
-    };
-    println!("checkout-app is running ({mode})");
+        Storage::Memory => {
+            println!("  (nothing is kept; without --in-memory the data stays in ./checkout-data)")
+        }
+        Storage::Postgres(_) => {}
+    }
+    println!();
     println!("  gateway       {}", stack.gateway_url());
     println!("  order         http://{}", stack.order);
     println!("  inventory     http://{}", stack.inventory);

@@ -1,7 +1,9 @@
 //! Infrastructure set-up: database URLs, creating databases, and building a
 //! service's database connection, the saga store and the transport (Postgres
-//! and RabbitMQ, or their embedded stand-ins).
+//! and RabbitMQ, or their embedded stand-ins: SQLite files or memory, and
+//! the in-process transport).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use saga_core::memory::{InMemoryStore, InMemoryTransport};
@@ -10,6 +12,65 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 use crate::db;
 use crate::error::{Error, Result};
+
+/// Where the services keep their databases and the saga store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// A PostgreSQL server (its URL); each service has its own database on it.
+    Postgres(String),
+    /// SQLite files in this folder, one per database (`orders.db`, ...,
+    /// `orchestrator.db` for the saga store): the embedded default, kept
+    /// across restarts.
+    Files(PathBuf),
+    /// In-memory SQLite and an in-memory saga store: nothing is kept.
+    Memory,
+}
+
+impl Storage {
+    /// The PostgreSQL URL, if on Postgres.
+    #[must_use]
+    pub fn postgres(&self) -> Option<&str> {
+        match self {
+            Self::Postgres(url) => Some(url),
+            Self::Files(_) | Self::Memory => None,
+        }
+    }
+
+    /// Creates the data folder of [`Storage::Files`] if missing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the folder when it cannot be created.
+    pub fn prepare(&self) -> Result<()> {
+        if let Self::Files(folder) = self {
+            std::fs::create_dir_all(folder).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create the data folder {}: {e}",
+                    folder.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A one-line description for start-up messages.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Postgres(url) => format!("PostgreSQL at {}", db::redact(url)),
+            Self::Files(folder) => {
+                let absolute = std::path::absolute(folder).unwrap_or_else(|_| folder.clone());
+                format!("SQLite files in {}", absolute.display())
+            }
+            Self::Memory => "in memory (nothing is kept)".to_owned(),
+        }
+    }
+}
+
+/// The SQLite file of `database` in `folder`.
+#[must_use]
+pub fn sqlite_file(folder: &Path, database: &str) -> PathBuf {
+    folder.join(format!("{database}.db"))
+}
 
 /// Database names of the four services (the seed's defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,21 +159,31 @@ pub async fn ensure_database(url: &str, database: &str) -> Result<()> {
     Ok(())
 }
 
-/// Connects to a service's database: Postgres (created if missing) or embedded SQLite.
+/// Connects to a service's database: Postgres (created if missing), a
+/// SQLite file (created if missing), or in-memory SQLite.
 ///
 /// # Errors
-/// When the database is unreachable.
+/// When the database is unreachable or the file cannot be opened.
 pub async fn service_db(
-    postgres: Option<&str>,
+    storage: &Storage,
     database: &str,
     pool: u32,
 ) -> Result<DatabaseConnection> {
-    match postgres {
-        Some(url) => {
+    match storage {
+        Storage::Postgres(url) => {
             ensure_database(url, database).await?;
             db::connect(&with_database(url, database), pool).await
         }
-        None => db::connect(db::EMBEDDED, 1).await,
+        Storage::Files(folder) => {
+            // One connection: the services' transactions read before they
+            // write, which SQLite serializes safely only on one connection.
+            saga_sqlite::SqliteConfig::file(sqlite_file(folder, database))
+                .max_connections(1)
+                .connect()
+                .await
+                .map_err(|e| Error::Saga(e.into()))
+        }
+        Storage::Memory => db::connect(db::EMBEDDED, 1).await,
     }
 }
 
@@ -153,12 +224,12 @@ pub async fn transport(url: Option<&str>, tuning: RabbitTuning) -> Result<Arc<dy
     }
 }
 
-/// The saga store: Postgres (migrated) or in memory.
+/// The saga store: Postgres or a SQLite file (migrated), or in memory.
 ///
 /// # Errors
 /// When the database is unreachable.
-pub async fn saga_store(postgres: Option<&str>, database: &str) -> Result<Arc<dyn SagaStore>> {
-    saga_store_with_pool(postgres, database, 10).await
+pub async fn saga_store(storage: &Storage, database: &str) -> Result<Arc<dyn SagaStore>> {
+    saga_store_with_pool(storage, database, 10).await
 }
 
 /// [`saga_store`] with at most `max_connections` database connections.
@@ -166,12 +237,12 @@ pub async fn saga_store(postgres: Option<&str>, database: &str) -> Result<Arc<dy
 /// # Errors
 /// When the database is unreachable.
 pub async fn saga_store_with_pool(
-    postgres: Option<&str>,
+    storage: &Storage,
     database: &str,
     max_connections: u32,
 ) -> Result<Arc<dyn SagaStore>> {
-    match postgres {
-        Some(url) => {
+    match storage {
+        Storage::Postgres(url) => {
             ensure_database(url, database).await?;
             let config = saga_postgres::PgConfig::new(with_database(url, database))
                 .application_name("orchestrator")
@@ -185,7 +256,14 @@ pub async fn saga_store_with_pool(
                 .map_err(|e| Error::Saga(e.into()))?;
             Ok(Arc::new(store))
         }
-        None => Ok(Arc::new(InMemoryStore::new())),
+        Storage::Files(folder) => {
+            let config = saga_sqlite::SqliteConfig::file(sqlite_file(folder, database));
+            let store = saga_sqlite::SqliteSagaStore::open(&config)
+                .await
+                .map_err(|e| Error::Saga(e.into()))?;
+            Ok(Arc::new(store))
+        }
+        Storage::Memory => Ok(Arc::new(InMemoryStore::new())),
     }
 }
 

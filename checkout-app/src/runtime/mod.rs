@@ -23,8 +23,8 @@ mod tasks;
 
 pub use executor::executor;
 pub use infra::{
-    Databases, RabbitTuning, ensure_database, saga_store, saga_store_with_pool, service_db,
-    transport, with_database,
+    Databases, RabbitTuning, Storage, ensure_database, saga_store, saga_store_with_pool,
+    service_db, sqlite_file, transport, with_database,
 };
 pub use one_service::{Service, ServiceConfig, run_service, service_name};
 pub use shutdown::Shutdown;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
-use super::infra::{RabbitTuning, saga_store_with_pool, transport};
+use super::infra::{RabbitTuning, Storage, saga_store_with_pool, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve};
 use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
@@ -120,8 +120,12 @@ pub async fn run_service(
                 .next()
                 .unwrap_or("orchestrator")
                 .to_owned();
-            let store =
-                saga_store_with_pool(Some(&db_url), &database, config.db_max_connections).await?;
+            let store = saga_store_with_pool(
+                &Storage::Postgres(db_url.clone()),
+                &database,
+                config.db_max_connections,
+            )
+            .await?;
             let engine =
                 orchestrator_engine(store, transport, config.timing, config.saga_retention)?;
             let orchestrator = Orchestrator::new(

@@ -3,6 +3,7 @@
 //! address before a service needs another's URL.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
-use super::infra::{Databases, RabbitTuning, saga_store, service_db, transport};
+use super::infra::{Databases, RabbitTuning, Storage, saga_store, service_db, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve, url};
 use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
@@ -70,9 +71,12 @@ pub struct StackConfig {
     /// Service ports.
     pub ports: Ports,
     /// A PostgreSQL server URL whose database part is replaced by each
-    /// service's database; `None` runs on embedded in-memory SQLite and an
-    /// in-memory saga store.
+    /// service's database; `None` runs embedded: on SQLite files in
+    /// `data_dir`, or in memory.
     pub postgres: Option<String>,
+    /// Without `postgres`: the folder of the embedded SQLite files (kept
+    /// across restarts); `None`, the default here: in memory.
+    pub data_dir: Option<PathBuf>,
     /// Database names on that server.
     pub databases: Databases,
     /// RabbitMQ URL; `None` uses the in-process transport.
@@ -99,12 +103,25 @@ pub struct StackConfig {
     pub inbox_retention: Option<Duration>,
 }
 
+impl StackConfig {
+    /// Where this stack keeps its data: `postgres`, else `data_dir`, else memory.
+    #[must_use]
+    pub fn storage(&self) -> Storage {
+        match (&self.postgres, &self.data_dir) {
+            (Some(url), _) => Storage::Postgres(url.clone()),
+            (None, Some(folder)) => Storage::Files(folder.clone()),
+            (None, None) => Storage::Memory,
+        }
+    }
+}
+
 impl Default for StackConfig {
     fn default() -> Self {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: Ports::default(),
             postgres: None,
+            data_dir: None,
             databases: Databases::default(),
             rabbitmq: None,
             rabbitmq_tuning: RabbitTuning::default(),
@@ -202,7 +219,9 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
     let (orchestrator_listener, orchestrator_addr) =
         bind(ip, config.ports.orchestrator, "orchestrator").await?;
 
-    let pg = config.postgres.as_deref();
+    let storage = config.storage();
+    storage.prepare()?;
+    let pg = &storage;
     let transport = transport(config.rabbitmq.as_deref(), config.rabbitmq_tuning).await?;
     let order_db = service_db(pg, &config.databases.orders, 16).await?;
     let inventory_db = service_db(pg, &config.databases.inventory, 16).await?;

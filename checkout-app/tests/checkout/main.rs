@@ -8,6 +8,7 @@
 //! it runs alone (`scripts/test`, `.config/nextest.toml`).
 
 mod docs;
+mod durable;
 mod embedded;
 mod faults;
 mod fuzz;

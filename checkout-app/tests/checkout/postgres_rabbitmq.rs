@@ -169,7 +169,7 @@ async fn saga_prune_deletes_finished_sagas_and_their_logs_and_keeps_failed_ones(
     let stack = start(config).await;
     let client = Client::new(&stack);
     let orchestrator = checkout_app::runtime::service_db(
-        Some(&infra.postgres),
+        &checkout_app::runtime::Storage::Postgres(infra.postgres.clone()),
         &infra.databases().orchestrator,
         2,
     )
