@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// Start the whole stack in this process (embedded unless DB_URL / RABBITMQ_URL are set).
     #[arg(long, conflicts_with = "engine")]
     pub spawn: bool,
+    /// With --spawn and no DB_URL: keep the embedded stack's databases and
+    /// saga store in SQLite files in this folder (durable, as `checkout-app`
+    /// runs by default). Unset: in memory.
+    #[arg(long, requires = "spawn")]
+    pub data_dir: Option<PathBuf>,
     /// Engine-level mode: drive sagas through the library, no HTTP.
     #[arg(long, value_enum)]
     pub engine: Option<EngineMode>,
@@ -297,9 +302,15 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             }
             None => (args.db_url.clone(), args.rabbitmq_url.clone()),
         };
+        // An embedded run on files starts fresh only in an empty folder.
+        let data_dir = args.data_dir.clone().filter(|_| postgres.is_none());
+        let empty_folder = data_dir.as_ref().is_none_or(|folder| {
+            std::fs::read_dir(folder).map_or(true, |mut entries| entries.next().is_none())
+        });
         let mut config = StackConfig {
             ports: Ports::ephemeral(),
             postgres: postgres.clone(),
+            data_dir: data_dir.clone(),
             rabbitmq: rabbitmq.clone(),
             rabbitmq_tuning: args.rabbitmq.tuning(),
             databases: Databases::with_prefix(&args.db_prefix),
@@ -315,6 +326,9 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             payments: stack.payment_db.clone(),
         };
         let storage = match (&postgres, &rabbitmq) {
+            (None, None) if data_dir.is_some() => {
+                "embedded (SQLite files, synchronous=FULL; in-process transport)".to_owned()
+            }
             (None, None) => "embedded (in-memory SQLite, in-process transport)".to_owned(),
             (db, mq) => format!(
                 "{} + {}",
@@ -352,7 +366,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             args.pids.clone()
         };
         // A spawned embedded stack starts empty; on Postgres the databases may hold earlier runs.
-        let fresh = postgres.is_none();
+        let fresh = postgres.is_none() && empty_folder;
         return Ok(Target {
             driver,
             label,

@@ -30,6 +30,7 @@ guide!(Readme, "../../README.md");
 guide!(SagaCoreReadme, "../../saga-core/README.md");
 guide!(SagaPostgresReadme, "../../saga-postgres/README.md");
 guide!(SagaRabbitmqReadme, "../../saga-rabbitmq/README.md");
+guide!(SagaSqliteReadme, "../../saga-sqlite/README.md");
 guide!(Index, "../README.md");
 guide!(GettingStarted, "../getting-started.md");
 guide!(Concepts, "../concepts.md");

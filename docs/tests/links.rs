@@ -23,7 +23,7 @@ fn root() -> PathBuf {
 fn pages() -> Vec<PathBuf> {
     let root = root();
     let mut pages = vec![PathBuf::from("README.md"), PathBuf::from("CHANGELOG.md")];
-    for krate in ["saga-core", "saga-postgres", "saga-rabbitmq"] {
+    for krate in ["saga-core", "saga-postgres", "saga-rabbitmq", "saga-sqlite"] {
         pages.push(Path::new(krate).join("README.md"));
     }
     let mut dirs = vec![root.join("docs")];
