@@ -267,7 +267,8 @@ pub struct Shared {
     /// Address to bind.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1")]
     pub bind: IpAddr,
-    /// RabbitMQ URL (e.g. amqp://user:pass@localhost:5672/%2f).
+    /// RabbitMQ URL (e.g. amqp://user:pass@localhost:5672/%2f); several
+    /// comma-separated URLs name the nodes of one cluster, tried in turn.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
     pub rabbitmq_url: Option<String>,
     /// RabbitMQ tuning.

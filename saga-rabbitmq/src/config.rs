@@ -78,6 +78,10 @@ pub fn default_dead_letter_queue(queue: &str) -> String {
 pub struct Config {
     /// The AMQP URL, e.g. `amqp://user:pass@host:5672/vhost` (`%2f` is the default vhost `/`).
     pub url: String,
+    /// Other nodes of the same RabbitMQ cluster (same vhost and user), tried
+    /// in turn when `url`'s cannot be reached or its connection is lost.
+    /// Empty by default. See [`Config::brokers`].
+    pub fallback_urls: Vec<String>,
     /// Unacknowledged deliveries per consumer (AMQP `basic.qos`). Default 32.
     pub prefetch: u16,
     /// Deliveries of one message before it is dead-lettered. Default 5.
@@ -123,6 +127,7 @@ impl Config {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            fallback_urls: Vec::new(),
             prefetch: 32,
             max_deliveries: 5,
             queue_type: QueueType::Quorum,
@@ -224,23 +229,72 @@ impl Config {
         self
     }
 
+    /// The brokers of a cluster, from a list of URLs (the first is
+    /// [`url`](Self::url), the others [`fallback_urls`](Self::fallback_urls)),
+    /// e.g. an application's comma-separated `RABBITMQ_URL` split at the commas.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the list is empty.
+    pub fn cluster<I, S>(urls: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut urls = urls.into_iter().map(Into::into);
+        let first = urls
+            .next()
+            .ok_or_else(|| Error::Config("no RabbitMQ URL given".to_owned()))?;
+        Ok(Self::new(first).fallback_urls(urls))
+    }
+
+    /// Sets the other nodes of the cluster (see [`fallback_urls`](Self::fallback_urls)).
+    #[must_use]
+    pub fn fallback_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Every broker, in the order they are tried: [`url`](Self::url), then
+    /// [`fallback_urls`](Self::fallback_urls).
+    ///
+    /// The transport connects to the first it can reach; when that
+    /// connection is lost, it tries the next broker first and goes round the
+    /// list until one answers. Queues and exchanges are declared with the
+    /// same arguments on whichever broker it reaches, which changes nothing
+    /// that exists; a publish waiting for its confirm when the connection
+    /// breaks fails (and is sent again by its caller), so a confirmed
+    /// message is never lost across the fail-over (quorum queues keep it on
+    /// a majority of the nodes).
+    #[must_use]
+    pub fn brokers(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.fallback_urls.iter().map(String::as_str))
+            .collect()
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     /// [`Error::Config`] naming the bad setting.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.url.starts_with("amqps://") {
-            return Err(Error::Config(format!(
-                "the URL `{}` uses TLS, but saga-rabbitmq builds lapin without a TLS backend; use amqp:// \
-                 (or a TLS-terminating proxy)",
-                redact(&self.url)
-            )));
-        }
-        if !self.url.starts_with("amqp://") {
-            return Err(Error::Config(format!(
-                "the URL `{}` must start with amqp://",
-                redact(&self.url)
-            )));
+        for url in self.brokers() {
+            if url.starts_with("amqps://") {
+                return Err(Error::Config(format!(
+                    "the URL `{}` uses TLS, but saga-rabbitmq builds lapin without a TLS backend; use amqp:// \
+                     (or a TLS-terminating proxy)",
+                    redact(url)
+                )));
+            }
+            if !url.starts_with("amqp://") {
+                return Err(Error::Config(format!(
+                    "the URL `{}` must start with amqp://",
+                    redact(url)
+                )));
+            }
         }
         if self.prefetch == 0 {
             return Err(Error::Config("prefetch must be at least 1".to_owned()));
@@ -263,10 +317,15 @@ impl Config {
         Ok(())
     }
 
-    /// The URL with its password replaced by `***`, for logs and errors.
+    /// The URL with its password replaced by `***`, for logs and errors
+    /// (every broker's, comma-separated, when there are several).
     #[must_use]
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        self.brokers()
+            .into_iter()
+            .map(redact)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -295,6 +354,23 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_a_url_and_its_fallbacks_each_checked_and_redacted() {
+        let config = Config::cluster(["amqp://u:p@a:5681/v", "amqp://u:p@b:5682/v"]).expect("two");
+        assert_eq!(config.url, "amqp://u:p@a:5681/v");
+        assert_eq!(
+            config.brokers(),
+            ["amqp://u:p@a:5681/v", "amqp://u:p@b:5682/v"]
+        );
+        assert_eq!(
+            config.redacted_url(),
+            "amqp://u:***@a:5681/v,amqp://u:***@b:5682/v"
+        );
+        assert!(Config::cluster(Vec::<String>::new()).is_err());
+        let bad = Config::cluster(["amqp://a/v", "http://b/v"]).expect("two");
+        assert!(bad.validate().is_err(), "every broker is checked");
+    }
 
     #[test]
     fn command_queues_follow_the_checkout_guide() {

@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::config::{Config, QueueType};
+use crate::config::{Config, QueueType, redact};
 use crate::error::Error;
 use crate::topology::{self, DeadLettering, QueueSpec, short};
 
@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     /// Wakes the supervisor early when an operation saw a broken connection.
     kick: Notify,
     generations: AtomicU64,
+    /// The broker ([`Config::brokers`]) to try first on the next connect.
+    next_broker: AtomicUsize,
+    /// The broker of the current connection.
+    connected_to: AtomicUsize,
     /// Queues found with an earlier version's arguments (at-most-once
     /// dead-lettering) and already warned about.
     at_most_once: Mutex<HashSet<String>>,
@@ -180,6 +184,8 @@ impl Shared {
             known: Mutex::new(BTreeSet::new()),
             kick: Notify::new(),
             generations: AtomicU64::new(0),
+            next_broker: AtomicUsize::new(0),
+            connected_to: AtomicUsize::new(0),
             at_most_once: Mutex::new(HashSet::new()),
             closed: watch::channel(false).0,
             consumers: watch::channel(0).0,
@@ -346,21 +352,60 @@ impl Shared {
         Ok(())
     }
 
+    /// Connects to the first broker that answers, from the one to try first
+    /// round the list.
+    async fn connect_any(&self) -> Result<Connection, Error> {
+        let config = &self.config;
+        let brokers = config.brokers();
+        // One broker that hangs must leave time to try the others.
+        let per_broker = (config.connect_timeout / u32::try_from(brokers.len()).unwrap_or(1))
+            .max(Duration::from_secs(1));
+        let first = self.next_broker.load(Ordering::Relaxed);
+        let mut last = Error::NotConnected;
+        for offset in 0..brokers.len() {
+            let index = (first + offset) % brokers.len();
+            let properties = ConnectionProperties::default()
+                .with_connection_name(LongString::from(config.connection_name.as_str()));
+            match tokio::time::timeout(per_broker, Connection::connect(brokers[index], properties))
+                .await
+            {
+                Ok(Ok(connection)) => {
+                    self.next_broker.store(index, Ordering::Relaxed);
+                    self.connected_to.store(index, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(broker = %redact(brokers[index]), error = %e, "broker unreachable");
+                    last = Error::amqp("connect", e);
+                }
+                Err(_) => {
+                    tracing::debug!(broker = %redact(brokers[index]), "broker did not answer in time");
+                    last = Error::NotConnected;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// After a lost connection: try the next broker first (its node may be down).
+    fn fail_over(&self) {
+        let brokers = self.config.brokers().len();
+        let next = (self.connected_to.load(Ordering::Relaxed) + 1) % brokers;
+        self.next_broker.store(next, Ordering::Relaxed);
+    }
+
+    /// The broker of the current connection, password redacted.
+    pub(crate) fn broker(&self) -> String {
+        let brokers = self.config.brokers();
+        brokers
+            .get(self.connected_to.load(Ordering::Relaxed))
+            .map_or_else(String::new, |url| redact(url))
+    }
+
     /// Opens a connection, declares the topology and the publisher channels.
     async fn open(&self) -> Result<Arc<Live>, Error> {
         let config = &self.config;
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(config.connection_name.as_str()));
-        let connection = match tokio::time::timeout(
-            config.connect_timeout,
-            Connection::connect(&config.url, properties),
-        )
-        .await
-        {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => return Err(Error::amqp("connect", e)),
-            Err(_) => return Err(Error::NotConnected),
-        };
+        let connection = self.connect_any().await?;
         let live = Live {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             connection,
@@ -444,7 +489,7 @@ pub(crate) async fn start(
             return Err(connect_error(&shared.config, timeout, reason));
         }
     };
-    tracing::info!(url = %shared.config.redacted_url(), generation = live.generation, "connected to RabbitMQ");
+    tracing::info!(url = %shared.broker(), generation = live.generation, "connected to RabbitMQ");
     shared.live.send_replace(Some(live));
     let span = tracing::info_span!("saga.rabbitmq.supervisor", url = %shared.config.redacted_url());
     let supervisor = tokio::spawn(supervise(Arc::clone(&shared), shutdown).instrument(span));
@@ -478,8 +523,12 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let old = shared.live.send_replace(None);
         tracing::warn!(
             generation = old.as_ref().map(|l| l.generation),
+            broker = %shared.broker(),
             "RabbitMQ connection lost; reconnecting"
         );
+        if shared.config.brokers().len() > 1 {
+            shared.fail_over();
+        }
         drop(old);
         let reconnect = (|| shared.open())
             .retry(shared.backoff())
@@ -496,6 +545,7 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             Some(Ok(live)) => {
                 tracing::info!(
                     generation = live.generation,
+                    broker = %shared.broker(),
                     "reconnected to RabbitMQ; topology declared again"
                 );
                 shared.live.send_replace(Some(live));

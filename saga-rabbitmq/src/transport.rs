@@ -109,6 +109,18 @@ impl RabbitTransport {
         self.handle.shared.current().is_some()
     }
 
+    /// The broker of the current connection (its URL, password redacted),
+    /// or `None` while reconnecting. With several brokers
+    /// ([`Config::brokers`](crate::Config::brokers)) it tells which one the
+    /// transport failed over to.
+    #[must_use]
+    pub fn broker(&self) -> Option<String> {
+        self.handle
+            .shared
+            .current()
+            .map(|_| self.handle.shared.broker())
+    }
+
     /// A number that grows with every (re)connect.
     #[must_use]
     pub fn connection_generation(&self) -> Option<u64> {

@@ -892,3 +892,87 @@ async fn close_ends_subscriptions_returns_unsettled_messages_and_fails_later_sen
     other.close().await;
     vhost.delete().await;
 }
+
+/// `url` with its host replaced by `host` (another name for the same broker,
+/// so a list of three can hold one node that is down and two that answer).
+fn with_host(url: &str, host: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => (format!("{userinfo}@"), hostport),
+        None => (String::new(), authority),
+    };
+    let port = hostport.rsplit_once(':').map_or("", |(_, port)| port);
+    let host = if port.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    format!("{scheme}://{userinfo}{host}{path}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_list_skips_a_dead_broker_and_fails_over_when_a_connection_is_lost() {
+    let vhost = TestVhost::new("brokers").await;
+    let url = vhost.amqp_url();
+    // A broker that refuses (nothing listens on port 1), then the real one
+    // under two names.
+    let dead = with_host(&url, "127.0.0.1:1");
+    let first = with_host(&url, "127.0.0.1");
+    let second = with_host(&url, "localhost");
+    let mut config = vhost.config();
+    config.url = dead;
+    config = config.fallback_urls([first.clone(), second.clone()]);
+    assert_eq!(config.brokers().len(), 3);
+    let transport = Arc::new(vhost.transport(config).await);
+    let redacted = |url: &str| url.replacen(":guest@", ":***@", 1);
+    assert_eq!(
+        transport.broker(),
+        Some(redacted(&first)),
+        "the dead broker is skipped"
+    );
+
+    let mut sub = transport
+        .consume_commands("brokers")
+        .await
+        .expect("consume");
+    transport
+        .send_command(&command("brokers", 1))
+        .await
+        .expect("send");
+    let delivery = next(&mut sub, "the first command").await;
+    assert_eq!(n_of(&delivery), 1);
+    delivery.ack().await.expect("ack");
+
+    // The connection is lost: the transport tries the next broker first.
+    let generation = transport.connection_generation().expect("connected");
+    assert!(vhost.close_connections().await >= 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while transport
+        .connection_generation()
+        .is_none_or(|g| g <= generation)
+    {
+        assert!(std::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        transport.broker(),
+        Some(redacted(&second)),
+        "failed over to the next broker"
+    );
+    // Nothing is lost: a command sent after the fail-over reaches the
+    // subscription, which follows the new connection.
+    let mut sent = 2;
+    loop {
+        match transport.send_command(&command("brokers", sent)).await {
+            Ok(()) => break,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+        }
+        sent += 1;
+    }
+    let got = n_of(&next(&mut sub, "a command after the fail-over").await);
+    assert!(got >= 2, "{got}");
+    drop(sub);
+    drop(transport);
+    vhost.delete().await;
+}

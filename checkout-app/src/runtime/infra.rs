@@ -198,14 +198,19 @@ pub struct RabbitTuning {
     pub queue_type: Option<saga_rabbitmq::QueueType>,
 }
 
-/// The transport: RabbitMQ at `url` with `tuning`, or in-process.
+/// The transport: RabbitMQ at `url` (several comma-separated URLs: the
+/// nodes of one cluster) with `tuning`, or in-process.
 ///
 /// # Errors
 /// When RabbitMQ is unreachable or the tuning is invalid.
 pub async fn transport(url: Option<&str>, tuning: RabbitTuning) -> Result<Arc<dyn Transport>> {
     match url {
         Some(url) => {
-            let mut config = saga_rabbitmq::Config::new(url);
+            // Several comma-separated URLs: the nodes of one cluster, tried in turn.
+            let mut config = saga_rabbitmq::Config::cluster(
+                url.split(',').map(str::trim).filter(|u| !u.is_empty()),
+            )
+            .map_err(|e| Error::Saga(e.into()))?;
             if let Some(prefetch) = tuning.prefetch {
                 config = config.prefetch(prefetch);
             }
