@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// runs by default). Unset: in memory.
     #[arg(long, requires = "spawn")]
     pub data_dir: Option<PathBuf>,
+    /// With --spawn: how long the spawned orchestrator keeps finished sagas
+    /// (as `SAGA_RETENTION`; e.g. 1m). Unset: forever.
+    #[arg(long, requires = "spawn", value_parser = parse_duration)]
+    pub saga_retention: Option<Duration>,
     /// Engine-level mode: drive sagas through the library, no HTTP.
     #[arg(long, value_enum)]
     pub engine: Option<EngineMode>,
@@ -311,6 +315,7 @@ async fn target(args: &BenchArgs) -> Result<Target> {
             ports: Ports::ephemeral(),
             postgres: postgres.clone(),
             data_dir: data_dir.clone(),
+            saga_retention: args.saga_retention,
             rabbitmq: rabbitmq.clone(),
             rabbitmq_tuning: args.rabbitmq.tuning(),
             databases: Databases::with_prefix(&args.db_prefix),
