@@ -204,7 +204,15 @@ impl Cluster {
     /// # Panics
     /// With a clear message when PostgreSQL or RabbitMQ is unreachable.
     pub async fn new(name: &str, binary: &Binary) -> Self {
-        let infra = Infra::new(name).await;
+        Self::on(Infra::new(name).await, name, binary).await
+    }
+
+    /// Like [`Cluster::new`], on `infra` (e.g. [`Infra::on_brokers`]: a
+    /// vhost on a RabbitMQ cluster, whose processes get every node's URL).
+    ///
+    /// # Panics
+    /// With a clear message when PostgreSQL or RabbitMQ is unreachable.
+    pub async fn on(infra: Infra, name: &str, binary: &Binary) -> Self {
         let databases = Databases::with_prefix(&infra.prefix);
         for db in [
             &databases.orders,
@@ -819,6 +827,19 @@ impl Figures {
         t.push_str(&format!(
             "  load        {} checkouts by {} clients in {:.1}s: {} ok, {} refused (422), {} pending (202), {} saga failed (500), {} other; retried (same Idempotency-Key) after {} 502-504 and {} transport errors\n",
             load.sent, load.clients, load.elapsed.as_secs_f64(), load.ok, load.refused, load.accepted, load.failed, load.other, load.unavailable, load.errors
+        ));
+        t.push_str(&format!(
+            "  clients     slowest checkout {:.2}s (first try to answer, retries included); {}\n",
+            load.slowest.as_secs_f64(),
+            match load.error_window {
+                Some((first, last)) => format!(
+                    "tries failed between {:.1}s and {:.1}s into the load ({:.1}s)",
+                    first.as_secs_f64(),
+                    last.as_secs_f64(),
+                    (last - first).as_secs_f64()
+                ),
+                None => "no try failed".to_owned(),
+            }
         ));
         t.push_str(&format!(
             "  sagas       {} total: {} completed, {} compensated, {} failed, {} open; terminal {:.1}s after the load; {} step timeouts\n",

@@ -47,8 +47,11 @@ pub fn stack_config() -> StackConfig {
 pub struct Infra {
     /// The PostgreSQL server (admin URL).
     pub postgres: String,
-    /// The AMQP URL of this test's vhost.
+    /// The AMQP URL of this test's vhost (several comma-separated on a
+    /// RabbitMQ cluster: one per node).
     pub amqp: String,
+    /// The brokers' base AMQP URLs (one, or one per node of a cluster).
+    pub brokers: Vec<String>,
     /// This test's vhost.
     pub vhost: String,
     /// The prefix of this test's database names.
@@ -63,13 +66,24 @@ impl Infra {
     /// # Panics
     /// With a clear message when RabbitMQ's management API is unreachable.
     pub async fn new(name: &str) -> Self {
+        Self::on_brokers(name, Management::from_env(), vec![rabbitmq::amqp_from_env()]).await
+    }
+
+    /// Like [`Infra::new`], on the brokers `brokers` (base AMQP URLs, one per
+    /// node of a RabbitMQ cluster) managed through `api` (any node's).
+    pub async fn on_brokers(name: &str, api: Management, brokers: Vec<String>) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let vhost = format!("checkout_{name}_{suffix}");
-        let api = Management::from_env();
         api.create_vhost(&vhost).await;
+        let amqp = brokers
+            .iter()
+            .map(|broker| rabbitmq::vhost_url(broker, &vhost))
+            .collect::<Vec<_>>()
+            .join(",");
         Self {
             postgres: database_from_env(),
-            amqp: rabbitmq::vhost_url(&rabbitmq::amqp_from_env(), &vhost),
+            amqp,
+            brokers,
             vhost,
             prefix: format!("t{suffix}_"),
             api,
@@ -97,10 +111,15 @@ impl Infra {
         self.api.queues(&self.vhost).await
     }
 
-    /// The AMQP URL of this vhost for another user.
+    /// The AMQP URL of this vhost for another user (comma-separated, one
+    /// per broker, on a cluster).
     #[must_use]
     pub fn amqp_for(&self, user: &str, password: &str) -> String {
-        rabbitmq::vhost_url_as(&rabbitmq::amqp_from_env(), &self.vhost, user, password)
+        self.brokers
+            .iter()
+            .map(|broker| rabbitmq::vhost_url_as(broker, &self.vhost, user, password))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Drops the databases and the vhost (best effort).

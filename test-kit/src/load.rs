@@ -446,6 +446,22 @@ pub struct LoadReport {
     pub errors: usize,
     /// How long the whole load took.
     pub elapsed: Duration,
+    /// The longest a checkout took from its first try to its answer,
+    /// retries included: what a client waited at worst.
+    pub slowest: Duration,
+    /// When, from the start of the load, the first and the last try that
+    /// failed (a transport error or a 502-504 answer) were sent: the window
+    /// in which clients saw errors (each retried).
+    pub error_window: Option<(Duration, Duration)>,
+}
+
+impl LoadReport {
+    fn saw_error(&mut self, at: Duration) {
+        self.error_window = Some(match self.error_window {
+            Some((first, last)) => (first.min(at), last.max(at)),
+            None => (at, at),
+        });
+    }
 }
 
 /// Progress of a running [`load`], for triggering a fault mid-load.
@@ -520,9 +536,11 @@ pub fn load(
                     // The same key on every try: a retried request never starts a second saga.
                     let key = format!("load-{seed}-{i}");
                     report.sent += 1;
+                    let first_try = Instant::now();
                     let mut tries = 0;
                     loop {
                         tries += 1;
+                        let tried_at = started.elapsed();
                         let gateway = &gateways[(i + tries) % gateways.len()];
                         let answer = http
                             .post(format!("{gateway}/api/checkout"))
@@ -542,6 +560,7 @@ pub fn load(
                             500 => report.failed += 1,
                             // A service is down (the fault): try again a little later.
                             0 | 502..=504 if tries < 100 => {
+                                report.saw_error(tried_at);
                                 if status == 0 {
                                     report.errors += 1;
                                 } else {
@@ -554,6 +573,7 @@ pub fn load(
                         }
                         break;
                     }
+                    report.slowest = report.slowest.max(first_try.elapsed());
                     counter.0.fetch_add(1, Ordering::Relaxed);
                 }
             }));
@@ -572,6 +592,11 @@ pub fn load(
             total_report.errors += r.errors;
             total_report.unavailable += r.unavailable;
             total_report.failed += r.failed;
+            total_report.slowest = total_report.slowest.max(r.slowest);
+            if let Some((first, last)) = r.error_window {
+                total_report.saw_error(first);
+                total_report.saw_error(last);
+            }
         }
         total_report.elapsed = started.elapsed();
         total_report

@@ -29,7 +29,7 @@ fn gateway(cluster: &mut Cluster) -> Vec<String> {
 
 /// Waits for the sagas, reads and prints the figures, checks the invariants
 /// and that no secret reached a log.
-async fn verify(
+pub(crate) async fn verify(
     cluster: &Cluster,
     scenario: &str,
     report: &LoadReport,
