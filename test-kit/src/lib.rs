@@ -13,6 +13,8 @@
 //!   `checkout-app`, with faults (kill -9, connections cut, poison messages).
 //! - [`infra`]: fresh PostgreSQL databases and a RabbitMQ vhost for one test.
 //! - [`rabbitmq`]: a client of RabbitMQ's management HTTP API.
+//! - [`rabbitmq_cluster`]: a three-node RabbitMQ cluster on this machine
+//!   (`scripts/rabbitmq-cluster`), with node kills and restarts.
 //! - [`procfs`]: processes, their memory and the load average from `/proc`.
 //! - [`webdriver`]: headless Chromium through chromedriver (W3C WebDriver),
 //!   to look at pages as a person does.
@@ -26,6 +28,7 @@ pub mod invariants;
 pub mod load;
 pub mod procfs;
 pub mod rabbitmq;
+pub mod rabbitmq_cluster;
 pub mod webdriver;
 
 #[doc(inline)]
