@@ -9,6 +9,7 @@
 
 mod docs;
 mod durable;
+mod edge;
 mod embedded;
 mod faults;
 mod fuzz;
