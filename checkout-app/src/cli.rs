@@ -751,6 +751,40 @@ mod tests {
     }
 
     #[test]
+    fn the_edge_settings_default_to_no_rate_limit_and_a_high_in_flight_bound() {
+        let defaults = shared(&[]);
+        assert!(!defaults.rate_limit().is_on(), "no rate limit by default");
+        assert_eq!(defaults.orchestrator().max_in_flight, 1024);
+        assert_eq!(defaults.breaker(), BreakerConfig::default());
+        assert_eq!(defaults.gateway_retry(), RetryPolicy::default());
+        let set = shared(&[
+            "--rate-limit-per-client",
+            "50",
+            "--rate-limit-burst",
+            "100",
+            "--rate-limit-total",
+            "1000",
+            "--max-in-flight",
+            "64",
+            "--breaker-failures",
+            "0",
+            "--orchestrator-attempts",
+            "1",
+        ]);
+        assert_eq!(
+            set.rate_limit(),
+            RateLimitConfig {
+                per_client: 50,
+                burst: 100,
+                total: 1000
+            }
+        );
+        assert_eq!(set.orchestrator().max_in_flight, 64);
+        assert_eq!(set.orchestrator().breaker.failures, 0);
+        assert_eq!(set.gateway_retry().attempts, 1);
+    }
+
+    #[test]
     fn an_empty_operator_token_disables_operator_actions_instead_of_failing() {
         let empty = shared(&["--operator-token", ""]);
         assert!(empty.validate().is_ok());
