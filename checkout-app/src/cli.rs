@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
+use crate::gateway::{RateLimitConfig, RetryPolicy};
 use crate::orchestrator::OrchestratorConfig;
 use crate::order::OrderConfig;
 use crate::payment::PaymentConfig;
@@ -111,7 +113,7 @@ pub enum Command {
         /// The action.
         #[command(subcommand)]
         action: SagaAction,
-        /// The orchestrator's URL.
+        /// The orchestrator's URL (the first, when it lists several).
         #[arg(
             long,
             env = "ORCHESTRATOR_URL",
@@ -326,6 +328,42 @@ pub struct Shared {
     /// runs again. `off` keeps them forever.
     #[arg(long, env = "INBOX_RETENTION", default_value = "14d")]
     pub inbox_retention: Retention,
+    /// The orchestrator: most checkouts handled at once (each until its
+    /// answer); one more is refused at once with 503 `overloaded` and
+    /// Retry-After, nothing started. 0: no bound.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = crate::orchestrator::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Circuit breakers (the gateway's, one per orchestrator; the
+    /// orchestrator's, in front of the inventory catalogue): this many
+    /// failed calls in a row open one, and calls then fail fast with 503 and
+    /// Retry-After. 0: no breaker.
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open circuit breaker fails calls fast before it lets one
+    /// probe through; the probe's success closes it.
+    #[arg(long, env = "BREAKER_COOL_DOWN_MS", default_value_t = 2_000)]
+    pub breaker_cool_down_ms: u64,
+    /// The gateway: tries of one request across the orchestrators, the first
+    /// included, when one refuses the connection, dies before answering or
+    /// answers 502-504 (same body, same Idempotency-Key). 1: no retry.
+    #[arg(long, env = "ORCHESTRATOR_ATTEMPTS", default_value_t = 3)]
+    pub orchestrator_attempts: u32,
+    /// The gateway: no new try of a request starts this long after its first.
+    #[arg(long, env = "ORCHESTRATOR_RETRY_BUDGET_MS", default_value_t = 5_000)]
+    pub orchestrator_retry_budget_ms: u64,
+    /// The gateway: requests per second one client (IP address) may send to
+    /// /api/...; more are answered 429 with Retry-After. 0: no limit. Behind a
+    /// proxy every request has the proxy's address: limit per client there.
+    #[arg(long, env = "RATE_LIMIT_PER_CLIENT", default_value_t = 0)]
+    pub rate_limit_per_client: u32,
+    /// The gateway: requests one client may send at once above its rate
+    /// (0: one second's worth of RATE_LIMIT_PER_CLIENT).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+    /// The gateway: requests per second of all clients together; more are
+    /// answered 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "RATE_LIMIT_TOTAL", default_value_t = 0)]
+    pub rate_limit_total: u32,
 }
 
 impl Shared {
@@ -385,8 +423,33 @@ impl Shared {
         }
     }
 
+    fn breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            failures: self.breaker_failures,
+            cool_down: Duration::from_millis(self.breaker_cool_down_ms.max(1)),
+        }
+    }
+
+    fn gateway_retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.orchestrator_attempts.max(1),
+            budget: Duration::from_millis(self.orchestrator_retry_budget_ms),
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn rate_limit(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            per_client: self.rate_limit_per_client,
+            burst: self.rate_limit_burst,
+            total: self.rate_limit_total,
+        }
+    }
+
     fn orchestrator(&self) -> OrchestratorConfig {
         OrchestratorConfig {
+            max_in_flight: self.max_in_flight,
+            breaker: self.breaker(),
             wait: Duration::from_millis(self.checkout_wait_ms),
             operator_token: self.operator_token().map(str::to_owned),
             limits: Limits {
@@ -453,7 +516,8 @@ pub struct ServiceArgs {
     /// This service's own database URL.
     #[arg(long, env = "DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
-    /// The orchestrator's URL (gateway).
+    /// The orchestrator's URL, or several comma-separated (gateway): checkouts
+    /// are spread over them and one that fails is tried on the next.
     #[arg(
         long,
         env = "ORCHESTRATOR_URL",
@@ -524,7 +588,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             action,
             orchestrator_url,
             token,
-        } => crate::operator::run(action, &orchestrator_url, token.as_deref()).await,
+        } => {
+            let first = orchestrator_url
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            crate::operator::run(action, first, token.as_deref()).await
+        }
     }
 }
 
@@ -581,6 +652,8 @@ async fn run_all(args: AllArgs) -> Result<()> {
         max_body_bytes: shared.max_body_bytes,
         saga_retention: shared.saga_retention.0,
         inbox_retention: shared.inbox_retention.0,
+        gateway_retry: shared.gateway_retry(),
+        rate_limit: shared.rate_limit(),
         ..StackConfig::default()
     };
     let shutdown = Shutdown::new();
@@ -639,6 +712,8 @@ async fn run_one(service: Service, args: ServiceArgs) -> Result<()> {
         db_max_connections: shared.db_max_connections.max(1),
         saga_retention: shared.saga_retention.0,
         inbox_retention: shared.inbox_retention.0,
+        gateway_retry: shared.gateway_retry(),
+        rate_limit: shared.rate_limit(),
     };
     let shutdown = Shutdown::new();
     shutdown.on_signals();
@@ -674,6 +749,40 @@ mod tests {
             Some(Command::All(all)) => all.shared,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_edge_settings_default_to_no_rate_limit_and_a_high_in_flight_bound() {
+        let defaults = shared(&[]);
+        assert!(!defaults.rate_limit().is_on(), "no rate limit by default");
+        assert_eq!(defaults.orchestrator().max_in_flight, 1024);
+        assert_eq!(defaults.breaker(), BreakerConfig::default());
+        assert_eq!(defaults.gateway_retry(), RetryPolicy::default());
+        let set = shared(&[
+            "--rate-limit-per-client",
+            "50",
+            "--rate-limit-burst",
+            "100",
+            "--rate-limit-total",
+            "1000",
+            "--max-in-flight",
+            "64",
+            "--breaker-failures",
+            "0",
+            "--orchestrator-attempts",
+            "1",
+        ]);
+        assert_eq!(
+            set.rate_limit(),
+            RateLimitConfig {
+                per_client: 50,
+                burst: 100,
+                total: 1000
+            }
+        );
+        assert_eq!(set.orchestrator().max_in_flight, 64);
+        assert_eq!(set.orchestrator().breaker.failures, 0);
+        assert_eq!(set.gateway_retry().attempts, 1);
     }
 
     #[test]

@@ -18,6 +18,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A call to another service was not made: its circuit breaker is open
+    /// after repeated failures (see [`crate::breaker`]).
+    #[error("{service} is unavailable (circuit open); try again in {retry_after:?}")]
+    CircuitOpen {
+        /// The service not called.
+        service: &'static str,
+        /// When the breaker lets a call through again.
+        retry_after: std::time::Duration,
+    },
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),

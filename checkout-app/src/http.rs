@@ -6,11 +6,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use serde::Serialize;
@@ -26,7 +27,8 @@ pub struct ErrorBody {
     /// A stable, machine-readable code: `bad_request`, `unauthorized`,
     /// `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
     /// `payload_too_large`, `unsupported_media_type`, `unprocessable`,
-    /// `internal` or `unavailable`.
+    /// `internal`, `unavailable`, `overloaded` (a 503: the service is at its
+    /// bound of requests in flight) or `rate_limited` (a 429).
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,
@@ -41,6 +43,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -89,13 +92,33 @@ impl ApiError {
         )
     }
 
+    /// 503 `overloaded`: the service is at its bound of requests in flight
+    /// and refuses this one at once (nothing was started); try again after
+    /// `retry_after`.
+    pub fn overloaded(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry_after(retry_after)
+    }
+
+    /// 429 `rate_limited`: too many requests; try again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(retry_after)
+    }
+
     /// Any status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, rounded up, at least 1).
+    #[must_use]
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// The status.
@@ -112,13 +135,24 @@ impl IntoResponse for ApiError {
             message: self.message,
             success: false,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::breaker::retry_after_secs(after)),
+            );
+        }
+        response
     }
 }
 
 impl From<crate::error::Error> for ApiError {
     fn from(e: crate::error::Error) -> Self {
         match &e {
+            crate::error::Error::CircuitOpen { retry_after, .. } => {
+                let after = *retry_after;
+                Self::unavailable(e).retry_after(after)
+            }
             crate::error::Error::Upstream { .. } => Self::unavailable(e),
             crate::error::Error::Saga(inner)
                 if inner.kind() == saga_core::ErrorKind::Unavailable =>
@@ -266,8 +300,11 @@ pub async fn serve(
         crate::error::Error::Config(format!("{name}: cannot listen on {addr}: {e}"))
     })?;
     tracing::info!(service = name, %addr, "listening");
-    axum::serve(listener, with_json_fallbacks(router))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        with_json_fallbacks(router).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod api_docs;
+pub mod breaker;
 pub mod cli;
 pub mod db;
 pub mod error;

@@ -16,7 +16,20 @@
 //!
 //! Every route is declared with `#[utoipa::path]` and added by [`routes`]'s
 //! `routes!` list, which builds the router and the OpenAPI document together.
+//!
+//! What keeps it answering when things go wrong:
+//! - `ORCHESTRATOR_URL` may list several orchestrators: checkouts and saga
+//!   reads are spread over them, each behind a circuit breaker, and a request
+//!   one of them fails is sent to the next with the same `Idempotency-Key`
+//!   (module `upstream`, [`RetryPolicy`]); every checkout carries a key, the
+//!   client's or one the gateway makes.
+//! - A rate limit per client and overall answers `429` with `Retry-After`
+//!   (module `rate_limit`, [`RateLimitConfig`]; off by default).
 
+mod rate_limit;
+mod upstream;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -30,6 +43,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+pub use rate_limit::{RATE_LIMITED_TOTAL, RateLimitConfig};
+pub use upstream::RetryPolicy;
+
+use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
 use crate::http::{ApiError, AppJson, ErrorBody};
 use crate::orchestrator::{CheckoutOutcome, CheckoutRefused, IdempotencyKey, Product, SagaDetail};
@@ -39,7 +56,7 @@ use crate::request::{self, CheckoutRequest, Limits};
 /// Gateway settings.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// The orchestrator's base URL.
+    /// The orchestrator's base URL, or several, comma-separated.
     pub orchestrator_url: String,
     /// The order service's base URL.
     pub order_url: String,
@@ -51,6 +68,12 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// How long to wait for the orchestrator (its own wait plus a margin).
     pub upstream_timeout: Duration,
+    /// Trying a request again on another orchestrator.
+    pub retry: RetryPolicy,
+    /// Each orchestrator's circuit breaker.
+    pub breaker: BreakerConfig,
+    /// The rate limits.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +85,9 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             max_body_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -70,7 +96,8 @@ impl GatewayConfig {
     /// The gateway in front of an orchestrator configured as `orchestrator`:
     /// the same request limits, and an upstream timeout of the orchestrator's
     /// wait plus 10 s, so the orchestrator's own answer (202 when the saga
-    /// is still running) arrives first.
+    /// is still running) arrives first, and the same circuit breaker
+    /// settings; the default retry policy and no rate limit.
     #[must_use]
     pub fn in_front_of(
         orchestrator: &crate::orchestrator::OrchestratorConfig,
@@ -86,6 +113,9 @@ impl GatewayConfig {
             limits: orchestrator.limits,
             max_body_bytes,
             upstream_timeout: orchestrator.wait + Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            breaker: orchestrator.breaker,
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -93,6 +123,7 @@ impl GatewayConfig {
 #[derive(Clone)]
 struct Gateway {
     http: reqwest::Client,
+    orchestrators: upstream::Orchestrators,
     config: GatewayConfig,
 }
 
@@ -142,7 +173,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// `GET /api/docs` and the document at `GET /api/docs/openapi.json`.
 ///
 /// # Errors
-/// When the HTTP client cannot be built.
+/// When the HTTP client cannot be built or `orchestrator_url` names no URL.
 pub fn router(config: GatewayConfig) -> Result<Router> {
     let http = reqwest::Client::builder()
         .timeout(config.upstream_timeout)
@@ -151,9 +182,24 @@ pub fn router(config: GatewayConfig) -> Result<Router> {
         .map_err(|e| Error::Config(format!("http client: {e}")))?;
     let limit = config.max_body_bytes;
     let limits = config.limits;
-    let state = Gateway { http, config };
+    let orchestrators = upstream::Orchestrators::new(
+        &config.orchestrator_url,
+        http.clone(),
+        config.retry,
+        config.breaker,
+    )?;
+    let limiter = Arc::new(rate_limit::RateLimiter::new(config.rate_limit));
+    let state = Gateway {
+        http,
+        orchestrators,
+        config,
+    };
     let (router, mut openapi) = routes()
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            rate_limit::enforce,
+        ))
         .with_state(state)
         .split_for_parts();
     request::describe_limits(&mut openapi, &limits);
@@ -201,7 +247,8 @@ pub struct ProductList {
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Refused before the saga (an unknown product, a price that differs from the catalogue: `ErrorBody`), or the saga compensated (insufficient stock, a declined payment: `CheckoutOutcome` with `success: false`, the order cancelled)", body = CheckoutRefused),
         (status = 500, description = "The saga could neither complete nor compensate and needs an operator (`CheckoutOutcome`), or an internal error (`ErrorBody`)", body = CheckoutRefused),
-        (status = 503, description = "A service or the store or the broker is unavailable; try again (with the same Idempotency-Key)", body = ErrorBody)
+        (status = 429, description = "Over the rate limit, per client or overall (`rate_limited`); try again after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "A service or the store or the broker is unavailable, every orchestrator's circuit breaker is open (with `Retry-After`), or the orchestrators are at their bound of checkouts in flight (`overloaded`, with `Retry-After`); try again (with the same Idempotency-Key)", body = ErrorBody)
     )
 )]
 async fn checkout(
@@ -211,17 +258,24 @@ async fn checkout(
 ) -> Result<Response, ApiError> {
     // Refuse bad input here, before anything reaches the orchestrator.
     let request = request::parse(&body, &gateway.config.limits).map_err(ApiError::bad_request)?;
-    let key = crate::orchestrator::idempotency_key(&headers)?;
-    let mut forward = gateway
-        .http
-        .post(format!("{}/checkouts", gateway.config.orchestrator_url))
-        .json(&request);
-    if let Some(key) = key {
-        forward = forward.header("idempotency-key", key);
-    }
-    let mut trace = axum::http::HeaderMap::new();
+    // Every checkout carries a key, so that a try the gateway repeats on
+    // another orchestrator returns the first try's saga instead of a second.
+    let key = crate::orchestrator::idempotency_key(&headers)?
+        .unwrap_or_else(|| format!("gw-{}", Uuid::new_v4()));
+    let body = serde_json::to_value(&request).map_err(ApiError::internal)?;
+    let call = upstream::Call::Post {
+        path: "/checkouts",
+        body: &body,
+        key: &key,
+    };
+    gateway.orchestrators.call(&call, &trace_headers()).await
+}
+
+/// The current span's trace context as HTTP headers.
+fn trace_headers() -> HeaderMap {
+    let mut trace = HeaderMap::new();
     crate::telemetry::inject_http(&tracing::Span::current(), &mut trace);
-    relay("orchestrator", forward.headers(trace).send().await).await
+    trace
 }
 
 /// The catalogue.
@@ -234,6 +288,7 @@ async fn checkout(
     operation_id = "listProducts",
     responses(
         (status = 200, description = "The catalogue", body = ProductList),
+        (status = 429, description = "Over the rate limit (`rate_limited`); try again after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "The inventory service is unavailable", body = ErrorBody)
     )
 )]
@@ -269,6 +324,7 @@ async fn products(State(gateway): State<Gateway>) -> Result<Response, ApiError> 
         (status = 200, description = "The order: `PENDING`, `CONFIRMED` or `CANCELLED`", body = OrderView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
+        (status = 429, description = "Over the rate limit (`rate_limited`); try again after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "The order service is unavailable", body = ErrorBody)
     )
 )]
@@ -295,7 +351,8 @@ async fn order(
         (status = 200, description = "The saga, its ordered log and a diagram", body = SagaDetail),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such saga", body = ErrorBody),
-        (status = 503, description = "The orchestrator is unavailable", body = ErrorBody)
+        (status = 429, description = "Over the rate limit (`rate_limited`); try again after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "No orchestrator is available", body = ErrorBody)
     )
 )]
 async fn saga(
@@ -304,8 +361,9 @@ async fn saga(
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not a saga id (a UUID)")))?;
-    let url = format!("{}/sagas/{id}", gateway.config.orchestrator_url);
-    relay("orchestrator", gateway.http.get(url).send().await).await
+    let path = format!("/sagas/{id}");
+    let call = upstream::Call::Get { path: &path };
+    gateway.orchestrators.call(&call, &trace_headers()).await
 }
 
 /// Passes an upstream JSON response through with its status.

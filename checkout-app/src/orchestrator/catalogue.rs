@@ -3,6 +3,11 @@
 //! Prices are cached for a short time (`ttl`, 2 s by default) so a checkout
 //! does not cost an extra HTTP call and query; an id missing from the cache
 //! forces a refresh, so new products are seen at once.
+//!
+//! Lookups go through a circuit breaker ([`crate::breaker`]): once the
+//! inventory service has failed `BREAKER_FAILURES` lookups in a row, checkouts
+//! are refused at once (`503` with `Retry-After`) for `BREAKER_COOL_DOWN_MS`
+//! instead of each waiting for a dead service; then one lookup probes it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::error::{Error, Result};
 
 /// A catalogue product as the inventory service reports it (and the
@@ -46,6 +52,7 @@ pub struct Catalogue {
     base: String,
     ttl: Duration,
     cache: Arc<Mutex<Cached>>,
+    breaker: Breaker,
 }
 
 impl Catalogue {
@@ -64,7 +71,16 @@ impl Catalogue {
             base: base.into().trim_end_matches('/').to_owned(),
             ttl: Duration::from_secs(2),
             cache: Arc::default(),
+            breaker: Breaker::new("inventory", BreakerConfig::default()),
         })
+    }
+
+    /// Sets when the circuit breaker in front of the inventory service opens
+    /// and for how long (a fresh, closed breaker).
+    #[must_use]
+    pub fn with_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Breaker::new("inventory", config);
+        self
     }
 
     /// Sets how long fetched prices are reused (zero: always ask the inventory service).
@@ -78,12 +94,28 @@ impl Catalogue {
     /// and knows every id, else from the inventory service.
     ///
     /// # Errors
-    /// [`Error::Upstream`] when the inventory service does not answer properly.
+    /// [`Error::Upstream`] when the inventory service does not answer
+    /// properly; [`Error::CircuitOpen`], without calling it, while its breaker is open.
     pub async fn products(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>> {
         if let Some(found) = self.cached(ids) {
             return Ok(found);
         }
-        let all = self.fetch_all().await?;
+        self.breaker
+            .admit()
+            .map_err(|retry_after| Error::CircuitOpen {
+                service: "inventory",
+                retry_after,
+            })?;
+        let all = match self.fetch_all().await {
+            Ok(all) => {
+                self.breaker.succeeded();
+                all
+            }
+            Err(e) => {
+                self.breaker.failed();
+                return Err(e);
+            }
+        };
         let found = ids
             .iter()
             .filter_map(|id| all.get(id).map(|p| (*id, p.clone())))

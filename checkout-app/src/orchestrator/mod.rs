@@ -5,6 +5,11 @@
 //! prices are checked, never charged), starts the saga with the client's
 //! idempotency key, and waits up to a configurable time for the outcome,
 //! answering `202 Accepted` with the saga id if it is still running.
+//!
+//! At most `max_in_flight` checkouts are handled at once (`MAX_IN_FLIGHT`):
+//! past that bound `POST /checkouts` refuses at once with `503 overloaded` and
+//! `Retry-After`, before anything is written, instead of queueing work it
+//! would answer only after the client gave up.
 
 mod catalogue;
 mod routes;
@@ -17,12 +22,13 @@ use std::time::Duration;
 use saga_core::{Engine, Saga};
 
 pub use catalogue::{Catalogue, Product};
+pub use routes::{CHECKOUTS_SHED_TOTAL, openapi, router};
 pub(crate) use routes::{IdempotencyKey, idempotency_key};
-pub use routes::{openapi, router};
 pub use views::{
     CheckoutOutcome, CheckoutRefused, LogView, SagaDetail, SagaList, SagaView, StepView,
 };
 
+use crate::breaker::BreakerConfig;
 use crate::request::Limits;
 use crate::saga::CheckoutData;
 
@@ -35,7 +41,17 @@ pub struct OrchestratorConfig {
     pub operator_token: Option<String>,
     /// Request limits.
     pub limits: Limits,
+    /// Most `POST /checkouts` handled at once (each until its answer: the
+    /// saga's outcome or the 202 after `wait`); one more is refused with
+    /// `503 overloaded`. 0: no bound.
+    pub max_in_flight: usize,
+    /// The circuit breaker of the calls to the inventory service (the catalogue).
+    pub breaker: BreakerConfig,
 }
+
+/// The default bound of checkouts in flight: well above what the benchmark's
+/// 32 clients (one checkout in flight each) or the fault suite's 24 need.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
@@ -43,6 +59,8 @@ impl Default for OrchestratorConfig {
             wait: Duration::from_secs(10),
             operator_token: None,
             limits: Limits::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            breaker: BreakerConfig::default(),
         }
     }
 }

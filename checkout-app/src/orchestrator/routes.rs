@@ -1,6 +1,10 @@
 //! The orchestrator's HTTP routes, each documented by its `#[utoipa::path]`:
 //! [`routes`] builds the router and the OpenAPI document from the same list.
 
+use std::time::Duration;
+
+use axum::BoxError;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +13,7 @@ use saga_core::adapter::SagaQuery;
 use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tower::ServiceBuilder;
 use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,9 +53,12 @@ struct OrchestratorApi;
 /// `GET /sagas/{id}`, `POST /sagas/{id}/{retry|cancel|resume}`,
 /// `POST /sagas/prune`, `GET /health`. To add a route, write its handler with `#[utoipa::path]` and add one
 /// `.routes(routes!(handler))` line here.
-pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
+pub(super) fn routes(max_in_flight: usize) -> OpenApiRouter<Orchestrator> {
     OpenApiRouter::with_openapi(OrchestratorApi::openapi())
-        .routes(routes!(checkout))
+        .merge(shed_checkouts(
+            OpenApiRouter::new().routes(routes!(checkout)),
+            max_in_flight,
+        ))
         .routes(routes!(list))
         .routes(routes!(show))
         .routes(routes!(retry))
@@ -65,7 +73,7 @@ pub(super) fn routes() -> OpenApiRouter<Orchestrator> {
 /// orchestrator's configured ones.
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut openapi = routes().into_openapi();
+    let mut openapi = routes(0).into_openapi();
     request::describe_limits(&mut openapi, &request::Limits::default());
     openapi
 }
@@ -75,7 +83,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// operator's web pages under `/ui` (module `ui`).
 pub fn router(state: Orchestrator) -> Router {
     let limits = state.config.limits;
-    let (router, mut openapi) = routes().with_state(state.clone()).split_for_parts();
+    let (router, mut openapi) = routes(state.config.max_in_flight)
+        .with_state(state.clone())
+        .split_for_parts();
     request::describe_limits(&mut openapi, &limits);
     router
         .merge(crate::api_docs::router(
@@ -85,6 +95,39 @@ pub fn router(state: Orchestrator) -> Router {
         ))
         .merge(super::ui::router(state))
 }
+
+/// How long a client refused for overload is asked to wait.
+const OVERLOAD_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Load shedding: `routes` handle at most `max_in_flight` requests at once
+/// (tower's `ConcurrencyLimit`); one more is refused at once by `LoadShed`
+/// with `503 overloaded` and `Retry-After`, before its handler runs. 0: no bound.
+fn shed_checkouts(
+    routes: OpenApiRouter<Orchestrator>,
+    max_in_flight: usize,
+) -> OpenApiRouter<Orchestrator> {
+    if max_in_flight == 0 {
+        return routes;
+    }
+    routes.route_layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |_: BoxError| async move {
+                metrics::counter!(CHECKOUTS_SHED_TOTAL).increment(1);
+                ApiError::overloaded(
+                    format!(
+                        "the orchestrator is handling its maximum of {max_in_flight} checkouts; \
+                         try again shortly (with the same Idempotency-Key)"
+                    ),
+                    OVERLOAD_RETRY_AFTER,
+                )
+            }))
+            .load_shed()
+            .concurrency_limit(max_in_flight),
+    )
+}
+
+/// Checkouts refused because `MAX_IN_FLIGHT` were being handled.
+pub const CHECKOUTS_SHED_TOTAL: &str = "checkouts_shed_total";
 
 /// The idempotency key header, validated.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -123,7 +166,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Refused (unknown product, wrong price) or compensated (the order is cancelled)", body = CheckoutRefused),
         (status = 500, description = "The saga failed and needs an operator, or an internal error", body = CheckoutRefused),
-        (status = 503, description = "The store, the broker or the inventory service is unavailable", body = ErrorBody)
+        (status = 503, description = "The store, the broker or the inventory service is unavailable (`unavailable`; with `Retry-After` while the inventory's circuit breaker is open), or `MAX_IN_FLIGHT` checkouts are in flight (`overloaded`, with `Retry-After`): nothing was started, try again", body = ErrorBody)
     )
 )]
 async fn checkout(

@@ -10,7 +10,7 @@ use super::Shutdown;
 use super::infra::{RabbitTuning, Storage, saga_store_with_pool, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve};
 use crate::error::{Error, Result};
-use crate::gateway::GatewayConfig;
+use crate::gateway::{GatewayConfig, RateLimitConfig, RetryPolicy};
 use crate::orchestrator::{Catalogue, Orchestrator, OrchestratorConfig};
 use crate::order::OrderConfig;
 use crate::payment::PaymentConfig;
@@ -67,6 +67,10 @@ pub struct ServiceConfig {
     pub saga_retention: Option<Duration>,
     /// `INBOX_RETENTION` (the participants): how long tombstones are kept.
     pub inbox_retention: Option<Duration>,
+    /// The gateway's retries on another orchestrator (`ORCHESTRATOR_ATTEMPTS`, ...).
+    pub gateway_retry: RetryPolicy,
+    /// The gateway's rate limits (`RATE_LIMIT_*`).
+    pub rate_limit: RateLimitConfig,
 }
 
 /// Runs one service until `shutdown`.
@@ -90,13 +94,17 @@ pub async fn run_service(
     };
     match service {
         Service::Gateway => {
-            let gateway = GatewayConfig::in_front_of(
-                &config.orchestrator,
-                config.max_body_bytes,
-                config.orchestrator_url.clone(),
-                config.order_url.clone(),
-                config.inventory_url.clone(),
-            );
+            let gateway = GatewayConfig {
+                retry: config.gateway_retry,
+                rate_limit: config.rate_limit,
+                ..GatewayConfig::in_front_of(
+                    &config.orchestrator,
+                    config.max_body_bytes,
+                    config.orchestrator_url.clone(),
+                    config.order_url.clone(),
+                    config.inventory_url.clone(),
+                )
+            };
             serve(
                 &mut tasks,
                 "api-gateway",
@@ -131,7 +139,8 @@ pub async fn run_service(
             let orchestrator = Orchestrator::new(
                 engine.clone(),
                 crate::saga::definition(config.timing)?,
-                Catalogue::new(config.inventory_url.clone())?,
+                Catalogue::new(config.inventory_url.clone())?
+                    .with_breaker(config.orchestrator.breaker),
                 config.orchestrator.clone(),
             );
             run_engine(&mut tasks, &engine, &shutdown);

@@ -15,7 +15,7 @@ use super::Shutdown;
 use super::infra::{Databases, RabbitTuning, Storage, saga_store, service_db, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve, url};
 use crate::error::{Error, Result};
-use crate::gateway::GatewayConfig;
+use crate::gateway::{GatewayConfig, RateLimitConfig, RetryPolicy};
 use crate::orchestrator::{Catalogue, Orchestrator, OrchestratorConfig};
 use crate::order::OrderConfig;
 use crate::payment::PaymentConfig;
@@ -101,6 +101,10 @@ pub struct StackConfig {
     /// How long the participants keep their tombstones (`INBOX_RETENTION`;
     /// `None`, the default here: forever).
     pub inbox_retention: Option<Duration>,
+    /// The gateway's retries on another orchestrator (`ORCHESTRATOR_ATTEMPTS`, ...).
+    pub gateway_retry: RetryPolicy,
+    /// The gateway's rate limits (`RATE_LIMIT_*`; off by default).
+    pub rate_limit: RateLimitConfig,
 }
 
 impl StackConfig {
@@ -133,6 +137,8 @@ impl Default for StackConfig {
             seed: true,
             saga_retention: None,
             inbox_retention: None,
+            gateway_retry: RetryPolicy::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -285,7 +291,7 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
     let orchestrator = Orchestrator::new(
         engine.clone(),
         crate::saga::definition(config.timing)?,
-        Catalogue::new(url(inventory_addr))?,
+        Catalogue::new(url(inventory_addr))?.with_breaker(config.orchestrator.breaker),
         config.orchestrator.clone(),
     );
     run_engine(&mut tasks, &engine, &shutdown);
@@ -297,13 +303,17 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
         &shutdown,
     );
 
-    let gateway_config = GatewayConfig::in_front_of(
-        &config.orchestrator,
-        config.max_body_bytes,
-        url(orchestrator_addr),
-        url(order_addr),
-        url(inventory_addr),
-    );
+    let gateway_config = GatewayConfig {
+        retry: config.gateway_retry,
+        rate_limit: config.rate_limit,
+        ..GatewayConfig::in_front_of(
+            &config.orchestrator,
+            config.max_body_bytes,
+            url(orchestrator_addr),
+            url(order_addr),
+            url(inventory_addr),
+        )
+    };
     serve(
         &mut tasks,
         "api-gateway",

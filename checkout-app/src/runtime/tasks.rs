@@ -41,9 +41,13 @@ pub(super) fn serve(
     );
     tasks.spawn(async move {
         tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await?;
+        // With the peer's address, for the gateway's per-client rate limit.
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await?;
         Ok(())
     });
 }

@@ -242,7 +242,9 @@ async fn the_gateway_document_describes_the_checkout() {
         .collect();
     assert_eq!(
         statuses,
-        BTreeSet::from(["200", "202", "400", "413", "415", "422", "500", "503"])
+        BTreeSet::from([
+            "200", "202", "400", "413", "415", "422", "429", "500", "503"
+        ])
     );
     assert!(
         checkout["parameters"]
