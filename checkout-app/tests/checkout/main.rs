@@ -17,6 +17,7 @@ mod fuzz;
 mod inventory_postgres;
 mod observability;
 mod postgres_rabbitmq;
+mod scale;
 mod support;
 mod traces;
 mod ui;
