@@ -66,7 +66,12 @@ impl Infra {
     /// # Panics
     /// With a clear message when RabbitMQ's management API is unreachable.
     pub async fn new(name: &str) -> Self {
-        Self::on_brokers(name, Management::from_env(), vec![rabbitmq::amqp_from_env()]).await
+        Self::on_brokers(
+            name,
+            Management::from_env(),
+            vec![rabbitmq::amqp_from_env()],
+        )
+        .await
     }
 
     /// Like [`Infra::new`], on the brokers `brokers` (base AMQP URLs, one per
