@@ -489,7 +489,7 @@ pub struct AllArgs {
     #[arg(long, env = "DATA_DIR", default_value = "checkout-data")]
     pub data_dir: PathBuf,
     /// Without DB_URL: keep everything in memory (nothing survives a stop).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "db_url")]
     pub in_memory: bool,
     /// Settings every service shares.
     #[command(flatten)]
@@ -672,7 +672,9 @@ async fn run_all(args: AllArgs) -> Result<()> {
             folder.display()
         ),
         Storage::Memory => {
-            println!("  (nothing is kept; without --in-memory the data stays in ./checkout-data)")
+            println!(
+                "  (nothing is kept; without --in-memory the data stays in DATA_DIR, ./checkout-data by default)"
+            )
         }
         Storage::Postgres(_) => {}
     }

@@ -403,9 +403,20 @@ impl Shared {
     }
 
     /// Opens a connection, declares the topology and the publisher channels.
+    /// A broker that accepts the connection but fails the declarations (a
+    /// node cut off from its cluster) is left for the next one.
     async fn open(&self) -> Result<Arc<Live>, Error> {
-        let config = &self.config;
         let connection = self.connect_any().await?;
+        let opened = self.prepare(connection).await;
+        if opened.is_err() && self.config.brokers().len() > 1 {
+            self.fail_over();
+        }
+        opened
+    }
+
+    /// Declares the topology and the publisher channels on `connection`.
+    async fn prepare(&self, connection: Connection) -> Result<Arc<Live>, Error> {
+        let config = &self.config;
         let live = Live {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             connection,

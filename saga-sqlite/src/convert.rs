@@ -11,9 +11,22 @@ use sea_orm::{QueryResult, Value};
 
 use crate::error::Error;
 
+/// The latest time stored: later ones (a step timeout of `Duration::MAX`
+/// saturates at chrono's year 262142) are stored as this, so that every
+/// stored time has a four-digit year and text order stays time order.
+pub(crate) const LATEST: &str = "9999-12-31T23:59:59.999999Z";
+
 /// `at` as stored: `2026-12-05T10:00:00.123456Z`.
 pub(crate) fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let text = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    // Years before 0000 or after 9999 carry a sign and more digits.
+    if text.len() == LATEST.len() && !text.starts_with(['+', '-']) {
+        text
+    } else if text.starts_with('-') {
+        "0000-01-01T00:00:00.000000Z".to_owned()
+    } else {
+        LATEST.to_owned()
+    }
 }
 
 fn time_opt(at: Option<DateTime<Utc>>) -> Value {
@@ -205,4 +218,25 @@ pub(crate) fn to_log(row: &QueryResult) -> Result<LogEntry, Error> {
         payload: json(&id, "log payload", &get::<String>(row, "payload")?)?,
         at: parse_time(&id, "log created_at", &get::<String>(row, "created_at")?)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_fixed_width_text_in_time_order_and_saturate_at_year_9999() {
+        let early = DateTime::<Utc>::from_timestamp(0, 1_000).expect("time");
+        assert_eq!(time(early), "1970-01-01T00:00:00.000001Z");
+        assert_eq!(time(DateTime::<Utc>::MAX_UTC), LATEST);
+        assert_eq!(
+            time(DateTime::<Utc>::MIN_UTC),
+            "0000-01-01T00:00:00.000000Z"
+        );
+        assert!(time(early) < time(DateTime::<Utc>::MAX_UTC));
+        assert_eq!(
+            parse_time("t", "t", LATEST).map(time).ok().as_deref(),
+            Some(LATEST)
+        );
+    }
 }

@@ -169,6 +169,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi
 }
 
+/// How long the gateway waits for a connection to an upstream service.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The gateway's routes: those of [`openapi`], plus the docs page at
 /// `GET /api/docs` and the document at `GET /api/docs/openapi.json`.
 ///
@@ -177,6 +180,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(config: GatewayConfig) -> Result<Router> {
     let http = reqwest::Client::builder()
         .timeout(config.upstream_timeout)
+        // A host that is gone (no RST) must not hold a checkout for the
+        // whole timeout: a connection not made in time is tried elsewhere.
+        .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| Error::Config(format!("http client: {e}")))?;

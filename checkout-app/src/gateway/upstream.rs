@@ -87,16 +87,19 @@ struct Upstream {
     breaker: Breaker,
 }
 
-/// An answer with its status and JSON body.
+/// An answer with its status, JSON body and `Retry-After`.
 struct Answer {
     status: StatusCode,
     body: Value,
+    retry_after: Option<axum::http::HeaderValue>,
 }
 
 impl Answer {
-    /// A `502`-`504`: the orchestrator (or a proxy before it) could not serve it.
+    /// A `502` or `504`: a proxy before the orchestrator could not reach it,
+    /// or gave up on it. (A `503` comes from a live orchestrator whose own
+    /// dependency failed, or that is at its bound: not its failure.)
     fn is_unavailable(&self) -> bool {
-        matches!(self.status.as_u16(), 502..=504)
+        matches!(self.status.as_u16(), 502 | 504)
     }
 
     /// A `503 overloaded`: the orchestrator is healthy but at its bound of
@@ -106,7 +109,13 @@ impl Answer {
     }
 
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(retry_after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after);
+        }
+        response
     }
 }
 
@@ -235,7 +244,10 @@ impl Orchestrators {
                 Err(e) => {
                     upstream.breaker.failed();
                     let message = format!("orchestrator {}: {e}", upstream.url);
-                    if e.is_timeout() {
+                    // A request sent and not answered in time may have
+                    // started a saga that is still running: not sent again.
+                    // One that never connected is safe to send elsewhere.
+                    if e.is_timeout() && !e.is_connect() {
                         return Err(ApiError::unavailable(message));
                     }
                     tracing::warn!(orchestrator = %upstream.url, error = %e, attempt, "orchestrator did not answer; trying another");
@@ -269,9 +281,17 @@ impl Orchestrators {
         let response = request.headers(trace.clone()).send().await?;
         let status =
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok());
         let bytes = response.bytes().await?;
         let body = serde_json::from_slice(&bytes).map_err(|e| Exchange::NotJson(e.to_string()))?;
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
     }
 }
 
@@ -287,6 +307,12 @@ enum Exchange {
 impl Exchange {
     fn is_timeout(&self) -> bool {
         matches!(self, Self::Http(e) if e.is_timeout())
+    }
+
+    /// The connection was never made (refused, unreachable, connect timeout):
+    /// nothing was sent.
+    fn is_connect(&self) -> bool {
+        matches!(self, Self::Http(e) if e.is_connect())
     }
 }
 

@@ -50,7 +50,7 @@ async fn serve(router: Router) -> SocketAddr {
 }
 
 /// A fake orchestrator: records every checkout's Idempotency-Key and answers
-/// 200, or `503 unavailable` while `failing`.
+/// 200, or `502` while `failing` (what a proxy before a dead orchestrator answers).
 #[derive(Clone, Default)]
 struct FakeOrchestrator {
     keys: Arc<Mutex<Vec<String>>>,
@@ -88,8 +88,8 @@ impl FakeOrchestrator {
     fn answer(&self) -> (StatusCode, Json<Value>) {
         if self.failing.load(Ordering::SeqCst) {
             (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"success": false, "error": "unavailable", "message": "store down"})),
+                StatusCode::BAD_GATEWAY,
+                Json(json!({"success": false, "error": "bad_gateway", "message": "no upstream"})),
             )
         } else {
             (
@@ -277,7 +277,7 @@ async fn an_open_breaker_answers_503_at_once_and_a_probe_after_the_cool_down_clo
     let http = reqwest::Client::new();
     for _ in 0..2 {
         let (status, _, _) = post_checkout(&http, &gateway, None).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "relayed");
     }
     assert_eq!(fake.calls(), 2);
 
@@ -554,4 +554,57 @@ async fn one_gateway_over_two_orchestrators_one_killed_mid_load_costs_clients_no
     );
     figures.assert_invariants(scenario, 0, 0);
     cluster.shutdown().await;
+}
+
+/// A `503` comes from a live orchestrator whose own dependency failed (its
+/// catalogue breaker is open, say): the gateway relays it with its
+/// `Retry-After`, does not try the others, and does not count it against
+/// the orchestrator's breaker.
+#[tokio::test]
+async fn a_503_from_a_live_orchestrator_is_relayed_with_its_retry_after_and_not_held_against_it() {
+    use axum::response::IntoResponse;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/checkouts",
+        axum::routing::post(move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"success": false, "error": "unavailable", "message": "the catalogue is unavailable"})),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("7"));
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gateway = gateway(format!("http://{addr},http://{addr}"), |c| {
+        c.breaker = BreakerConfig {
+            failures: 1,
+            cool_down: Duration::from_secs(60),
+        };
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for i in 1..=3 {
+        let (status, headers, body) = post_checkout(&http, &gateway, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(retry_after(&headers), 7, "the orchestrator's Retry-After");
+        assert_eq!(body["message"], "the catalogue is unavailable");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            i,
+            "one try each, breaker never opened"
+        );
+    }
 }

@@ -193,3 +193,51 @@ async fn a_store_on_an_unmigrated_database_asks_for_the_migrations() {
         .await
         .expect("store on the migrated database");
 }
+
+/// A wake-up past year 9999 (a step timeout of `Duration::MAX` saturates at
+/// chrono's last year) is stored as the last time a four-digit year holds:
+/// the saga is never due, and claims and loads keep working.
+#[tokio::test]
+async fn a_wake_up_at_the_end_of_time_is_never_due_and_breaks_nothing() {
+    let store = SqliteSagaStore::open(&SqliteConfig::memory())
+        .await
+        .expect("open");
+    let mut forever = instance(1);
+    forever.next_wake_at = Some(chrono::DateTime::<Utc>::MAX_UTC);
+    forever.deadline_at = Some(chrono::DateTime::<Utc>::MAX_UTC);
+    store.create(&forever, &[]).await.expect("create");
+    let due = instance(2);
+    store.create(&due, &[]).await.expect("create");
+    let definitions = [saga_core::adapter::DefinitionKey::new("checkout", 1)];
+    let claimed = store
+        .claim_due(
+            Utc::now(),
+            10,
+            "engine-a",
+            std::time::Duration::MAX,
+            &definitions,
+        )
+        .await
+        .expect("claims work");
+    assert_eq!(claimed.iter().map(|s| s.id).collect::<Vec<_>>(), [due.id]);
+    let loaded = store.load(forever.id).await.expect("load").expect("stored");
+    assert_eq!(
+        loaded
+            .next_wake_at
+            .map(|t| t.format("%Y").to_string())
+            .as_deref(),
+        Some("9999")
+    );
+    // The endless lease holds: another engine does not take the claimed saga.
+    let again = store
+        .claim_due(
+            Utc::now(),
+            10,
+            "engine-b",
+            std::time::Duration::from_secs(1),
+            &definitions,
+        )
+        .await
+        .expect("claims work");
+    assert!(again.is_empty(), "{again:?}");
+}
