@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::definition::Command;
 use crate::definition::Saga;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::Engine;
 use crate::error::StepError;
 use crate::id::SagaId;
 use crate::inbox::Inbox;
@@ -228,12 +228,10 @@ pub fn participants(
 /// waits (the default lease is 30 s).
 #[must_use]
 pub fn engine(store: impl SagaStore, transport: &InMemoryTransport, saga: &Saga<Order>) -> Engine {
-    let mut config = EngineConfig::default();
-    config.poll_interval = Duration::from_millis(50);
-    config.lease = Duration::from_secs(2);
     Engine::builder(store, transport.clone())
         .register(saga)
-        .config(config)
+        .poll_interval(Duration::from_millis(50))
+        .lease(Duration::from_secs(2))
         .build()
 }
 
