@@ -11,10 +11,12 @@
 //!
 //! The suites panic with a message naming the broken rule, like `assert!`.
 
+pub mod engine_suite;
 pub mod simulation;
 mod store_suite;
 mod transport_suite;
 
+pub use engine_suite::engine_survives_a_crash;
 pub use store_suite::store_conformance;
 pub use transport_suite::transport_conformance;
 
