@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::memory::{InMemoryInbox, InMemoryStore, InMemoryTransport};
+use saga_core::testing::CountingStore;
 use saga_core::{
     Command, Engine, EngineConfig, ErrorKind, LogEvent, Participant, RetryPolicy, Saga, SagaStatus,
     StartOptions, StepError, StepStatus, Transport,
@@ -319,6 +320,57 @@ async fn starting_twice_with_the_same_key_returns_the_first_saga() {
     stack.engine.wait(a, WAIT).await.expect("finishes");
     assert_eq!(stack.store.all().len(), 1);
     assert_eq!(stack.journal.entries().len(), 4, "each step ran once");
+    stack.shutdown().await;
+}
+
+/// `start_and_wait` listens before the saga exists, so it reads nothing
+/// back: the engine's own notice carries the final state. The same saga
+/// through `start` and `wait` reads it at least once (the control).
+#[tokio::test]
+async fn start_and_wait_reads_nothing_back() {
+    let mut stack = Stack::new();
+    let store = CountingStore::new(stack.store.clone());
+    let engine = Engine::builder(store.clone(), stack.transport.clone())
+        .register(&trip())
+        .poll_interval(Duration::from_millis(10))
+        .build();
+    stack.run_engine(&engine);
+    stack.run_participant();
+
+    for _ in 0..5 {
+        let done = engine
+            .start_and_wait(&trip(), Trip::default(), StartOptions::new(), WAIT)
+            .await
+            .expect("finishes");
+        assert_eq!(done.status, SagaStatus::Completed);
+        assert_eq!(done.data_as::<Trip>().expect("data").refs.len(), 3);
+    }
+    assert_eq!(store.loads(), 0, "start_and_wait read a saga back");
+
+    let id = engine.start(&trip(), Trip::default()).await.expect("start");
+    engine.wait(id, WAIT).await.expect("finishes");
+    assert!(store.loads() >= 1, "the control reads the saga");
+    stack.shutdown().await;
+}
+
+/// With a key used before, `start_and_wait` waits for the first saga.
+#[tokio::test]
+async fn start_and_wait_with_a_used_key_answers_with_the_first_saga() {
+    let stack = Stack::running();
+    let key = || StartOptions::new().idempotency_key("order-8");
+    let first = stack
+        .engine
+        .start_and_wait(&trip(), Trip::default(), key(), WAIT)
+        .await
+        .expect("finishes");
+    let again = stack
+        .engine
+        .start_and_wait(&trip(), Trip::default(), key(), WAIT)
+        .await
+        .expect("answers");
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.status, SagaStatus::Completed);
+    assert_eq!(stack.store.all().len(), 1);
     stack.shutdown().await;
 }
 

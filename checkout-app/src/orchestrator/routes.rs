@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use saga_core::adapter::SagaQuery;
-use saga_core::{ErrorKind, SagaId, SagaInstance, SagaStatus, StartOptions};
+use saga_core::{SagaId, SagaInstance, SagaStatus, StartOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceBuilder;
@@ -181,14 +181,13 @@ async fn checkout(
         Some(key) => StartOptions::new().idempotency_key(format!("{}:{key}", data.user_id)),
         None => StartOptions::new(),
     };
-    let id = state
+    let outcome = match state
         .engine
-        .start_with(&state.saga, data, options)
+        .start_and_wait(&state.saga, data, options, state.config.wait)
         .await
-        .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
-    let outcome = match state.engine.wait(id, state.config.wait).await {
+    {
         Ok(instance) => instance,
-        Err(e) if e.kind() == ErrorKind::Timeout => state
+        Err(saga_core::Error::WaitTimeout(id)) => state
             .engine
             .get(id)
             .await

@@ -65,6 +65,9 @@ impl Engine {
             if t.is_noop() {
                 return Ok((instance, Arc::new(t.instance)));
             }
+            // Held through the save and the effects, so that a waiter who
+            // hears the store's notice first waits for the engine's own.
+            let _finishing = t.instance.is_terminal().then(|| self.finishing(id));
             match self.save(&instance, &t).instrument(span.clone()).await {
                 Ok(saved) => {
                     crate::metrics::transition(

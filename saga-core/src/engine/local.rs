@@ -123,7 +123,9 @@ impl Engine {
                     attempt: run.attempt,
                     outcome,
                 };
-                if let Err(e) = engine.apply_to(None, id, &event, |_, _| Ok(())).await {
+                // The cached state saves a read; a stale one conflicts and is reloaded.
+                let cached = engine.cached(id);
+                if let Err(e) = engine.apply_to(cached, id, &event, |_, _| Ok(())).await {
                     tracing::warn!(error = %e, "local step result not saved; its timeout will run it again");
                 }
             }

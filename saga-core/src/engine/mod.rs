@@ -11,6 +11,7 @@ mod census;
 mod local;
 mod run;
 mod traces;
+mod wait;
 
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -346,6 +347,7 @@ impl EngineBuilder {
                 known,
                 finished,
                 cache: Mutex::default(),
+                finishing: Mutex::default(),
                 local: local::LocalRuns::default(),
                 traces: traces::Traces::new(self.propagator, self.config.cache_capacity),
                 config: self.config,
@@ -366,6 +368,9 @@ struct Inner {
     finished: broadcast::Sender<Arc<SagaInstance>>,
     /// Last saved state of unfinished sagas this engine worked on.
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
+    /// Sagas whose terminal transition this engine is saving right now, with
+    /// how many saves of it are in flight (see [`wait`]).
+    finishing: Mutex<HashMap<SagaId, usize>>,
     /// Local step attempts running in this process.
     local: local::LocalRuns,
     /// Trace propagation.
@@ -447,6 +452,39 @@ impl Engine {
         data: D,
         options: StartOptions,
     ) -> Result<SagaId> {
+        Ok(self.create(saga, data, options).await?.0)
+    }
+
+    /// Starts a saga like [`start_with`](Self::start_with) and waits for its
+    /// end like [`wait`](Self::wait), for at most `timeout`.
+    ///
+    /// Cheaper than the two calls: the waiter listens before the saga exists,
+    /// so it does not read the saga back first. With an idempotency key used
+    /// before, it waits for the first saga instead.
+    ///
+    /// # Errors
+    /// As [`start_with`](Self::start_with) and [`wait`](Self::wait); on
+    /// [`Error::WaitTimeout`] the saga was started and runs on.
+    pub async fn start_and_wait<D: SagaData>(
+        &self,
+        saga: &Saga<D>,
+        data: D,
+        options: StartOptions,
+        timeout: Duration,
+    ) -> Result<SagaInstance> {
+        let listeners = self.listen();
+        let (id, new) = self.create(saga, data, options).await?;
+        self.wait_listening(id, timeout, listeners, new).await
+    }
+
+    /// Creates the saga and dispatches its first step; its id and whether
+    /// it is new (`false`: the idempotency key named an existing saga).
+    async fn create<D: SagaData>(
+        &self,
+        saga: &Saga<D>,
+        data: D,
+        options: StartOptions,
+    ) -> Result<(SagaId, bool)> {
         let def = Arc::clone(self.definition(saga.name(), saga.version())?);
         let data = serde_json::to_value(data)?;
         let id = options.id.unwrap_or_default();
@@ -465,11 +503,11 @@ impl Engine {
                     let instance = Arc::new(t.instance);
                     self.remember(&instance);
                     self.perform(&def, &instance, t.effects).await;
-                    Ok(id)
+                    Ok((id, true))
                 }
                 Created::Existing(existing) => {
                     tracing::info!(existing = %existing.id, "idempotency key already used; returning the first saga");
-                    Ok(existing.id)
+                    Ok((existing.id, false))
                 }
             }
         }
@@ -774,34 +812,8 @@ impl Engine {
     /// # Errors
     /// [`Error::WaitTimeout`] when time runs out; `NotFound`; store errors.
     pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<SagaInstance> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut local = self.inner.finished.subscribe();
-        let mut remote = self.inner.store.finished_events();
-        loop {
-            let instance = self.get(id).await?.ok_or(Error::NotFound(id))?;
-            if instance.is_terminal() {
-                return Ok(instance);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Error::WaitTimeout(id));
-            }
-            let until = deadline.min(now + self.inner.config.wait_poll);
-            loop {
-                let notified = tokio::select! {
-                    r = local.recv() => match r {
-                        Ok(done) if done.id == id => return Ok(SagaInstance::clone(&done)),
-                        Ok(_) => false,
-                        Err(_) => true,
-                    },
-                    r = recv_remote(&mut remote) => matches!(r, Some(Ok(done)) if done == id) || !matches!(r, Some(Ok(_))),
-                    () = tokio::time::sleep_until(until) => true,
-                };
-                if notified {
-                    break;
-                }
-            }
-        }
+        let listeners = self.listen();
+        self.wait_listening(id, timeout, listeners, false).await
     }
 
     /// Waits until the saga reaches a terminal status, like [`wait`](Self::wait),
@@ -899,14 +911,5 @@ impl Engine {
     #[cfg(feature = "testing")]
     pub fn abort(&self) {
         self.inner.local.abort();
-    }
-}
-
-async fn recv_remote(
-    remote: &mut Option<broadcast::Receiver<SagaId>>,
-) -> Option<Result<SagaId, broadcast::error::RecvError>> {
-    match remote {
-        Some(rx) => Some(rx.recv().await),
-        None => std::future::pending().await,
     }
 }

@@ -8,14 +8,17 @@
 //!   [`Engine`](crate::Engine) with a virtual clock, injecting crashes,
 //!   duplicated, lost, delayed and reordered messages, and checking the
 //!   guarantees at the end.
+//! - [`CountingStore`]: a store wrapper that counts reads.
 //!
 //! The suites panic with a message naming the broken rule, like `assert!`.
 
+mod counting_store;
 pub mod engine_suite;
 pub mod simulation;
 mod store_suite;
 mod transport_suite;
 
+pub use counting_store::CountingStore;
 pub use engine_suite::engine_survives_a_crash;
 pub use store_suite::store_conformance;
 pub use transport_suite::transport_conformance;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_core::memory::InMemoryTransport;
+use saga_core::testing::CountingStore;
 use saga_core::testing::engine_suite::{Effects, Order, checkout, engine, participants};
-use saga_core::{Engine, EngineConfig, Inbox, SagaStatus};
+use saga_core::{Engine, EngineConfig, Inbox, SagaStatus, StartOptions};
 use saga_postgres::inbox::PgInbox;
 use sea_orm::ConnectionTrait;
 use tokio::sync::watch;
@@ -66,6 +67,111 @@ async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
         started.elapsed() < Duration::from_secs(10),
         "woken by NOTIFY, not by polling ({:?})",
         started.elapsed()
+    );
+
+    running.shutdown().await.expect("engine stops");
+    drop(stop);
+    for task in serving {
+        task.await.expect("participant stops");
+    }
+}
+
+/// `start_and_wait` reads nothing back first: when another engine finishes
+/// the saga, the store's notice is what wakes the waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_and_wait_learns_of_a_saga_finished_by_another_engine() {
+    let test = TestDb::new().await;
+    let saga = checkout();
+    let transport = InMemoryTransport::new();
+    let (stop, stopped) = watch::channel(());
+    let serving = participants(
+        &inbox(&test),
+        &transport,
+        &Effects::default(),
+        DELAY,
+        &stopped,
+    );
+    let mut slow_poll = EngineConfig::default();
+    slow_poll.wait_poll = Duration::from_secs(60);
+    let waiter = Engine::builder(test.store().await, transport.clone())
+        .register(&saga)
+        .config(slow_poll)
+        .build();
+    let worker = engine(test.other_store().await, &transport, &saga);
+    let running = worker.clone().spawn();
+
+    let started = Instant::now();
+    let done = waiter
+        .start_and_wait(
+            &saga,
+            Order::new(1),
+            StartOptions::new(),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("finished elsewhere");
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by NOTIFY, not by polling ({:?})",
+        started.elapsed()
+    );
+
+    running.shutdown().await.expect("engine stops");
+    drop(stop);
+    for task in serving {
+        task.await.expect("participant stops");
+    }
+}
+
+/// When the engine that waits also finishes the saga, the store's notice
+/// (sent at the commit) often arrives before the engine's own: the waiter
+/// then waits for the engine's notice, which carries the final state,
+/// instead of reading the saga. Before that, every such race cost a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_and_wait_on_the_finishing_engine_reads_almost_nothing() {
+    const SAGAS: usize = 40;
+    let test = TestDb::new().await;
+    let saga = checkout();
+    let transport = InMemoryTransport::new();
+    let (stop, stopped) = watch::channel(());
+    let serving = participants(
+        &inbox(&test),
+        &transport,
+        &Effects::default(),
+        Duration::from_millis(5),
+        &stopped,
+    );
+    let store = CountingStore::new(test.store().await);
+    let engine = engine(store.clone(), &transport, &saga);
+    let running = engine.clone().spawn();
+
+    let waits: Vec<_> = (0..SAGAS)
+        .map(|n| {
+            let engine = engine.clone();
+            let saga = saga.clone();
+            tokio::spawn(async move {
+                engine
+                    .start_and_wait(
+                        &saga,
+                        Order::new(u32::try_from(n).expect("small") * 2 + 1),
+                        StartOptions::new(),
+                        Duration::from_secs(20),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for wait in waits {
+        let done = wait.await.expect("task").expect("finishes");
+        assert!(done.is_terminal());
+    }
+    // Before, each saga was read at least once (the waiter's first read);
+    // a save that fails after its commit may still cost one.
+    assert!(
+        store.loads() < SAGAS / 4,
+        "{} reads for {SAGAS} sagas",
+        store.loads()
     );
 
     running.shutdown().await.expect("engine stops");
