@@ -32,42 +32,11 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
-/// Updates every row of the batch whose version is the expected one, and
-/// appends the log entries of exactly those rows; returns their ids.
-/// (`jsonb_to_recordset` turns a JSON `null` into SQL NULL; the COALESCEs
-/// store it back as the JSON `null` it was.)
-const SAVE_BATCH_SQL: &str = "\
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
-        id uuid, saga_type text, definition_version integer, status text, current_step integer,
-        phase text, attempt integer, waiting text, uncertain boolean, round_from integer,
-        key_from integer, refused boolean, steps jsonb, data jsonb,
-        error text, idempotency_key text, version bigint, next_wake_at timestamptz,
-        deadline_at timestamptz, log_seq bigint, created_at timestamptz, updated_at timestamptz,
-        expected bigint, logs jsonb)
-), updated AS (
-    UPDATE saga_state s SET saga_type = i.saga_type, definition_version = i.definition_version,
-        status = i.status, current_step = i.current_step, phase = i.phase, attempt = i.attempt,
-        waiting = i.waiting, uncertain = i.uncertain, round_from = i.round_from,
-        key_from = i.key_from, refused = i.refused, steps = i.steps,
-        data = COALESCE(i.data, 'null'), error = i.error, idempotency_key = i.idempotency_key,
-        version = i.version, next_wake_at = i.next_wake_at, deadline_at = i.deadline_at,
-        log_seq = i.log_seq, created_at = i.created_at, updated_at = i.updated_at,
-        lease_owner = NULL, lease_until = NULL
-    FROM input i
-    -- `= ANY(ARRAY(...))` makes the planner find the rows by primary key;
-    -- joining on `s.id = i.id` alone gets a sequential scan of saga_state
-    -- (it cannot tell how few rows `input` holds).
-    WHERE s.id = ANY(ARRAY(SELECT id FROM input)) AND s.id = i.id AND s.version = i.expected
-    RETURNING s.id
-), logged AS (
-    INSERT INTO saga_logs (saga_id, seq, event, step, attempt, payload, created_at)
-    SELECT i.id, l.seq, l.event, l.step, l.attempt, COALESCE(l.payload, 'null'), l.created_at
-    FROM input i JOIN updated u ON u.id = i.id
-    CROSS JOIN LATERAL jsonb_to_recordset(i.logs)
-        AS l(seq bigint, event text, step text, attempt integer, payload jsonb, created_at timestamptz)
-)
-SELECT id FROM updated";
+/// Saves a batch through `saga_save_batch` (see the migration
+/// `m20261211_000001_create_saga_save_batch`): every row whose version is the
+/// expected one is updated and its log entries appended, in one statement;
+/// returns the ids of the rows updated.
+const SAVE_BATCH_SQL: &str = "SELECT saga_save_batch($1::jsonb) AS id";
 
 /// One save waiting for its batch.
 struct Request {

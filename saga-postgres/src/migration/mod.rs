@@ -11,6 +11,7 @@ mod m20261101_000001_create_saga_state_and_logs;
 mod m20261101_000002_create_saga_inbox;
 mod m20261205_000001_add_cursor_rounds_and_keys;
 mod m20261210_000001_add_saga_state_finished_index;
+mod m20261211_000001_create_saga_save_batch;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use sea_orm_migration::prelude::*;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261101_000002_create_saga_inbox::Migration),
             Box::new(m20261205_000001_add_cursor_rounds_and_keys::Migration),
             Box::new(m20261210_000001_add_saga_state_finished_index::Migration),
+            Box::new(m20261211_000001_create_saga_save_batch::Migration),
         ]
     }
 

@@ -792,3 +792,85 @@ async fn prune_skips_a_saga_another_transaction_holds_instead_of_waiting() {
         "the logs went with their sagas (ON DELETE CASCADE)"
     );
 }
+
+/// Sequential scans of `saga_state` so far, as the statistics of the one
+/// backend behind `db` report them (flushed first).
+async fn seq_scans(db: &sea_orm::DatabaseConnection) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush");
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'saga_state'",
+        ))
+        .await
+        .expect("statistics")
+        .expect("saga_state is a table");
+    row.try_get::<i64>("", "seq_scan").expect("seq_scan")
+}
+
+/// A batched save finds its rows by primary key whatever plan Postgres
+/// cached for it. Sent as a prepared statement, it got a generic plan after
+/// five runs, made for the table as it was then: on a fresh table of a few
+/// rows, a sequential scan, which it kept (until the next ANALYZE) while the
+/// table grew, so every save read the whole table.
+#[tokio::test]
+async fn a_batched_save_never_scans_the_table_with_a_plan_made_when_it_was_small() {
+    use sea_orm::ConnectionTrait;
+    let test = TestDb::new().await;
+    // One connection: the saves run on the backend whose statistics are read.
+    let db = saga_postgres::PgConfig::new(&test.url)
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("pool");
+    let mut config = saga_postgres::StoreConfig::default();
+    config.notifications = false;
+    let store = saga_postgres::PgSagaStore::with_config(db.clone(), config)
+        .await
+        .expect("store");
+    let mut sagas = Vec::new();
+    for _ in 0..20 {
+        let saga = instance("small", None, None);
+        store
+            .create(&saga, &[log(&saga, 1, LogEvent::SagaStarted)])
+            .await
+            .expect("create");
+        sagas.push(saga);
+    }
+    let save_all = |sagas: Vec<saga_core::SagaInstance>| {
+        let store = store.clone();
+        async move {
+            let mut saved = Vec::new();
+            for saga in sagas {
+                let after = next(&saga, 1);
+                let entry = log(&after, after.log_seq, LogEvent::StepDispatched);
+                store
+                    .save(&after, saga.version, &[entry])
+                    .await
+                    .expect("save");
+                saved.push(after);
+            }
+            saved
+        }
+    };
+    // Eight saves each on the small table: the plan is the cached one now.
+    for _ in 0..8 {
+        sagas = save_all(sagas).await;
+    }
+    // The table grows to 5,020 rows, not analyzed.
+    db.execute_unprepared(
+        "INSERT INTO saga_state SELECT (jsonb_populate_record(s, jsonb_build_object(\
+         'id', gen_random_uuid(), 'idempotency_key', NULL))).* \
+         FROM saga_state s, generate_series(1, 250)",
+    )
+    .await
+    .expect("grow the table");
+
+    let before = seq_scans(&db).await;
+    save_all(sagas).await;
+    let scans = seq_scans(&db).await - before;
+    assert_eq!(scans, 0, "20 saves scanned saga_state {scans} times");
+}
