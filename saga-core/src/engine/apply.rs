@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use super::Engine;
+use super::{Engine, wait};
 use crate::definition::SagaDefinition;
 use crate::error::{Error, Result};
 use crate::id::SagaId;
@@ -176,7 +176,9 @@ impl Engine {
                 Effect::RunLocal(run) => self.spawn_local(def, instance.id, *run),
                 Effect::Finished(status) => {
                     tracing::info!(saga_id = %instance.id, saga_type = %instance.saga_type, %status, "saga finished");
-                    let _ = self.inner.finished.send(Arc::clone(instance));
+                    self.inner
+                        .waiters
+                        .notify(instance.id, || wait::Heard::Finished(Arc::clone(instance)));
                 }
             }
         }

@@ -19,7 +19,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
@@ -329,7 +328,6 @@ impl EngineBuilder {
 
     /// Finishes the engine.
     pub fn build(self) -> Engine {
-        let (finished, _) = broadcast::channel(1024);
         let mut known: Vec<DefinitionKey> = self
             .definitions
             .keys()
@@ -345,7 +343,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 definitions: self.definitions,
                 known,
-                finished,
+                waiters: Arc::default(),
                 cache: Mutex::default(),
                 finishing: Mutex::default(),
                 local: local::LocalRuns::default(),
@@ -364,8 +362,8 @@ struct Inner {
     /// The registered definitions, for claiming only sagas this engine can run.
     known: Vec<DefinitionKey>,
     config: EngineConfig,
-    /// Sagas this engine finished, with their final saved state.
-    finished: broadcast::Sender<Arc<SagaInstance>>,
+    /// Who waits for which saga's end.
+    waiters: Arc<wait::Waiters>,
     /// Last saved state of unfinished sagas this engine worked on.
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
     /// Sagas whose terminal transition this engine is saving right now, with
@@ -472,9 +470,15 @@ impl Engine {
         options: StartOptions,
         timeout: Duration,
     ) -> Result<SagaInstance> {
-        let listeners = self.listen();
-        let (id, new) = self.create(saga, data, options).await?;
-        self.wait_listening(id, timeout, listeners, new).await
+        let mut options = options;
+        let id = *options.id.get_or_insert_with(SagaId::new);
+        let waiter = self.waiter(id);
+        let (created, new) = self.create(saga, data, options).await?;
+        if new {
+            return self.wait_with(waiter, timeout, true).await;
+        }
+        drop(waiter);
+        self.wait_with(self.waiter(created), timeout, false).await
     }
 
     /// Creates the saga and dispatches its first step; its id and whether
@@ -812,8 +816,7 @@ impl Engine {
     /// # Errors
     /// [`Error::WaitTimeout`] when time runs out; `NotFound`; store errors.
     pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<SagaInstance> {
-        let listeners = self.listen();
-        self.wait_listening(id, timeout, listeners, false).await
+        self.wait_with(self.waiter(id), timeout, false).await
     }
 
     /// Waits until the saga reaches a terminal status, like [`wait`](Self::wait),

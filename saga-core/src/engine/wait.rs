@@ -6,7 +6,12 @@
 //! so the saga is read), and, as the safety net, a read every
 //! [`EngineConfig::wait_poll`](super::EngineConfig::wait_poll).
 //!
-//! Two reads are avoided on the common path. A waiter that listens before the
+//! Waiters are registered by saga: a notice wakes the waiters of its saga
+//! only, so each finished saga costs one wake-up, not one per waiter (with
+//! 1,000 checkouts waiting, a broadcast would wake all 1,000 for each one
+//! that ends). One task per engine forwards the store's notices.
+//!
+//! Two reads are avoided on the common path. A waiter registered before the
 //! saga exists ([`Engine::start_and_wait`]) cannot miss its end, so it does not
 //! read the saga first. And when the store's notice of a saga this engine is
 //! finishing right now arrives before the engine's own (both follow the same
@@ -15,10 +20,12 @@
 //! fails.
 
 use std::collections::HashMap;
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Engine;
@@ -30,18 +37,97 @@ use crate::state::SagaInstance;
 /// finishing waits for the engine's own notice before reading the saga.
 const FINISH_GRACE: Duration = Duration::from_millis(50);
 
-/// A waiter's subscriptions to both notices, taken before it looks.
-pub(super) struct Listeners {
-    local: broadcast::Receiver<Arc<SagaInstance>>,
-    remote: Option<broadcast::Receiver<SagaId>>,
-}
-
-/// What a waiter heard.
-enum Heard {
+/// What a waiter hears.
+#[derive(Debug)]
+pub(super) enum Heard {
     /// The engine's own notice: the saga's final state.
     Finished(Arc<SagaInstance>),
-    /// Time to read the saga: the store's notice, a missed notice, or the poll.
-    Read,
+    /// The store's notice that the saga finished: read it.
+    Stored,
+    /// Notices were missed: read the saga.
+    Missed,
+}
+
+/// A registered waiter's key and channel.
+type Registered = (u64, mpsc::UnboundedSender<Heard>);
+
+/// The waiters of one engine, by saga.
+#[derive(Default)]
+pub(super) struct Waiters {
+    by_saga: Mutex<HashMap<SagaId, Vec<Registered>>>,
+    next_key: AtomicU64,
+    /// Whether the task forwarding the store's notices was started.
+    forwarding: AtomicBool,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SagaId, Vec<Registered>>> {
+        self.by_saga.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the waiters of `id`; `heard` is built once per waiter.
+    pub(super) fn notify(&self, id: SagaId, heard: impl Fn() -> Heard) {
+        if let Some(waiters) = self.lock().get(&id) {
+            for (_, tx) in waiters {
+                let _ = tx.send(heard());
+            }
+        }
+    }
+
+    /// Tells every waiter that notices were missed.
+    fn notify_all_missed(&self) {
+        for waiters in self.lock().values() {
+            for (_, tx) in waiters {
+                let _ = tx.send(Heard::Missed);
+            }
+        }
+    }
+
+    fn register(&self, id: SagaId) -> (u64, mpsc::UnboundedReceiver<Heard>) {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().entry(id).or_default().push((key, tx));
+        (key, rx)
+    }
+
+    fn unregister(&self, id: SagaId, key: u64) {
+        let mut by_saga = self.lock();
+        if let Some(waiters) = by_saga.get_mut(&id) {
+            waiters.retain(|(k, _)| *k != key);
+            if waiters.is_empty() {
+                by_saga.remove(&id);
+            }
+        }
+    }
+}
+
+/// One registered waiter; unregisters on drop.
+pub(super) struct Waiter {
+    waiters: Arc<Waiters>,
+    id: SagaId,
+    key: u64,
+    heard: mpsc::UnboundedReceiver<Heard>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.waiters.unregister(self.id, self.key);
+    }
+}
+
+/// Forwards the store's notices to the waiters of their sagas, until the
+/// store stops notifying.
+async fn forward(waiters: Arc<Waiters>, mut notices: broadcast::Receiver<SagaId>) {
+    loop {
+        match notices.recv().await {
+            Ok(id) => waiters.notify(id, || Heard::Stored),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "store notices missed; every waiter reads its saga");
+                waiters.notify_all_missed();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Counts this engine's saves of a terminal transition in flight, per saga;
@@ -64,11 +150,22 @@ impl Drop for Finishing<'_> {
 }
 
 impl Engine {
-    /// Subscribes to both notices.
-    pub(super) fn listen(&self) -> Listeners {
-        Listeners {
-            local: self.inner.finished.subscribe(),
-            remote: self.inner.store.finished_events(),
+    /// Registers a waiter for `id`: every notice of its end from now on
+    /// reaches it. Starts forwarding the store's notices on first use.
+    pub(super) fn waiter(&self, id: SagaId) -> Waiter {
+        let waiters = &self.inner.waiters;
+        let (key, heard) = waiters.register(id);
+        if !waiters.forwarding.swap(true, Ordering::SeqCst) {
+            // Subscribed before this returns: no notice after it is missed.
+            if let Some(notices) = self.inner.store.finished_events() {
+                tokio::spawn(forward(Arc::clone(waiters), notices));
+            }
+        }
+        Waiter {
+            waiters: Arc::clone(waiters),
+            id,
+            key,
+            heard,
         }
     }
 
@@ -89,18 +186,17 @@ impl Engine {
         self.finishing_set().contains_key(&id)
     }
 
-    /// Waits for `id` to end with `listeners` taken beforehand; reads the
-    /// saga first unless `listening_since_start` (the listeners were taken
-    /// before the saga was created, so no end can have been missed).
-    pub(super) async fn wait_listening(
+    /// Waits for `waiter`'s saga to end; reads the saga first unless
+    /// `registered_before_start` (no end can have been missed).
+    pub(super) async fn wait_with(
         &self,
-        id: SagaId,
+        mut waiter: Waiter,
         timeout: Duration,
-        mut listeners: Listeners,
-        listening_since_start: bool,
+        registered_before_start: bool,
     ) -> Result<SagaInstance> {
+        let id = waiter.id;
         let deadline = Instant::now() + timeout;
-        let mut read = !listening_since_start;
+        let mut read = !registered_before_start;
         loop {
             if read {
                 let instance = self.get(id).await?.ok_or(Error::NotFound(id))?;
@@ -114,68 +210,57 @@ impl Engine {
                 return Err(Error::WaitTimeout(id));
             }
             let until = deadline.min(now + self.inner.config.wait_poll);
-            if let Heard::Finished(done) = self.listen_until(id, &mut listeners, until).await {
+            if let Some(done) = self.listen_until(&mut waiter, until).await {
                 return Ok(SagaInstance::clone(&done));
             }
         }
     }
 
-    /// Listens until the engine's notice of `id`, a reason to read it, or `until`.
-    async fn listen_until(&self, id: SagaId, listeners: &mut Listeners, until: Instant) -> Heard {
+    /// Listens until the engine's notice (the final state), a reason to read
+    /// the saga (`None`), or `until` (`None`).
+    async fn listen_until(&self, waiter: &mut Waiter, until: Instant) -> Option<Arc<SagaInstance>> {
         let mut until = until;
         loop {
             tokio::select! {
                 biased;
-                r = listeners.local.recv() => match r {
-                    Ok(done) if done.id == id => return Heard::Finished(done),
-                    Ok(_) => {}
-                    // Ours may be among the missed ones.
-                    Err(RecvError::Lagged(_)) => return Heard::Read,
-                    // The engine holds the sender: cannot happen while we run.
-                    Err(RecvError::Closed) => return Heard::Read,
-                },
-                r = recv_remote(&mut listeners.remote) => match r {
-                    Ok(done) if done == id => {
-                        if let Some(done) = drain_local(&mut listeners.local, id) {
-                            return done;
-                        }
-                        if !self.is_finishing(id) {
-                            return Heard::Read;
-                        }
+                heard = waiter.heard.recv() => match heard {
+                    Some(Heard::Finished(done)) => return Some(done),
+                    Some(Heard::Stored) if self.is_finishing(waiter.id) => {
                         // The engine's own notice follows its save.
                         until = until.min(Instant::now() + FINISH_GRACE);
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => return Heard::Read,
-                    Err(RecvError::Closed) => {
-                        // The store stopped notifying: the poll remains.
-                        listeners.remote = None;
-                        return Heard::Read;
-                    }
+                    Some(Heard::Stored | Heard::Missed) | None => return None,
                 },
-                () = tokio::time::sleep_until(until) => return Heard::Read,
+                () = tokio::time::sleep_until(until) => return None,
             }
         }
     }
 }
 
-/// The engine's notice of `id` if it is already queued; `Read` if some were missed.
-fn drain_local(local: &mut broadcast::Receiver<Arc<SagaInstance>>, id: SagaId) -> Option<Heard> {
-    loop {
-        match local.try_recv() {
-            Ok(done) if done.id == id => return Some(Heard::Finished(done)),
-            Ok(_) => {}
-            Err(TryRecvError::Lagged(_)) => return Some(Heard::Read),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn recv_remote(
-    remote: &mut Option<broadcast::Receiver<SagaId>>,
-) -> Result<SagaId, RecvError> {
-    match remote {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+    #[test]
+    fn a_notice_reaches_the_waiters_of_its_saga_only() {
+        let waiters = Waiters::default();
+        let (a, b) = (SagaId::new(), SagaId::new());
+        let (_, mut first_of_a) = waiters.register(a);
+        let (_, mut second_of_a) = waiters.register(a);
+        let (key_b, mut of_b) = waiters.register(b);
+
+        waiters.notify(a, || Heard::Stored);
+        assert!(matches!(first_of_a.try_recv(), Ok(Heard::Stored)));
+        assert!(matches!(second_of_a.try_recv(), Ok(Heard::Stored)));
+        assert!(of_b.try_recv().is_err(), "b's waiter was woken by a's end");
+
+        waiters.notify_all_missed();
+        assert!(matches!(of_b.try_recv(), Ok(Heard::Missed)));
+
+        waiters.unregister(b, key_b);
+        assert!(
+            !waiters.lock().contains_key(&b),
+            "an empty entry is removed"
+        );
     }
 }
