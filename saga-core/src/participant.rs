@@ -617,7 +617,7 @@ impl Participant {
                 let _ = delivery.reject("command has no reply_to").await;
                 return;
             }
-            match transport.send_reply(&reply).await {
+            match send_reply(transport, &reply).await {
                 Ok(()) => {
                     if let Err(e) = delivery.ack().await {
                         tracing::warn!(error = %e, "ack failed; the command will be redelivered");
@@ -631,5 +631,37 @@ impl Participant {
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// Delays between tries of a reply whose send failed transiently, in order:
+/// about 3 s in all.
+const REPLY_RETRY_DELAYS: [std::time::Duration; 5] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_millis(800),
+    std::time::Duration::from_millis(1600),
+];
+
+/// Sends `reply`, trying again after a transient failure (the broker refused
+/// it or was unreachable) for about 3 s before giving up. Without the wait,
+/// the command would go back to its queue at once, come back, fail the same
+/// way, and use up its deliveries in a moment: a quorum queue electing a
+/// new leader refuses publishes for a second or two, which was enough to
+/// dead-letter commands whose work was done.
+async fn send_reply(transport: &dyn Transport, reply: &ReplyMessage) -> Result<()> {
+    let mut delays = REPLY_RETRY_DELAYS.iter();
+    loop {
+        match transport.send_reply(reply).await {
+            Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
+                let Some(delay) = delays.next() else {
+                    return Err(e);
+                };
+                tracing::debug!(error = %e, ?delay, "reply not sent; trying again");
+                tokio::time::sleep(*delay).await;
+            }
+            other => return other,
+        }
     }
 }

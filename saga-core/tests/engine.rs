@@ -735,10 +735,12 @@ async fn the_instance_diagram_shows_progress() {
     stack.shutdown().await;
 }
 
-/// A transport whose first subscriptions fail as if the broker were restarting.
+/// A transport whose first reply subscriptions and first reply sends fail as
+/// if the broker were restarting.
 struct FlakySubscribe {
     inner: InMemoryTransport,
     failures_left: AtomicU32,
+    reply_send_failures_left: AtomicU32,
 }
 
 #[async_trait::async_trait]
@@ -750,6 +752,13 @@ impl Transport for FlakySubscribe {
         self.inner.send_command(command).await
     }
     async fn send_reply(&self, reply: &saga_core::adapter::ReplyMessage) -> saga_core::Result<()> {
+        if self.reply_send_failures_left.load(Ordering::SeqCst) > 0 {
+            self.reply_send_failures_left.fetch_sub(1, Ordering::SeqCst);
+            return Err(saga_core::Error::backend(
+                ErrorKind::Unavailable,
+                "the broker refused (nacked) the reply",
+            ));
+        }
         self.inner.send_reply(reply).await
     }
     async fn consume_commands(
@@ -780,6 +789,7 @@ async fn the_engine_keeps_trying_to_subscribe_while_the_broker_is_unavailable() 
     let flaky = FlakySubscribe {
         inner: transport.clone(),
         failures_left: AtomicU32::new(2),
+        reply_send_failures_left: AtomicU32::new(0),
     };
     let store = InMemoryStore::new();
     let engine = Engine::builder(store, flaky).register(&trip()).build();
@@ -885,4 +895,44 @@ async fn an_inbox_retention_needs_something_to_prune() {
         5,
         "called again while it returns a full batch"
     );
+}
+
+/// A reply the broker refuses for a moment (a quorum queue electing a leader)
+/// is sent again after a short wait, not by handing the command back at once:
+/// before, each refusal cost a delivery, and with two allowed the command was
+/// dead-lettered although its work was done.
+#[tokio::test]
+async fn a_reply_refused_for_a_moment_is_sent_again_without_using_up_deliveries() {
+    let transport = InMemoryTransport::with_limits(16, 2);
+    let store = InMemoryStore::new();
+    let engine = Engine::builder(store, transport.clone())
+        .register(&trip())
+        .build();
+    let flaky = FlakySubscribe {
+        inner: transport.clone(),
+        failures_left: AtomicU32::new(0),
+        reply_send_failures_left: AtomicU32::new(3),
+    };
+    let (stop, rx) = watch::channel(false);
+    let engine_task = {
+        let engine = engine.clone();
+        let stop = stopped(rx.clone());
+        tokio::spawn(async move { engine.run(stop).await })
+    };
+    let participant = travel(Journal::default());
+    let participant_task = tokio::spawn(async move { participant.run(flaky, stopped(rx)).await });
+
+    let done = engine
+        .start_and_wait(&trip(), Trip::default(), StartOptions::new(), WAIT)
+        .await
+        .expect("finishes");
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert!(
+        transport.dead_letters("travel").is_empty(),
+        "{:?}",
+        transport.dead_letters("travel")
+    );
+    let _ = stop.send(true);
+    engine_task.await.expect("task").expect("engine");
+    participant_task.await.expect("task").expect("participant");
 }

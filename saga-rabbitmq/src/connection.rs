@@ -74,6 +74,23 @@ impl Live {
     }
 
     /// A publisher channel in confirm mode, round robin; a closed one is reopened.
+    /// Drops `channel` from the publisher pool and closes it, so the next
+    /// publish in its slot opens a fresh one.
+    async fn retire_publisher(&self, channel: &Channel) {
+        for slot in &self.publishers {
+            let mut slot = slot.lock().await;
+            if slot.as_ref().is_some_and(|c| c.id() == channel.id()) {
+                *slot = None;
+            }
+        }
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let _ = channel
+                .close(200, "retired after a negative confirm".into())
+                .await;
+        });
+    }
+
     async fn publisher(&self) -> Result<Channel, Error> {
         let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
         let mut slot = self.publishers[index].lock().await;
@@ -299,6 +316,25 @@ impl Shared {
 
     /// Publishes with `mandatory` and waits for the broker's confirm.
     pub(crate) async fn publish(&self, out: Outgoing<'_>) -> Result<(), Error> {
+        match self.publish_once(&out).await {
+            Err(Error::Nacked { .. }) => {
+                // The broker refused it, and the channel was retired: after a
+                // quorum queue's leader moved, a channel's view of the queue
+                // can stay stale and refuse every publish (seen on RabbitMQ
+                // 3.10 after a node was killed). One more try, on a fresh
+                // channel; a refused message was not enqueued, so nothing is
+                // sent twice.
+                tracing::debug!(
+                    message_id = out.message_id,
+                    "publish refused by the broker; trying once more on a fresh channel"
+                );
+                self.publish_once(&out).await
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_once(&self, out: &Outgoing<'_>) -> Result<(), Error> {
         let live = self.live().await?;
         if let Some(spec) = out.ensure {
             live.ensure(self, spec).await.inspect_err(|_| self.kick())?;
@@ -313,7 +349,7 @@ impl Shared {
                     ..BasicPublishOptions::default()
                 },
                 out.body,
-                out.properties,
+                out.properties.clone(),
             )
             .await
             .map_err(|e| {
@@ -335,6 +371,7 @@ impl Shared {
             Ok(Ok(confirmation)) => confirmation,
         };
         if confirmation.is_nack() {
+            live.retire_publisher(&channel).await;
             return Err(Error::Nacked {
                 message_id: out.message_id.to_owned(),
             });
