@@ -30,8 +30,15 @@ async fn the_engine_survives_being_dropped_and_rebuilt_mid_saga() {
     saga_core::testing::engine_survives_a_crash(|| test.other_store(), &inbox(&test), DELAY).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
+/// Engine A only starts and waits: it never consumes replies, and it re-reads
+/// the store only every minute, so only a notification can wake it. Engine
+/// B, another process, does the work. `wait_on_a` starts the saga on A and
+/// waits for it; the saga must complete well before A's first poll.
+async fn a_waiter_learns_from_another_engine<F, Fut>(wait_on_a: F)
+where
+    F: FnOnce(Engine, saga_core::Saga<Order>) -> Fut,
+    Fut: std::future::Future<Output = saga_core::SagaInstance>,
+{
     let test = TestDb::new().await;
     let saga = checkout();
     let transport = InMemoryTransport::new();
@@ -43,25 +50,17 @@ async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
         DELAY,
         &stopped,
     );
-
-    // Engine A only starts and waits; it never consumes replies, and it
-    // re-reads the store only every minute: only a notification can wake it.
     let mut slow_poll = EngineConfig::default();
     slow_poll.wait_poll = Duration::from_secs(60);
     let waiter = Engine::builder(test.store().await, transport.clone())
         .register(&saga)
         .config(slow_poll)
         .build();
-    // Engine B, another process, does the work.
     let worker = engine(test.other_store().await, &transport, &saga);
     let running = worker.clone().spawn();
 
-    let id = waiter.start(&saga, Order::new(1)).await.expect("start");
     let started = Instant::now();
-    let done = waiter
-        .wait(id, Duration::from_secs(20))
-        .await
-        .expect("finished elsewhere");
+    let done = wait_on_a(waiter, saga).await;
     assert_eq!(done.status, SagaStatus::Completed);
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -76,52 +75,34 @@ async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiter_learns_of_a_saga_finished_by_another_engine() {
+    a_waiter_learns_from_another_engine(|waiter, saga| async move {
+        let id = waiter.start(&saga, Order::new(1)).await.expect("start");
+        waiter
+            .wait(id, Duration::from_secs(20))
+            .await
+            .expect("finished elsewhere")
+    })
+    .await;
+}
+
 /// `start_and_wait` reads nothing back first: when another engine finishes
 /// the saga, the store's notice is what wakes the waiter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn start_and_wait_learns_of_a_saga_finished_by_another_engine() {
-    let test = TestDb::new().await;
-    let saga = checkout();
-    let transport = InMemoryTransport::new();
-    let (stop, stopped) = watch::channel(());
-    let serving = participants(
-        &inbox(&test),
-        &transport,
-        &Effects::default(),
-        DELAY,
-        &stopped,
-    );
-    let mut slow_poll = EngineConfig::default();
-    slow_poll.wait_poll = Duration::from_secs(60);
-    let waiter = Engine::builder(test.store().await, transport.clone())
-        .register(&saga)
-        .config(slow_poll)
-        .build();
-    let worker = engine(test.other_store().await, &transport, &saga);
-    let running = worker.clone().spawn();
-
-    let started = Instant::now();
-    let done = waiter
-        .start_and_wait(
-            &saga,
-            Order::new(1),
-            StartOptions::new(),
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("finished elsewhere");
-    assert_eq!(done.status, SagaStatus::Completed);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "woken by NOTIFY, not by polling ({:?})",
-        started.elapsed()
-    );
-
-    running.shutdown().await.expect("engine stops");
-    drop(stop);
-    for task in serving {
-        task.await.expect("participant stops");
-    }
+    a_waiter_learns_from_another_engine(|waiter, saga| async move {
+        waiter
+            .start_and_wait(
+                &saga,
+                Order::new(1),
+                StartOptions::new(),
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("finished elsewhere")
+    })
+    .await;
 }
 
 /// When the engine that waits also finishes the saga, the store's notice
