@@ -97,6 +97,9 @@
 //!   [`Config::confirm_timeout`] is an error the engine sees (`Unavailable` or
 //!   `Timeout`); the message may then be lost or delivered, so the caller
 //!   retries, and saga-core's step timeouts re-send what was not confirmed.
+//!   A nacked publish is first tried once more on a fresh channel (the
+//!   channel it went out on is closed and replaced): after a quorum queue's
+//!   leader moved, a channel can keep refusing every publish to it.
 //! - **At least once.** A delivery is acknowledged only when the handler calls
 //!   [`Delivery::ack`](saga_core::adapter::Delivery::ack) — `Participant`
 //!   does so after its work committed and its reply was confirmed, `Engine`
