@@ -634,34 +634,46 @@ impl Participant {
     }
 }
 
-/// Delays between tries of a reply whose send failed transiently, in order:
-/// about 3 s in all.
+/// Delays between tries of a reply whose send failed transiently, in order.
 const REPLY_RETRY_DELAYS: [std::time::Duration; 5] = [
     std::time::Duration::from_millis(100),
     std::time::Duration::from_millis(200),
     std::time::Duration::from_millis(400),
     std::time::Duration::from_millis(800),
-    std::time::Duration::from_millis(1600),
+    std::time::Duration::from_millis(1200),
 ];
 
-/// Sends `reply`, trying again after a transient failure (the broker refused
-/// it or was unreachable) for about 3 s before giving up. Without the wait,
-/// the command would go back to its queue at once, come back, fail the same
-/// way, and use up its deliveries in a moment: a quorum queue electing a
-/// new leader refuses publishes for a second or two, which was enough to
-/// dead-letter commands whose work was done.
+/// How long a reply whose send failed transiently is tried again, the tries
+/// themselves included.
+const REPLY_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sends `reply`; after a transient failure (the broker refused it or was
+/// unreachable) tries again for at most [`REPLY_RETRY_BUDGET`] before giving
+/// up. Without the wait, the command would go back to its queue at once,
+/// come back, fail the same way, and use up its deliveries in a moment: a
+/// quorum queue electing a new leader refuses publishes for a second or
+/// two, which was enough to dead-letter commands whose work was done.
 async fn send_reply(transport: &dyn Transport, reply: &ReplyMessage) -> Result<()> {
-    let mut delays = REPLY_RETRY_DELAYS.iter();
-    loop {
-        match transport.send_reply(reply).await {
-            Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
-                let Some(delay) = delays.next() else {
-                    return Err(e);
-                };
-                tracing::debug!(error = %e, ?delay, "reply not sent; trying again");
-                tokio::time::sleep(*delay).await;
-            }
-            other => return other,
+    let transient = |e: &Error| {
+        e.kind() == crate::error::ErrorKind::Unavailable && !matches!(e, Error::Shutdown)
+    };
+    let mut last = match transport.send_reply(reply).await {
+        Err(e) if transient(&e) => e,
+        other => return other,
+    };
+    let deadline = tokio::time::Instant::now() + REPLY_RETRY_BUDGET;
+    for delay in REPLY_RETRY_DELAYS {
+        if tokio::time::Instant::now() + delay >= deadline {
+            break;
+        }
+        tracing::debug!(error = %last, ?delay, "reply not sent; trying again");
+        tokio::time::sleep(delay).await;
+        match tokio::time::timeout_at(deadline, transport.send_reply(reply)).await {
+            Ok(Err(e)) if transient(&e) => last = e,
+            Ok(other) => return other,
+            // This try ran out of the budget: give up with the last error.
+            Err(_) => break,
         }
     }
+    Err(last)
 }

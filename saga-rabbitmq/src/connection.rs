@@ -73,29 +73,35 @@ impl Live {
             .map_err(|e| Error::amqp("channel.open", e))
     }
 
-    /// A publisher channel in confirm mode, round robin; a closed one is reopened.
-    /// Drops `channel` from the publisher pool and closes it, so the next
-    /// publish in its slot opens a fresh one.
-    async fn retire_publisher(&self, channel: &Channel) {
-        for slot in &self.publishers {
-            let mut slot = slot.lock().await;
-            if slot.as_ref().is_some_and(|c| c.id() == channel.id()) {
-                *slot = None;
-            }
+    /// Takes the channel in slot `index` out of the publisher pool if it is
+    /// still `channel`, so the next publish there opens a fresh one. The
+    /// channel is closed once the publishes still awaiting their confirms on
+    /// it have them: closing it at once would fail those (and have their
+    /// callers send them again, although the broker may hold them).
+    async fn retire_publisher(&self, index: usize, channel: &Channel) {
+        let mut slot = self.publishers[index].lock().await;
+        if slot.as_ref().is_some_and(|c| c.id() == channel.id()) {
+            *slot = None;
         }
+        drop(slot);
         let channel = channel.clone();
         tokio::spawn(async move {
+            let _ = channel.wait_for_confirms().await;
             let _ = channel
                 .close(200, "retired after a negative confirm".into())
                 .await;
         });
     }
 
-    async fn publisher(&self) -> Result<Channel, Error> {
-        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+    /// A publisher channel in confirm mode and its slot: the slot `index`
+    /// when given, else the next one round robin; a closed one is reopened.
+    async fn publisher(&self, index: Option<usize>) -> Result<(usize, Channel), Error> {
+        let index = index.unwrap_or_else(|| {
+            self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len()
+        });
         let mut slot = self.publishers[index].lock().await;
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
+            return Ok((index, channel.clone()));
         }
         let channel = self.channel().await?;
         channel
@@ -103,7 +109,7 @@ impl Live {
             .await
             .map_err(|e| Error::amqp("confirm.select", e))?;
         *slot = Some(channel.clone());
-        Ok(channel)
+        Ok((index, channel))
     }
 
     /// Forgets that `spec` was declared, so the next use declares it again
@@ -316,30 +322,58 @@ impl Shared {
 
     /// Publishes with `mandatory` and waits for the broker's confirm.
     pub(crate) async fn publish(&self, out: Outgoing<'_>) -> Result<(), Error> {
-        match self.publish_once(&out).await {
-            Err(Error::Nacked { .. }) => {
-                // The broker refused it, and the channel was retired: after a
+        match self.publish_once(&out, None).await {
+            Err((Error::Nacked { .. }, Some(slot))) => {
+                // The broker refused it, and its channel was retired: after a
                 // quorum queue's leader moved, a channel's view of the queue
                 // can stay stale and refuse every publish (seen on RabbitMQ
-                // 3.10 after a node was killed). One more try, on a fresh
-                // channel; a refused message was not enqueued, so nothing is
-                // sent twice.
+                // 3.10 after a node was killed). One more try, on a channel
+                // opened anew in the same slot; a refused message was not
+                // enqueued, so this try does not duplicate it.
                 tracing::debug!(
                     message_id = out.message_id,
                     "publish refused by the broker; trying once more on a fresh channel"
                 );
-                self.publish_once(&out).await
+                self.publish_once(&out, Some(slot))
+                    .await
+                    .map_err(|(e, _)| e)
             }
-            other => other,
+            other => other.map_err(|(e, _)| e),
         }
     }
 
-    async fn publish_once(&self, out: &Outgoing<'_>) -> Result<(), Error> {
-        let live = self.live().await?;
+    /// One publish on the publisher channel of `slot` (or the next one);
+    /// on an error, the slot it used when it got that far.
+    async fn publish_once(
+        &self,
+        out: &Outgoing<'_>,
+        slot: Option<usize>,
+    ) -> Result<(), (Error, Option<usize>)> {
+        let live = self.live().await.map_err(|e| (e, None))?;
         if let Some(spec) = out.ensure {
-            live.ensure(self, spec).await.inspect_err(|_| self.kick())?;
+            live.ensure(self, spec)
+                .await
+                .inspect_err(|_| self.kick())
+                .map_err(|e| (e, None))?;
         }
-        let channel = live.publisher().await.inspect_err(|_| self.kick())?;
+        let (index, channel) = live
+            .publisher(slot)
+            .await
+            .inspect_err(|_| self.kick())
+            .map_err(|e| (e, None))?;
+        self.publish_on(&live, index, &channel, out)
+            .await
+            .map_err(|e| (e, Some(index)))
+    }
+
+    /// Publishes `out` on `channel` (publisher slot `index`) and awaits its confirm.
+    async fn publish_on(
+        &self,
+        live: &Live,
+        index: usize,
+        channel: &Channel,
+        out: &Outgoing<'_>,
+    ) -> Result<(), Error> {
         let confirm = channel
             .basic_publish(
                 short(out.exchange)?,
@@ -371,7 +405,7 @@ impl Shared {
             Ok(Ok(confirmation)) => confirmation,
         };
         if confirmation.is_nack() {
-            live.retire_publisher(&channel).await;
+            live.retire_publisher(index, channel).await;
             return Err(Error::Nacked {
                 message_id: out.message_id.to_owned(),
             });
@@ -473,7 +507,7 @@ impl Shared {
             live.ensure(self, spec).await?;
         }
         for _ in 0..config.publisher_channels {
-            live.publisher().await?;
+            live.publisher(None).await?;
         }
         Ok(Arc::new(live))
     }

@@ -9,7 +9,8 @@
 //! Waiters are registered by saga: a notice wakes the waiters of its saga
 //! only, so each finished saga costs one wake-up, not one per waiter (with
 //! 1,000 checkouts waiting, a broadcast would wake all 1,000 for each one
-//! that ends). One task per engine forwards the store's notices.
+//! that ends). One task per engine forwards the store's notices; it ends
+//! with the engine.
 //!
 //! Two reads are avoided on the common path. A waiter registered before the
 //! saga exists ([`Engine::start_and_wait`]) cannot miss its end, so it does not
@@ -21,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -116,16 +117,24 @@ impl Drop for Waiter {
 }
 
 /// Forwards the store's notices to the waiters of their sagas, until the
-/// store stops notifying.
-async fn forward(waiters: Arc<Waiters>, mut notices: broadcast::Receiver<SagaId>) {
+/// store stops notifying (then the next waiter starts a new forwarder) or the
+/// engine is gone.
+async fn forward(waiters: Weak<Waiters>, mut notices: broadcast::Receiver<SagaId>) {
     loop {
-        match notices.recv().await {
+        let notice = notices.recv().await;
+        let Some(waiters) = waiters.upgrade() else {
+            return;
+        };
+        match notice {
             Ok(id) => waiters.notify(id, || Heard::Stored),
             Err(RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "store notices missed; every waiter reads its saga");
                 waiters.notify_all_missed();
             }
-            Err(RecvError::Closed) => return,
+            Err(RecvError::Closed) => {
+                waiters.forwarding.store(false, Ordering::SeqCst);
+                return;
+            }
         }
     }
 }
@@ -140,12 +149,19 @@ pub(super) struct Finishing<'a> {
 impl Drop for Finishing<'_> {
     fn drop(&mut self) {
         let mut finishing = self.engine.finishing_set();
-        if let Some(count) = finishing.get_mut(&self.id) {
-            *count -= 1;
-            if *count == 0 {
-                finishing.remove(&self.id);
-            }
+        let Some(count) = finishing.get_mut(&self.id) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
         }
+        finishing.remove(&self.id);
+        drop(finishing);
+        // A waiter holding off for the engine's notice need not wait out
+        // the grace when the save did not finish the saga (a conflict, an
+        // error); after the engine's notice this one is never read.
+        self.engine.inner.waiters.notify(self.id, || Heard::Missed);
     }
 }
 
@@ -158,7 +174,7 @@ impl Engine {
         if !waiters.forwarding.swap(true, Ordering::SeqCst) {
             // Subscribed before this returns: no notice after it is missed.
             if let Some(notices) = self.inner.store.finished_events() {
-                tokio::spawn(forward(Arc::clone(waiters), notices));
+                tokio::spawn(forward(Arc::downgrade(waiters), notices));
             }
         }
         Waiter {
