@@ -67,7 +67,10 @@ impl Engine {
             }
             // Held through the save and the effects, so that a waiter who
             // hears the store's notice first waits for the engine's own.
-            let _finishing = t.instance.is_terminal().then(|| self.finishing(id));
+            let _finishing = t
+                .instance
+                .is_terminal()
+                .then(|| self.inner.waiters.finishing(id));
             match self.save(&instance, &t).instrument(span.clone()).await {
                 Ok(saved) => {
                     crate::metrics::transition(

@@ -345,7 +345,6 @@ impl EngineBuilder {
                 known,
                 waiters: Arc::default(),
                 cache: Mutex::default(),
-                finishing: Mutex::default(),
                 local: local::LocalRuns::default(),
                 traces: traces::Traces::new(self.propagator, self.config.cache_capacity),
                 config: self.config,
@@ -366,9 +365,6 @@ struct Inner {
     waiters: Arc<wait::Waiters>,
     /// Last saved state of unfinished sagas this engine worked on.
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
-    /// Sagas whose terminal transition this engine is saving right now, with
-    /// how many saves of it are in flight (see [`wait`]).
-    finishing: Mutex<HashMap<SagaId, usize>>,
     /// Local step attempts running in this process.
     local: local::LocalRuns,
     /// Trace propagation.

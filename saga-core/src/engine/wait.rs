@@ -59,6 +59,9 @@ pub(super) struct Waiters {
     next_key: AtomicU64,
     /// Whether the task forwarding the store's notices was started.
     forwarding: AtomicBool,
+    /// Sagas whose terminal transition this engine is saving right now, with
+    /// how many saves of it are in flight.
+    finishing: Mutex<HashMap<SagaId, usize>>,
 }
 
 impl Waiters {
@@ -89,6 +92,22 @@ impl Waiters {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().entry(id).or_default().push((key, tx));
         (key, rx)
+    }
+
+    fn finishing_set(&self) -> MutexGuard<'_, HashMap<SagaId, usize>> {
+        self.finishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks `id` as being finished by this engine until the guard drops.
+    pub(super) fn finishing(&self, id: SagaId) -> Finishing<'_> {
+        *self.finishing_set().entry(id).or_insert(0) += 1;
+        Finishing { waiters: self, id }
+    }
+
+    fn is_finishing(&self, id: SagaId) -> bool {
+        self.finishing_set().contains_key(&id)
     }
 
     fn unregister(&self, id: SagaId, key: u64) {
@@ -142,13 +161,13 @@ async fn forward(waiters: Weak<Waiters>, mut notices: broadcast::Receiver<SagaId
 /// Counts this engine's saves of a terminal transition in flight, per saga;
 /// the count is released on drop, after the engine's notice went out.
 pub(super) struct Finishing<'a> {
-    engine: &'a Engine,
+    waiters: &'a Waiters,
     id: SagaId,
 }
 
 impl Drop for Finishing<'_> {
     fn drop(&mut self) {
-        let mut finishing = self.engine.finishing_set();
+        let mut finishing = self.waiters.finishing_set();
         let Some(count) = finishing.get_mut(&self.id) else {
             return;
         };
@@ -161,7 +180,7 @@ impl Drop for Finishing<'_> {
         // A waiter holding off for the engine's notice need not wait out
         // the grace when the save did not finish the saga (a conflict, an
         // error); after the engine's notice this one is never read.
-        self.engine.inner.waiters.notify(self.id, || Heard::Missed);
+        self.waiters.notify(self.id, || Heard::Missed);
     }
 }
 
@@ -183,23 +202,6 @@ impl Engine {
             key,
             heard,
         }
-    }
-
-    /// Marks `id` as being finished by this engine until the guard drops.
-    pub(super) fn finishing(&self, id: SagaId) -> Finishing<'_> {
-        *self.finishing_set().entry(id).or_insert(0) += 1;
-        Finishing { engine: self, id }
-    }
-
-    fn finishing_set(&self) -> MutexGuard<'_, HashMap<SagaId, usize>> {
-        self.inner
-            .finishing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_finishing(&self, id: SagaId) -> bool {
-        self.finishing_set().contains_key(&id)
     }
 
     /// Waits for `waiter`'s saga to end; reads the saga first unless
@@ -241,7 +243,7 @@ impl Engine {
                 biased;
                 heard = waiter.heard.recv() => match heard {
                     Some(Heard::Finished(done)) => return Some(done),
-                    Some(Heard::Stored) if self.is_finishing(waiter.id) => {
+                    Some(Heard::Stored) if waiter.waiters.is_finishing(waiter.id) => {
                         // The engine's own notice follows its save.
                         until = until.min(Instant::now() + FINISH_GRACE);
                     }
