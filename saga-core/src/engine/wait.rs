@@ -250,12 +250,25 @@ impl Engine {
                         // The engine's own notice follows its save.
                         until = until.min(Instant::now() + FINISH_GRACE);
                     }
-                    Some(Heard::Stored | Heard::Missed) | None => return None,
+                    // The engine's own notice goes out before its save is
+                    // marked done, so it may already be queued behind.
+                    Some(Heard::Stored) => return queued_final_state(waiter),
+                    Some(Heard::Missed) | None => return None,
                 },
                 () = tokio::time::sleep_until(until) => return None,
             }
         }
     }
+}
+
+/// The final state if the engine's notice is already queued for `waiter`.
+fn queued_final_state(waiter: &mut Waiter) -> Option<Arc<SagaInstance>> {
+    while let Ok(heard) = waiter.heard.try_recv() {
+        if let Heard::Finished(done) = heard {
+            return Some(done);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -283,5 +296,71 @@ mod tests {
             !waiters.lock().contains_key(&b),
             "an empty entry is removed"
         );
+    }
+
+    /// The engine notifies its waiters, then marks its save done. A waiter
+    /// that heard the store's notice first and looks only after the mark is
+    /// gone finds the engine's notice queued: it takes it, not a read.
+    /// Before, it read the saga: 4 to 11 reads in 40 sagas on one engine.
+    #[test]
+    fn the_engines_notice_queued_behind_the_stores_saves_a_read() {
+        let waiters = Arc::new(Waiters::default());
+        let id = SagaId::new();
+        let (key, heard) = waiters.register(id);
+        let mut waiter = Waiter {
+            waiters: Arc::clone(&waiters),
+            id,
+            key,
+            heard,
+        };
+        let finishing = waiters.finishing(id);
+        waiters.notify(id, || Heard::Stored);
+        let done = Arc::new(finished(id));
+        waiters.notify(id, || Heard::Finished(Arc::clone(&done)));
+        drop(finishing);
+
+        assert!(matches!(waiter.heard.try_recv(), Ok(Heard::Stored)));
+        assert!(!waiters.is_finishing(id));
+        let queued = queued_final_state(&mut waiter).expect("the engine's notice");
+        assert!(Arc::ptr_eq(&queued, &done));
+    }
+
+    #[test]
+    fn without_the_engines_notice_a_store_notice_means_a_read() {
+        let waiters = Arc::new(Waiters::default());
+        let id = SagaId::new();
+        let (key, heard) = waiters.register(id);
+        let mut waiter = Waiter {
+            waiters: Arc::clone(&waiters),
+            id,
+            key,
+            heard,
+        };
+        waiters.notify(id, || Heard::Stored);
+        waiters.notify(id, || Heard::Missed);
+
+        assert!(matches!(waiter.heard.try_recv(), Ok(Heard::Stored)));
+        assert!(queued_final_state(&mut waiter).is_none());
+    }
+
+    fn finished(id: SagaId) -> SagaInstance {
+        let now = chrono::Utc::now();
+        SagaInstance {
+            id,
+            saga_type: "trip".to_owned(),
+            definition_version: 1,
+            status: crate::state::SagaStatus::Completed,
+            steps: Vec::new(),
+            cursor: None,
+            data: serde_json::Value::Null,
+            error: None,
+            idempotency_key: None,
+            version: 3,
+            next_wake_at: None,
+            deadline_at: None,
+            log_seq: 3,
+            created_at: now,
+            updated_at: now,
+        }
     }
 }

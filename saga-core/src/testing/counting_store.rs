@@ -1,4 +1,4 @@
-//! A store wrapper that counts the reads it serves.
+//! A store wrapper that counts the reads it serves and the conflicts it reports.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,13 +8,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::SagaId;
 use crate::state::{LogEntry, SagaInstance};
 use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
 
 /// Wraps a store and counts its single-saga reads ([`SagaStore::load`]), so a
-/// test can assert that a path reads nothing back. Clones share the count.
+/// test can assert that a path reads nothing back, and the version conflicts
+/// its saves report (each costs the engine a reload, which a test can then
+/// tell apart from the reads it is about). Clones share the counts.
 ///
 /// ```
 /// use saga_core::SagaStore;
@@ -33,6 +35,7 @@ use crate::store::{Created, DefinitionKey, SagaCount, SagaQuery, SagaStore};
 pub struct CountingStore<S> {
     inner: S,
     loads: Arc<AtomicUsize>,
+    conflicts: Arc<AtomicUsize>,
 }
 
 impl<S> CountingStore<S> {
@@ -41,6 +44,7 @@ impl<S> CountingStore<S> {
         Self {
             inner,
             loads: Arc::default(),
+            conflicts: Arc::default(),
         }
     }
 
@@ -48,6 +52,12 @@ impl<S> CountingStore<S> {
     #[must_use]
     pub fn loads(&self) -> usize {
         self.loads.load(Ordering::SeqCst)
+    }
+
+    /// How many times [`SagaStore::save`] answered [`Error::Conflict`].
+    #[must_use]
+    pub fn conflicts(&self) -> usize {
+        self.conflicts.load(Ordering::SeqCst)
     }
 }
 
@@ -68,7 +78,11 @@ impl<S: SagaStore> SagaStore for CountingStore<S> {
         expected_version: u64,
         logs: &[LogEntry],
     ) -> Result<()> {
-        self.inner.save(instance, expected_version, logs).await
+        let saved = self.inner.save(instance, expected_version, logs).await;
+        if let Err(Error::Conflict { .. }) = saved {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+        }
+        saved
     }
 
     async fn claim_due(

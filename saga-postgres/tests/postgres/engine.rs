@@ -109,9 +109,15 @@ async fn start_and_wait_learns_of_a_saga_finished_by_another_engine() {
 /// (sent at the commit) often arrives before the engine's own: the waiter
 /// then waits for the engine's notice, which carries the final state,
 /// instead of reading the saga. Before that, every such race cost a read.
+///
+/// Only the reads that race causes are counted. The safety-net poll is
+/// pushed out of the test's reach, and a version conflict (a step timeout
+/// firing beside its reply on a loaded machine) costs up to two reads of
+/// its own: the engine's reload, and a read by the saga's waiter when the
+/// conflicted save was the finishing one. Those are taken off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn start_and_wait_on_the_finishing_engine_reads_almost_nothing() {
-    const SAGAS: usize = 40;
+    const SAGAS: usize = 100;
     let test = TestDb::new().await;
     let saga = checkout();
     let transport = InMemoryTransport::new();
@@ -124,7 +130,11 @@ async fn start_and_wait_on_the_finishing_engine_reads_almost_nothing() {
         &stopped,
     );
     let store = CountingStore::new(test.store().await);
-    let engine = engine(store.clone(), &transport, &saga);
+    let engine = Engine::builder(store.clone(), transport.clone())
+        .register(&saga)
+        .poll_interval(Duration::from_millis(50))
+        .wait_poll(Duration::from_secs(60))
+        .build();
     let running = engine.clone().spawn();
 
     let waits: Vec<_> = (0..SAGAS)
@@ -137,7 +147,7 @@ async fn start_and_wait_on_the_finishing_engine_reads_almost_nothing() {
                         &saga,
                         Order::new(u32::try_from(n).expect("small") * 2 + 1),
                         StartOptions::new(),
-                        Duration::from_secs(20),
+                        Duration::from_secs(30),
                     )
                     .await
             })
@@ -147,15 +157,16 @@ async fn start_and_wait_on_the_finishing_engine_reads_almost_nothing() {
         let done = wait.await.expect("task").expect("finishes");
         assert!(done.is_terminal());
     }
-    // Before, each saga was read at least once (the waiter's first read),
-    // and again whenever the store's notice came first: 40 reads or more.
-    // The count also holds the engine's own reloads (a version conflict
-    // after a step timeout fired on a loaded machine: up to 12 seen in the
-    // full suite), so the bound leaves room for them.
+    // 0 in every run, quiet or with the CPU oversubscribed. The control:
+    // when the store's notice came first and the engine had just marked its
+    // save done, the waiter read the saga instead of taking the engine's
+    // notice queued behind: 6 to 22 reads in six runs.
+    let racing_reads = store.loads().saturating_sub(2 * store.conflicts());
     assert!(
-        store.loads() < SAGAS / 2,
-        "{} reads for {SAGAS} sagas",
-        store.loads()
+        racing_reads < 4,
+        "{racing_reads} reads for {SAGAS} sagas ({} in all, {} conflicts)",
+        store.loads(),
+        store.conflicts()
     );
 
     running.shutdown().await.expect("engine stops");
