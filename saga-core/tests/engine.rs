@@ -65,8 +65,13 @@ fn undo(step: &'static str) -> impl Fn(&Trip) -> Undo + Send + Sync + 'static {
 }
 
 fn trip() -> Saga<Trip> {
+    trip_with_step_timeout(Duration::from_millis(300))
+}
+
+/// [`trip`] with another step timeout.
+fn trip_with_step_timeout(timeout: Duration) -> Saga<Trip> {
     Saga::<Trip>::builder("trip")
-        .default_timeout(Duration::from_millis(300))
+        .default_timeout(timeout)
         .step("flight", |step| {
             step.invoke(book("flight"))
                 .on_reply(|t, r| t.refs.push(r))
@@ -636,10 +641,15 @@ async fn a_command_whose_handler_panics_is_delivered_again() {
         .build()
         .expect("valid participant");
     let serving = participant.spawn(transport.clone());
-    let store = InMemoryStore::new();
-    let engine = engine(&store, &transport);
+    // Far longer than the panic takes (printing its backtrace took over
+    // 300 ms under the suite's load), far shorter than the wait.
+    let trip = trip_with_step_timeout(Duration::from_secs(5));
+    let engine = Engine::builder(InMemoryStore::new(), transport.clone())
+        .register(&trip)
+        .poll_interval(Duration::from_millis(10))
+        .build();
     let running = engine.spawn();
-    let id = engine.start(&trip(), Trip::default()).await.expect("start");
+    let id = engine.start(&trip, Trip::default()).await.expect("start");
     let done = engine.wait(id, WAIT).await.expect("finishes");
     assert!(panicked.load(Ordering::SeqCst));
     assert_eq!(done.status, SagaStatus::Completed, "{:?}", done.error);
