@@ -70,6 +70,8 @@ pub struct SagaQuery {
     pub saga_type: Option<String>,
     /// Only sagas last changed before this time.
     pub updated_before: Option<DateTime<Utc>>,
+    /// Only the saga started with this idempotency key (at most one).
+    pub idempotency_key: Option<String>,
     /// Only unfinished sagas (`running` or `compensating`).
     pub unfinished: bool,
     /// Least recently updated first, instead of most recently.
@@ -84,6 +86,7 @@ impl Default for SagaQuery {
             status: None,
             saga_type: None,
             updated_before: None,
+            idempotency_key: None,
             unfinished: false,
             oldest_first: false,
             limit: 100,
@@ -119,6 +122,14 @@ impl SagaQuery {
         self
     }
 
+    /// Only the saga started with idempotency key `key`: whether a request
+    /// was already served, without starting anything.
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
     /// Only unfinished sagas (`running` or `compensating`).
     #[must_use]
     pub fn unfinished(mut self) -> Self {
@@ -151,6 +162,10 @@ impl SagaQuery {
             && self
                 .updated_before
                 .is_none_or(|before| instance.updated_at < before)
+            && self
+                .idempotency_key
+                .as_deref()
+                .is_none_or(|key| instance.idempotency_key.as_deref() == Some(key))
             && (!self.unfinished || !instance.status.is_terminal())
     }
 }

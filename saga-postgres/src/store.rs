@@ -479,5 +479,8 @@ fn filtered(query: &SagaQuery) -> Select<saga_state::Entity> {
     if let Some(before) = query.updated_before {
         select = select.filter(saga_state::Column::UpdatedAt.lt(before));
     }
+    if let Some(key) = &query.idempotency_key {
+        select = select.filter(saga_state::Column::IdempotencyKey.eq(key.as_str()));
+    }
     select
 }

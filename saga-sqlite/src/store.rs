@@ -309,6 +309,10 @@ fn filtered(query: &SagaQuery) -> (String, Vec<Value>) {
         conditions.push("updated_at < ?");
         values.push(time(before).into());
     }
+    if let Some(key) = &query.idempotency_key {
+        conditions.push("idempotency_key = ?");
+        values.push(key.clone().into());
+    }
     let filter = if conditions.is_empty() {
         String::new()
     } else {

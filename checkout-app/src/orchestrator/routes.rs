@@ -150,7 +150,9 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 ///
 /// The gateway's `POST /api/checkout` forwards here. Prices the request from
 /// the catalogue, starts the saga and waits for its outcome (`202` when it is
-/// still running after the configured wait).
+/// still running after the configured wait). A request with the
+/// Idempotency-Key of a checkout already started is answered with that
+/// checkout's saga, even when pricing it again would fail now.
 #[utoipa::path(
     post,
     path = "/checkouts",
@@ -175,27 +177,62 @@ async fn checkout(
     AppJson(body): AppJson<Value>,
 ) -> Result<Response, ApiError> {
     let request = request::parse(&body, &state.config.limits).map_err(ApiError::bad_request)?;
-    let key = idempotency_key(&headers)?;
-    let data = price(&state, request).await?;
-    let options = match &key {
-        Some(key) => StartOptions::new().idempotency_key(format!("{}:{key}", data.user_id)),
+    let key = idempotency_key(&headers)?.map(|key| format!("{}:{key}", request.user_id));
+    let data = match price(&state, request).await {
+        Ok(data) => data,
+        // A retry of a checkout that was started is answered with its saga,
+        // whatever the catalogue says now (the inventory service is down, a
+        // price changed): the client must not be told "refused" or "try
+        // again" about an order that is being placed. Looked up only here,
+        // so the common path pays nothing for it.
+        Err(refusal) => match started(&state, key.as_deref()).await {
+            Some(id) => {
+                let waited = state.engine.wait(id, state.config.wait).await;
+                return Ok(outcome_response(&settled(&state, waited).await?));
+            }
+            None => return Err(refusal),
+        },
+    };
+    let options = match key {
+        Some(key) => StartOptions::new().idempotency_key(key),
         None => StartOptions::new(),
     };
-    let outcome = match state
+    let waited = state
         .engine
         .start_and_wait(&state.saga, data, options, state.config.wait)
-        .await
-    {
-        Ok(instance) => instance,
+        .await;
+    Ok(outcome_response(&settled(&state, waited).await?))
+}
+
+/// The saga started with `key`, if there is one (a store error counts as
+/// none: the caller then answers with its own error).
+async fn started(state: &Orchestrator, key: Option<&str>) -> Option<SagaId> {
+    let query = SagaQuery::new().idempotency_key(key?).limit(1);
+    match state.engine.list(&query).await {
+        Ok(found) => found.first().map(|saga| saga.id),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look up the idempotency key of a retried checkout");
+            None
+        }
+    }
+}
+
+/// The saga a wait ended with: its final state, or its state now when the
+/// wait timed out (the client is answered `202`).
+async fn settled(
+    state: &Orchestrator,
+    waited: saga_core::Result<SagaInstance>,
+) -> Result<SagaInstance, ApiError> {
+    match waited {
+        Ok(instance) => Ok(instance),
         Err(saga_core::Error::WaitTimeout(id)) => state
             .engine
             .get(id)
             .await
             .map_err(|e| ApiError::from(crate::error::Error::from(e)))?
-            .ok_or_else(|| ApiError::internal(format!("saga {id} vanished")))?,
-        Err(e) => return Err(ApiError::from(crate::error::Error::from(e))),
-    };
-    Ok(outcome_response(&outcome))
+            .ok_or_else(|| ApiError::internal(format!("saga {id} vanished"))),
+        Err(e) => Err(ApiError::from(crate::error::Error::from(e))),
+    }
 }
 
 /// Prices the request from the catalogue; unknown products and wrong client prices are refused.

@@ -346,6 +346,8 @@ async fn past_its_burst_a_client_gets_429_with_retry_after() {
 struct FakeInventory {
     calls: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
+    /// The product's price went up from 29.99 to 31.00.
+    repriced: Arc<AtomicBool>,
 }
 
 impl FakeInventory {
@@ -355,8 +357,13 @@ impl FakeInventory {
             if fake.failing.load(Ordering::SeqCst) {
                 return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})));
             }
+            let price = if fake.repriced.load(Ordering::SeqCst) {
+                "31.00"
+            } else {
+                "29.99"
+            };
             let product =
-                json!({"id": PRODUCT, "name": "Wireless Mouse", "price": "29.99", "stock": 100});
+                json!({"id": PRODUCT, "name": "Wireless Mouse", "price": price, "stock": 100});
             (StatusCode::OK, Json(json!([product])))
         }
         serve(
@@ -405,12 +412,22 @@ async fn start_checkout(
     http: &reqwest::Client,
     orchestrator: &str,
 ) -> (StatusCode, HeaderMap, Value) {
-    let response = http
+    start_keyed_checkout(http, orchestrator, None).await
+}
+
+/// One unit of [`PRODUCT`] at 29.99, with `key` as its Idempotency-Key.
+async fn start_keyed_checkout(
+    http: &reqwest::Client,
+    orchestrator: &str,
+    key: Option<&str>,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut request = http
         .post(format!("{orchestrator}/checkouts"))
-        .json(&order(PRODUCT, 1, "29.99"))
-        .send()
-        .await
-        .expect("the orchestrator answers");
+        .json(&order(PRODUCT, 1, "29.99"));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("the orchestrator answers");
     let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
     let headers = response.headers().clone();
     (status, headers, response.json().await.expect("JSON body"))
@@ -507,6 +524,56 @@ async fn an_open_catalogue_breaker_fails_checkouts_fast_until_a_probe_succeeds()
     let (status, _, _) = start_checkout(&http, &orchestrator).await;
     assert_eq!(status, StatusCode::ACCEPTED, "closed again");
     assert_eq!(inventory.calls(), 4);
+}
+
+/// A client that retries a checkout with its Idempotency-Key gets that
+/// checkout's saga even when the checkout could not be priced again: the
+/// price went up (the client's price no longer matches: was `422`), the
+/// inventory service is down (was `503`). A new key is still priced.
+#[tokio::test]
+async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
+    let inventory = FakeInventory::default();
+    let inventory_addr = inventory.start().await;
+    let orchestrator = orchestrator(
+        inventory_addr,
+        OrchestratorConfig {
+            wait: Duration::from_millis(100),
+            ..OrchestratorConfig::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, _, first) = start_keyed_checkout(&http, &orchestrator, Some("retry-7")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let saga = first["sagaId"].as_str().expect("sagaId").to_owned();
+
+    inventory.repriced.store(true, Ordering::SeqCst);
+    let (status, _, body) = start_keyed_checkout(&http, &orchestrator, Some("retry-7")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "repriced: {body}");
+    assert_eq!(body["sagaId"], saga.as_str());
+    let (status, _, body) = start_keyed_checkout(&http, &orchestrator, Some("new-7")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a new key is priced: {body}"
+    );
+
+    inventory.failing.store(true, Ordering::SeqCst);
+    let (status, _, body) = start_keyed_checkout(&http, &orchestrator, Some("retry-7")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "inventory down: {body}");
+    assert_eq!(body["sagaId"], saga.as_str());
+    let (status, _, body) = start_keyed_checkout(&http, &orchestrator, Some("new-8")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a new key is priced: {body}"
+    );
+    let (status, _, body) = start_keyed_checkout(&http, &orchestrator, None).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no key, no lookup: {body}"
+    );
 }
 
 /// Checkouts of the two-orchestrator scenario and its concurrent clients.

@@ -306,13 +306,7 @@ mod tests {
     fn the_engines_notice_queued_behind_the_stores_saves_a_read() {
         let waiters = Arc::new(Waiters::default());
         let id = SagaId::new();
-        let (key, heard) = waiters.register(id);
-        let mut waiter = Waiter {
-            waiters: Arc::clone(&waiters),
-            id,
-            key,
-            heard,
-        };
+        let mut waiter = registered(&waiters, id);
         let finishing = waiters.finishing(id);
         waiters.notify(id, || Heard::Stored);
         let done = Arc::new(finished(id));
@@ -329,18 +323,22 @@ mod tests {
     fn without_the_engines_notice_a_store_notice_means_a_read() {
         let waiters = Arc::new(Waiters::default());
         let id = SagaId::new();
-        let (key, heard) = waiters.register(id);
-        let mut waiter = Waiter {
-            waiters: Arc::clone(&waiters),
-            id,
-            key,
-            heard,
-        };
+        let mut waiter = registered(&waiters, id);
         waiters.notify(id, || Heard::Stored);
         waiters.notify(id, || Heard::Missed);
 
         assert!(matches!(waiter.heard.try_recv(), Ok(Heard::Stored)));
         assert!(queued_final_state(&mut waiter).is_none());
+    }
+
+    fn registered(waiters: &Arc<Waiters>, id: SagaId) -> Waiter {
+        let (key, heard) = waiters.register(id);
+        Waiter {
+            waiters: Arc::clone(waiters),
+            id,
+            key,
+            heard,
+        }
     }
 
     fn finished(id: SagaId) -> SagaInstance {

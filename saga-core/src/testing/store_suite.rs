@@ -624,9 +624,10 @@ async fn concurrent_claimers_get_disjoint_sagas<S: SagaStore + ?Sized>(store: &S
 
 async fn list_filters_and_orders<S: SagaStore + ?Sized>(store: &S) {
     let saga_type = format!("listed_{}", SagaId::new().as_uuid().simple());
+    let key = format!("{saga_type}-key");
     let mut ids = Vec::new();
-    for _ in 0..3 {
-        let saga = instance(&saga_type, None, None);
+    for i in 0..3 {
+        let saga = instance(&saga_type, (i == 1).then_some(key.as_str()), None);
         store.create(&saga, &[]).await.expect("create");
         ids.push(saga);
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -682,6 +683,20 @@ async fn list_filters_and_orders<S: SagaStore + ?Sized>(store: &S) {
         .await
         .expect("list");
     assert_eq!(stuck.len(), 2, "running sagas not updated since a time");
+    let keyed = store
+        .list(&SagaQuery::new().idempotency_key(key.clone()))
+        .await
+        .expect("list");
+    assert_eq!(
+        keyed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![ids[1].id],
+        "the saga started with the key"
+    );
+    let unknown = store
+        .list(&SagaQuery::new().idempotency_key(format!("{key}-unused")))
+        .await
+        .expect("list");
+    assert!(unknown.is_empty(), "no saga has that key");
     for saga in &ids[1..] {
         terminate(store, saga).await;
     }
