@@ -10,10 +10,12 @@
 //! - One service (`one_service`): [`run_service`] runs one of the five in
 //!   this process ([`Service`], [`ServiceConfig`]).
 //! - The process's Tokio runtime (`executor`): [`executor`].
+//! - One process per data folder (`data_lock`): [`lock_data_dir`].
 //!
 //! Every service binds its listener first, so a stack started on port 0
 //! (tests) knows all addresses before any service needs another's URL.
 
+mod data_lock;
 mod executor;
 mod infra;
 mod one_service;
@@ -21,6 +23,7 @@ mod shutdown;
 mod stack;
 mod tasks;
 
+pub use data_lock::{DataDirLock, LOCK_FILE, lock_data_dir};
 pub use executor::executor;
 pub use infra::{
     Databases, RabbitTuning, Storage, ensure_database, saga_store, saga_store_with_pool,

@@ -12,6 +12,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
+use super::data_lock::{DataDirLock, lock_data_dir};
 use super::infra::{Databases, RabbitTuning, Storage, saga_store, service_db, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve, url};
 use crate::error::{Error, Result};
@@ -166,6 +167,8 @@ pub struct RunningStack {
     pub payment_db: DatabaseConnection,
     shutdown: Shutdown,
     tasks: JoinSet<Result<()>>,
+    /// Held while the stack runs on a data folder.
+    _data_lock: Option<DataDirLock>,
 }
 
 impl RunningStack {
@@ -215,6 +218,12 @@ impl RunningStack {
 /// # Errors
 /// When a port is taken or a database or broker is unreachable.
 pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<RunningStack> {
+    let storage = config.storage();
+    storage.prepare()?;
+    let data_lock = match &storage {
+        Storage::Files(folder) => Some(lock_data_dir(folder)?),
+        Storage::Postgres(_) | Storage::Memory => None,
+    };
     let ip = config.bind;
     let (gateway_listener, gateway) = bind(ip, config.ports.gateway, "api-gateway").await?;
     let (order_listener, order_addr) = bind(ip, config.ports.order, "order-service").await?;
@@ -225,8 +234,6 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
     let (orchestrator_listener, orchestrator_addr) =
         bind(ip, config.ports.orchestrator, "orchestrator").await?;
 
-    let storage = config.storage();
-    storage.prepare()?;
     let pg = &storage;
     let transport = transport(config.rabbitmq.as_deref(), config.rabbitmq_tuning).await?;
     let order_db = service_db(pg, &config.databases.orders, 16).await?;
@@ -334,5 +341,6 @@ pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<Runnin
         payment_db,
         shutdown,
         tasks,
+        _data_lock: data_lock,
     })
 }

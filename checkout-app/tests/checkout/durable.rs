@@ -257,3 +257,54 @@ async fn sigkill_mid_load_then_restart_on_the_same_folder_loses_nothing() {
 fn rand_byte() -> u8 {
     Uuid::new_v4().as_bytes()[0] % 250
 }
+
+/// A second `checkout-app` on a folder another one runs on is refused at
+/// start with the reason, and the first one goes on serving.
+#[tokio::test]
+async fn a_second_process_on_the_same_folder_is_refused_with_the_reason() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let loopback = || {
+        format!(
+            "127.{}.{}.{}",
+            1 + rand_byte(),
+            rand_byte(),
+            1 + rand_byte() % 250
+        )
+    };
+    let mut app = App {
+        data: folder.path().join("data"),
+        ip: loopback(),
+        log: folder.path().join("checkout-app.log"),
+        starts: 0,
+    };
+    let _first = app.start().await;
+
+    // Its own address, so that only the folder is shared.
+    let second = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_checkout-app"))
+            .env("DATA_DIR", &app.data)
+            .env("BIND_ADDR", loopback())
+            .env("RUST_LOG", "warn")
+            .env_remove("DB_URL")
+            .env_remove("RABBITMQ_URL")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second process ends at once")
+    .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second one started: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the data folder {} is in use by another checkout-app process",
+            app.data.display()
+        )),
+        "{stderr}"
+    );
+    let health = reqwest::get(format!("{}/health", app.gateway()))
+        .await
+        .expect("the first one answers");
+    assert!(health.status().is_success());
+}
