@@ -8,6 +8,12 @@
 //! gateway (one per orchestrator URL) and the orchestrator (the catalogue)
 //! call through.
 //!
+//! A call let through gets a [`Ticket`] and reports its outcome with it. Only
+//! calls let through since the breaker last changed state count: a slow call
+//! from before it opened cannot close a half-open breaker while its probe is
+//! out, nor open it again, nor count towards the failures of a breaker that
+//! has closed since.
+//!
 //! ```text
 //! closed --(failures in a row)--> open --(cool-down over)--> half-open (one probe)
 //!   ^                              ^                             |
@@ -57,13 +63,20 @@ pub enum BreakerState {
     },
 }
 
+/// A call let through; its outcome is reported with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// The breaker's state change the call was let through after.
+    epoch: u64,
+}
+
 /// Whether a call may go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Yes (the breaker is closed).
-    Allowed,
+    Allowed(Ticket),
     /// Yes, as the one probe of a half-open breaker: its outcome decides.
-    Probe,
+    Probe(Ticket),
     /// No: the breaker is open (or its probe is out); try again after this long.
     Refused {
         /// How long until a call may be let through.
@@ -84,6 +97,8 @@ impl Admission {
 pub struct CircuitBreaker {
     config: BreakerConfig,
     state: BreakerState,
+    /// Counts the state changes; tickets of an earlier one are stale.
+    epoch: u64,
 }
 
 impl CircuitBreaker {
@@ -93,7 +108,17 @@ impl CircuitBreaker {
         Self {
             config,
             state: BreakerState::Closed { failures: 0 },
+            epoch: 0,
         }
+    }
+
+    fn enter(&mut self, state: BreakerState) {
+        self.state = state;
+        self.epoch += 1;
+    }
+
+    fn ticket(&self) -> Ticket {
+        Ticket { epoch: self.epoch }
     }
 
     /// Where the breaker is.
@@ -105,10 +130,10 @@ impl CircuitBreaker {
     /// Whether a call may go through at `now`. An open breaker whose cool-down
     /// is over becomes half-open and lets this call through as its probe; a
     /// probe that never reported (its caller gave up) is replaced by another
-    /// after a cool-down.
+    /// after a cool-down (its answer is then stale).
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state {
-            BreakerState::Closed { .. } => Admission::Allowed,
+            BreakerState::Closed { .. } => Admission::Allowed(self.ticket()),
             BreakerState::Open { until } if now < until => Admission::Refused {
                 retry_after: until - now,
             },
@@ -118,41 +143,45 @@ impl CircuitBreaker {
                 }
             }
             BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => {
-                self.state = BreakerState::HalfOpen { since: now };
-                Admission::Probe
+                self.enter(BreakerState::HalfOpen { since: now });
+                Admission::Probe(self.ticket())
             }
         }
     }
 
-    /// Records a call that succeeded: a closed breaker forgets its failures, a
-    /// half-open one closes. (A late success while open changes nothing: the
-    /// probe decides.)
-    pub fn succeeded(&mut self) {
+    /// Records that the call of `ticket` succeeded: a closed breaker forgets
+    /// its failures, a half-open one closes. A stale ticket changes nothing.
+    pub fn succeeded(&mut self, ticket: Ticket) {
+        if ticket.epoch != self.epoch {
+            return;
+        }
         match self.state {
-            BreakerState::Closed { .. } | BreakerState::HalfOpen { .. } => {
-                self.state = BreakerState::Closed { failures: 0 };
-            }
+            BreakerState::Closed { .. } => self.state = BreakerState::Closed { failures: 0 },
+            BreakerState::HalfOpen { .. } => self.enter(BreakerState::Closed { failures: 0 }),
             BreakerState::Open { .. } => {}
         }
     }
 
-    /// Records a call that failed at `now`: the `failures`-th in a row opens a
-    /// closed breaker, a failed probe opens it again. (A late failure while
-    /// open changes nothing.)
-    pub fn failed(&mut self, now: Instant) {
+    /// Records that the call of `ticket` failed at `now`: the `failures`-th
+    /// in a row opens a closed breaker, a failed probe opens it again. A
+    /// stale ticket changes nothing.
+    pub fn failed(&mut self, ticket: Ticket, now: Instant) {
+        if ticket.epoch != self.epoch {
+            return;
+        }
         let open = BreakerState::Open {
             until: now + self.config.cool_down,
         };
         match self.state {
             BreakerState::Closed { failures } if self.config.failures > 0 => {
                 let failures = failures.saturating_add(1);
-                self.state = if failures >= self.config.failures {
-                    open
+                if failures >= self.config.failures {
+                    self.enter(open);
                 } else {
-                    BreakerState::Closed { failures }
-                };
+                    self.state = BreakerState::Closed { failures };
+                }
             }
-            BreakerState::HalfOpen { .. } => self.state = open,
+            BreakerState::HalfOpen { .. } => self.enter(open),
             BreakerState::Closed { .. } | BreakerState::Open { .. } => {}
         }
     }
@@ -180,36 +209,39 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a call may go through now (see [`CircuitBreaker::admit`]).
+    /// Whether a call may go through now (see [`CircuitBreaker::admit`]);
+    /// its ticket to report the outcome with.
     ///
     /// # Errors
     /// How long until a call may be let through, when the breaker is open.
-    pub fn admit(&self) -> Result<(), Duration> {
+    pub fn admit(&self) -> Result<Ticket, Duration> {
         match self.lock().admit(Instant::now()) {
-            Admission::Allowed => Ok(()),
-            Admission::Probe => {
+            Admission::Allowed(ticket) => Ok(ticket),
+            Admission::Probe(ticket) => {
                 tracing::info!(target_service = %self.name, "circuit half-open: probing");
-                Ok(())
+                Ok(ticket)
             }
             Admission::Refused { retry_after } => Err(retry_after),
         }
     }
 
-    /// Records a call that succeeded.
-    pub fn succeeded(&self) {
+    /// Records that the call of `ticket` succeeded.
+    pub fn succeeded(&self, ticket: Ticket) {
         let mut breaker = self.lock();
         let was = breaker.state();
-        breaker.succeeded();
-        if matches!(was, BreakerState::HalfOpen { .. }) {
+        breaker.succeeded(ticket);
+        if matches!(was, BreakerState::HalfOpen { .. })
+            && matches!(breaker.state(), BreakerState::Closed { .. })
+        {
             tracing::info!(target_service = %self.name, "circuit closed: the probe succeeded");
         }
     }
 
-    /// Records a call that failed.
-    pub fn failed(&self) {
+    /// Records that the call of `ticket` failed.
+    pub fn failed(&self, ticket: Ticket) {
         let mut breaker = self.lock();
         let was = breaker.state();
-        breaker.failed(Instant::now());
+        breaker.failed(ticket, Instant::now());
         if !matches!(was, BreakerState::Open { .. })
             && let BreakerState::Open { until } = breaker.state()
         {
@@ -248,18 +280,33 @@ mod tests {
         })
     }
 
+    /// A call let through at `now` (as a closed breaker's or as the probe).
+    fn let_through(b: &mut CircuitBreaker, now: Instant) -> Ticket {
+        match b.admit(now) {
+            Admission::Allowed(ticket) | Admission::Probe(ticket) => ticket,
+            Admission::Refused { .. } => panic!("refused at {now:?}: {:?}", b.state()),
+        }
+    }
+
+    /// A call let through at `now` fails at once.
+    fn fail(b: &mut CircuitBreaker, now: Instant) {
+        let ticket = let_through(b, now);
+        b.failed(ticket, now);
+    }
+
     #[test]
     fn it_opens_after_the_configured_failures_in_a_row_only() {
         let t0 = Instant::now();
         let mut b = breaker(3);
-        b.failed(t0);
-        b.failed(t0);
-        b.succeeded(); // a success resets the count
-        b.failed(t0);
-        b.failed(t0);
+        fail(&mut b, t0);
+        fail(&mut b, t0);
+        let ticket = let_through(&mut b, t0);
+        b.succeeded(ticket); // a success resets the count
+        fail(&mut b, t0);
+        fail(&mut b, t0);
         assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
-        assert_eq!(b.admit(t0), Admission::Allowed);
-        b.failed(t0);
+        assert!(matches!(b.admit(t0), Admission::Allowed(_)));
+        fail(&mut b, t0);
         assert_eq!(b.state(), BreakerState::Open { until: t0 + COOL });
     }
 
@@ -267,7 +314,7 @@ mod tests {
     fn an_open_breaker_refuses_until_the_cool_down_then_lets_one_probe_through() {
         let t0 = Instant::now();
         let mut b = breaker(1);
-        b.failed(t0);
+        fail(&mut b, t0);
         let half = t0 + Duration::from_millis(500);
         assert_eq!(
             b.admit(half),
@@ -276,7 +323,7 @@ mod tests {
             }
         );
         let later = t0 + COOL;
-        assert_eq!(b.admit(later), Admission::Probe);
+        assert!(matches!(b.admit(later), Admission::Probe(_)));
         assert_eq!(b.state(), BreakerState::HalfOpen { since: later });
         // While the probe is out, the others are refused.
         assert!(!b.admit(later + Duration::from_millis(10)).is_allowed());
@@ -286,10 +333,9 @@ mod tests {
     fn a_successful_probe_closes_and_a_failed_one_opens_for_another_cool_down() {
         let t0 = Instant::now();
         let mut b = breaker(1);
-        b.failed(t0);
+        fail(&mut b, t0);
         let probe = t0 + COOL;
-        assert_eq!(b.admit(probe), Admission::Probe);
-        b.failed(probe);
+        fail(&mut b, probe);
         assert_eq!(
             b.state(),
             BreakerState::Open {
@@ -298,30 +344,69 @@ mod tests {
         );
         assert!(!b.admit(probe + Duration::from_secs(1)).is_allowed());
         let second = probe + COOL;
-        assert_eq!(b.admit(second), Admission::Probe);
-        b.succeeded();
+        let ticket = let_through(&mut b, second);
+        b.succeeded(ticket);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
-        assert_eq!(b.admit(second), Admission::Allowed);
+        assert!(matches!(b.admit(second), Admission::Allowed(_)));
     }
 
     #[test]
-    fn a_probe_that_never_reports_is_replaced_after_a_cool_down() {
+    fn a_probe_that_never_reports_is_replaced_after_a_cool_down_and_its_answer_is_stale() {
         let t0 = Instant::now();
         let mut b = breaker(1);
-        b.failed(t0);
-        assert_eq!(b.admit(t0 + COOL), Admission::Probe);
+        fail(&mut b, t0);
+        let lost = let_through(&mut b, t0 + COOL);
         assert!(!b.admit(t0 + COOL + Duration::from_secs(1)).is_allowed());
-        assert_eq!(b.admit(t0 + COOL + COOL), Admission::Probe);
+        let replaced = t0 + COOL + COOL;
+        assert!(matches!(b.admit(replaced), Admission::Probe(_)));
+        b.succeeded(lost);
+        assert_eq!(b.state(), BreakerState::HalfOpen { since: replaced });
     }
 
     #[test]
     fn late_answers_while_open_change_nothing() {
         let t0 = Instant::now();
         let mut b = breaker(1);
-        b.failed(t0);
-        b.succeeded();
-        b.failed(t0 + Duration::from_secs(1));
+        let slow = let_through(&mut b, t0);
+        let slower = let_through(&mut b, t0);
+        fail(&mut b, t0);
+        b.succeeded(slow);
+        b.failed(slower, t0 + Duration::from_secs(1));
         assert_eq!(b.state(), BreakerState::Open { until: t0 + COOL });
+    }
+
+    /// Before tickets, the slow call's success closed the breaker while its
+    /// probe was out, and a slow failure opened it again.
+    #[test]
+    fn calls_from_before_the_breaker_opened_do_not_decide_for_its_probe() {
+        let t0 = Instant::now();
+        let mut b = breaker(1);
+        let slow_success = let_through(&mut b, t0);
+        let slow_failure = let_through(&mut b, t0);
+        fail(&mut b, t0);
+        let probing = t0 + COOL;
+        let probe = let_through(&mut b, probing);
+        b.succeeded(slow_success);
+        assert_eq!(b.state(), BreakerState::HalfOpen { since: probing });
+        b.failed(slow_failure, probing);
+        assert_eq!(b.state(), BreakerState::HalfOpen { since: probing });
+        b.succeeded(probe);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    /// A failure from before the breaker opened does not count towards the
+    /// failures of the breaker its probe closed.
+    #[test]
+    fn failures_from_an_earlier_closed_spell_do_not_count_again() {
+        let t0 = Instant::now();
+        let mut b = breaker(2);
+        let slow = let_through(&mut b, t0);
+        fail(&mut b, t0);
+        fail(&mut b, t0);
+        let probe = let_through(&mut b, t0 + COOL);
+        b.succeeded(probe);
+        b.failed(slow, t0 + COOL);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
     }
 
     #[test]
@@ -329,9 +414,9 @@ mod tests {
         let t0 = Instant::now();
         let mut b = breaker(0);
         for _ in 0..100 {
-            b.failed(t0);
+            fail(&mut b, t0);
         }
-        assert_eq!(b.admit(t0), Admission::Allowed);
+        assert!(matches!(b.admit(t0), Admission::Allowed(_)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::breaker::{Breaker, BreakerConfig};
+use crate::breaker::{Breaker, BreakerConfig, Ticket};
 use crate::error::{Error, Result};
 use crate::http::ApiError;
 
@@ -181,13 +181,13 @@ impl Orchestrators {
 
     /// The first orchestrator from `start` on (in turn) whose breaker lets a
     /// call through; else how long until one may.
-    fn pick(&self, start: usize) -> Result<&Upstream, Duration> {
+    fn pick(&self, start: usize) -> Result<(&Upstream, Ticket), Duration> {
         let n = self.upstreams.len();
         let mut soonest = Duration::MAX;
         for i in 0..n {
             let upstream = &self.upstreams[(start + i) % n];
             match upstream.breaker.admit() {
-                Ok(()) => return Ok(upstream),
+                Ok(ticket) => return Ok((upstream, ticket)),
                 Err(after) => soonest = soonest.min(after),
             }
         }
@@ -216,8 +216,8 @@ impl Orchestrators {
                 }
                 tokio::time::sleep(delay).await;
             }
-            let upstream = match self.pick(first.wrapping_add(attempt as usize)) {
-                Ok(upstream) => upstream,
+            let (upstream, ticket) = match self.pick(first.wrapping_add(attempt as usize)) {
+                Ok(picked) => picked,
                 Err(retry_after) => {
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -233,16 +233,16 @@ impl Orchestrators {
                     last = Some(Failure::Unavailable(answer));
                 }
                 Ok(answer) if answer.is_unavailable() => {
-                    upstream.breaker.failed();
+                    upstream.breaker.failed(ticket);
                     tracing::warn!(orchestrator = %upstream.url, status = %answer.status, attempt, "orchestrator unavailable; trying another");
                     last = Some(Failure::Unavailable(answer));
                 }
                 Ok(answer) => {
-                    upstream.breaker.succeeded();
+                    upstream.breaker.succeeded(ticket);
                     return Ok(answer.into_response());
                 }
                 Err(e) => {
-                    upstream.breaker.failed();
+                    upstream.breaker.failed(ticket);
                     let message = format!("orchestrator {}: {e}", upstream.url);
                     // A request sent and not answered in time may have
                     // started a saga that is still running: not sent again.

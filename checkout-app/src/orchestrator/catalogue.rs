@@ -100,7 +100,8 @@ impl Catalogue {
         if let Some(found) = self.cached(ids) {
             return Ok(found);
         }
-        self.breaker
+        let ticket = self
+            .breaker
             .admit()
             .map_err(|retry_after| Error::CircuitOpen {
                 service: "inventory",
@@ -108,11 +109,11 @@ impl Catalogue {
             })?;
         let all = match self.fetch_all().await {
             Ok(all) => {
-                self.breaker.succeeded();
+                self.breaker.succeeded(ticket);
                 all
             }
             Err(e) => {
-                self.breaker.failed();
+                self.breaker.failed(ticket);
                 return Err(e);
             }
         };
