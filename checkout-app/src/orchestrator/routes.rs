@@ -185,7 +185,7 @@ async fn checkout(
         // price changed): the client must not be told "refused" or "try
         // again" about an order that is being placed. Looked up only here,
         // so the common path pays nothing for it.
-        Err(refusal) => match started(&state, key.as_deref()).await {
+        Err(refusal) => match started(&state, key.as_deref()).await? {
             Some(id) => {
                 let waited = state.engine.wait(id, state.config.wait).await;
                 return Ok(outcome_response(&settled(&state, waited).await?));
@@ -204,17 +204,36 @@ async fn checkout(
     Ok(outcome_response(&settled(&state, waited).await?))
 }
 
-/// The saga started with `key`, if there is one (a store error counts as
-/// none: the caller then answers with its own error).
-async fn started(state: &Orchestrator, key: Option<&str>) -> Option<SagaId> {
-    let query = SagaQuery::new().idempotency_key(key?).limit(1);
-    match state.engine.list(&query).await {
-        Ok(found) => found.first().map(|saga| saga.id),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not look up the idempotency key of a retried checkout");
-            None
-        }
-    }
+/// How long the look-up of a refused checkout's key may take.
+const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The saga started with `key`, if there is one.
+///
+/// # Errors
+/// `503` when the store cannot say in [`KEY_LOOKUP_TIMEOUT`]: the refusal
+/// may be wrong for a checkout already under way, so the client is told to
+/// try again rather than that its order was refused.
+async fn started(state: &Orchestrator, key: Option<&str>) -> Result<Option<SagaId>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let query = SagaQuery::new().idempotency_key(key).limit(1);
+    let found = tokio::time::timeout(KEY_LOOKUP_TIMEOUT, state.engine.list(&query))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the Idempotency-Key look-up of an unpriced checkout timed out")
+        })?
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "the Idempotency-Key look-up of an unpriced checkout failed: {e}"
+            ))
+        })?;
+    // Only a saga that holds the key (a store that ignored the filter must
+    // not hand another checkout's saga to this client).
+    Ok(found
+        .iter()
+        .find(|saga| saga.idempotency_key.as_deref() == Some(key))
+        .map(|saga| saga.id))
 }
 
 /// The saga a wait ended with: its final state, or its state now when the

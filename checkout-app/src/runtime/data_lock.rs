@@ -6,9 +6,11 @@
 //! count on SQLite's one writer per file: it would fail in confusing ways
 //! (busy databases, ports in use) instead of saying what is wrong. So the
 //! stack holds an exclusive lock on `DATA_DIR/checkout-app.lock` while it
-//! runs, and a second one is refused at start with the reason. The operating
+//! runs, and a second one is refused at start with the reason (and the
+//! holder's process id, where the platform lets it be read). The operating
 //! system releases the lock when the holder exits, even on `kill -9`, so a
-//! crash leaves nothing to clean up.
+//! crash leaves nothing to clean up. On a file system without locks the
+//! stack starts unguarded, with a warning.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -26,7 +28,8 @@ pub struct DataDirLock {
 }
 
 /// Takes the lock on `folder` (which must exist) and writes this process's
-/// id into it for the message another process would get.
+/// id into it for the message another process would get. Where the file
+/// system cannot lock files, warns and goes on without the lock.
 ///
 /// # Errors
 /// [`Error::Config`] when another process holds the lock (with its id, when
@@ -62,6 +65,12 @@ pub fn lock_data_dir(folder: &Path) -> Result<DataDirLock> {
                  stop that one first, or give this one a DATA_DIR of its own",
                 folder.display()
             )));
+        }
+        // Some file systems (certain network, FUSE or container mounts) have
+        // no locks: a folder that worked before keeps working, unguarded.
+        Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(folder = %folder.display(), error = %e, "the data folder's file system cannot lock files: a second process on it would not be refused");
+            return Ok(DataDirLock { _file: file });
         }
         Err(TryLockError::Error(e)) => return Err(cannot(e)),
     }

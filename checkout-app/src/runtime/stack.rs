@@ -213,10 +213,12 @@ impl RunningStack {
     }
 }
 
-/// Starts all five services in this process.
+/// Starts all five services in this process. On a data folder, holds its
+/// lock (see [`lock_data_dir`]) until the stack is dropped.
 ///
 /// # Errors
-/// When a port is taken or a database or broker is unreachable.
+/// When another process runs on the data folder, a port is taken or a
+/// database or broker is unreachable.
 pub async fn start_all(config: StackConfig, shutdown: Shutdown) -> Result<RunningStack> {
     let storage = config.storage();
     storage.prepare()?;

@@ -572,8 +572,20 @@ async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
     assert_eq!(
         status,
         StatusCode::SERVICE_UNAVAILABLE,
-        "no key, no lookup: {body}"
+        "without a key: {body}"
     );
+    // Keys are the client's: another user's "retry-7" is another checkout.
+    let another_user = http
+        .post(format!("{orchestrator}/checkouts"))
+        .header("idempotency-key", "retry-7")
+        .json(&json!({ "userId": "user-456", "items": [{ "productId": PRODUCT, "quantity": 1, "price": "29.99" }] }))
+        .send()
+        .await
+        .expect("the orchestrator answers");
+    let status = another_user.status();
+    let body: Value = another_user.json().await.expect("JSON body");
+    assert_eq!(status.as_u16(), 503, "another user's key: {body}");
+    assert!(body.get("sagaId").is_none(), "{body}");
 }
 
 /// Checkouts of the two-orchestrator scenario and its concurrent clients.
