@@ -177,7 +177,7 @@ async fn checkout(
     AppJson(body): AppJson<Value>,
 ) -> Result<Response, ApiError> {
     let request = request::parse(&body, &state.config.limits).map_err(ApiError::bad_request)?;
-    let key = idempotency_key(&headers)?.map(|key| format!("{}:{key}", request.user_id));
+    let key = idempotency_key(&headers)?.map(|key| scoped_key(&request.user_id, &key));
     let data = match price(&state, request).await {
         Ok(data) => data,
         // A retry of a checkout that was started is answered with its saga,
@@ -202,6 +202,16 @@ async fn checkout(
         .start_and_wait(&state.saga, data, options, state.config.wait)
         .await;
     Ok(outcome_response(&settled(&state, waited).await?))
+}
+
+/// The saga's idempotency key for a client's `key`: scoped to the user, so
+/// two users' equal keys are two checkouts. `:` and `%` in the user id are
+/// percent-encoded, so that the user id ends at the first `:` (user `a:b`
+/// with key `c` and user `a` with key `b:c` were one key); ids without them,
+/// nearly all, keep the key they had.
+fn scoped_key(user_id: &str, key: &str) -> String {
+    let user = user_id.replace('%', "%25").replace(':', "%3A");
+    format!("{user}:{key}")
 }
 
 /// How long the look-up of a refused checkout's key may take.
@@ -691,5 +701,20 @@ async fn operate(
             Err(ApiError::conflict(e.to_string()))
         }
         Err(e) => Err(ApiError::from(crate::error::Error::from(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scoped_key;
+
+    #[test]
+    fn a_scoped_key_tells_the_user_apart_from_the_key() {
+        assert_eq!(scoped_key("user-123", "retry-7"), "user-123:retry-7");
+        // Before, both were `a:b:c`: one user's retry got the other's order.
+        assert_ne!(scoped_key("a:b", "c"), scoped_key("a", "b:c"));
+        assert_eq!(scoped_key("a:b", "c"), "a%3Ab:c");
+        // `%` is encoded too, or `a%3Ab` as a user id would collide instead.
+        assert_ne!(scoped_key("a%3Ab", "c"), scoped_key("a:b", "c"));
     }
 }
