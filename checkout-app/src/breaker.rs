@@ -129,8 +129,8 @@ impl CircuitBreaker {
 
     /// Whether a call may go through at `now`. An open breaker whose cool-down
     /// is over becomes half-open and lets this call through as its probe; a
-    /// probe that never reported (its caller gave up) is replaced by another
-    /// after a cool-down (its answer is then stale).
+    /// probe that has not answered within a cool-down (slow, or its caller
+    /// gave up) gets a companion, and the first of them to answer decides.
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state {
             BreakerState::Closed { .. } => Admission::Allowed(self.ticket()),
@@ -142,8 +142,15 @@ impl CircuitBreaker {
                     retry_after: since + self.config.cool_down - now,
                 }
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => {
+            BreakerState::Open { .. } => {
                 self.enter(BreakerState::HalfOpen { since: now });
+                Admission::Probe(self.ticket())
+            }
+            // A new probe beside the silent one, in the same epoch: whichever
+            // answers first decides (a probe slower than the cool-down must
+            // still be able to close the breaker).
+            BreakerState::HalfOpen { .. } => {
+                self.state = BreakerState::HalfOpen { since: now };
                 Admission::Probe(self.ticket())
             }
         }
@@ -351,16 +358,29 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_that_never_reports_is_replaced_after_a_cool_down_and_its_answer_is_stale() {
+    fn a_probe_that_never_reports_gets_a_companion_after_a_cool_down() {
         let t0 = Instant::now();
         let mut b = breaker(1);
         fail(&mut b, t0);
-        let lost = let_through(&mut b, t0 + COOL);
+        let _silent = let_through(&mut b, t0 + COOL);
         assert!(!b.admit(t0 + COOL + Duration::from_secs(1)).is_allowed());
-        let replaced = t0 + COOL + COOL;
-        assert!(matches!(b.admit(replaced), Admission::Probe(_)));
-        b.succeeded(lost);
-        assert_eq!(b.state(), BreakerState::HalfOpen { since: replaced });
+        let second = t0 + COOL + COOL;
+        assert!(matches!(b.admit(second), Admission::Probe(_)));
+        assert_eq!(b.state(), BreakerState::HalfOpen { since: second });
+    }
+
+    /// Probes that each answer after more than a cool-down: the first
+    /// success closes the breaker (with a new epoch per companion, none
+    /// counted, and the breaker stayed half-open for good).
+    #[test]
+    fn a_probe_slower_than_the_cool_down_still_closes_the_breaker() {
+        let t0 = Instant::now();
+        let mut b = breaker(1);
+        fail(&mut b, t0);
+        let slow = let_through(&mut b, t0 + COOL);
+        let _companion = let_through(&mut b, t0 + COOL + COOL);
+        b.succeeded(slow);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
     }
 
     #[test]

@@ -229,7 +229,9 @@ impl Orchestrators {
             };
             match self.exchange(upstream, call, trace).await {
                 Ok(answer) if answer.is_overloaded() => {
-                    // Healthy but busy: another may have room; not a failure.
+                    // Healthy but busy: another may have room. Alive is what
+                    // the breaker asks (a probe answered so closes it).
+                    upstream.breaker.succeeded(ticket);
                     last = Some(Failure::Unavailable(answer));
                 }
                 Ok(answer) if answer.is_unavailable() => {

@@ -68,7 +68,7 @@ pub fn lock_data_dir(folder: &Path) -> Result<DataDirLock> {
         }
         // Some file systems (certain network, FUSE or container mounts) have
         // no locks: a folder that worked before keeps working, unguarded.
-        Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+        Err(TryLockError::Error(e)) if cannot_lock_here(&e) => {
             tracing::warn!(folder = %folder.display(), error = %e, "the data folder's file system cannot lock files: a second process on it would not be refused");
             return Ok(DataDirLock { _file: file });
         }
@@ -78,6 +78,14 @@ pub fn lock_data_dir(folder: &Path) -> Result<DataDirLock> {
     file.rewind().map_err(cannot)?;
     writeln!(file, "{}", std::process::id()).map_err(cannot)?;
     Ok(DataDirLock { _file: file })
+}
+
+/// Whether `e` says the file system has no locks: unsupported, or (Linux)
+/// `ENOLCK`, which NFS without its lock daemon answers.
+fn cannot_lock_here(e: &std::io::Error) -> bool {
+    const ENOLCK_LINUX: i32 = 37;
+    e.kind() == std::io::ErrorKind::Unsupported
+        || (cfg!(target_os = "linux") && e.raw_os_error() == Some(ENOLCK_LINUX))
 }
 
 #[cfg(test)]
