@@ -13,12 +13,16 @@
 //!
 //! ```text
 //! cargo run --release -p checkout-bench --bin broker-probe -- \
-//!     --broker-pid "$(pgrep -f 'rabbit@localhost' | head -1)"
+//!     --broker-pid "$(rabbitmqctl status | awk '/OS PID/{print $3}')" --tick-ms 1,5,20
 //! ```
 //!
-//! The broker's CPU time comes from `/proc/<broker-pid>/stat` over the
-//! measured window (after a warm-up), divided by the logical messages
-//! consumed in it. Run it on an otherwise idle machine.
+//! The publisher sends each tick's share of messages back to back, so the
+//! broker sees one burst per tick: the broker's cost depends on the bursts
+//! as much as on the messages (it writes and syncs a burst together), so
+//! sweep `--tick-ms` and compare envelope sizes at the same tick. The
+//! broker's CPU time comes from `/proc/<broker-pid>/stat` over the measured
+//! window (after a warm-up), divided by the logical messages consumed in
+//! it. Run it on an otherwise idle machine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,11 +71,16 @@ struct Args {
     /// `quorum` or `classic`.
     #[arg(long, default_value = "quorum")]
     queue_type: String,
+    /// Publishing ticks in milliseconds, each measured: a tick's messages go
+    /// out back to back, as one burst.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    tick_ms: Vec<u64>,
 }
 
 /// One envelope size's figures.
 struct Measured {
     envelope: u32,
+    tick_ms: u64,
     amqp_per_s: f64,
     logical_per_s: f64,
     broker_cores: f64,
@@ -92,22 +101,26 @@ async fn main() -> std::process::ExitCode {
         args.rate, args.message_bytes, args.queue_type, args.seconds
     );
     println!(
-        "| logical messages per AMQP message | AMQP messages/s | logical messages/s | broker CPU (cores) | broker CPU per logical message |"
+        "| tick (bursts/s) | logical messages per AMQP message | AMQP messages/s | logical messages/s | broker CPU (cores) | broker CPU per logical message |"
     );
-    println!("|---:|---:|---:|---:|---:|");
-    for &envelope in &args.envelopes {
-        match measure(&args, envelope.max(1)).await {
-            Ok(m) => println!(
-                "| {} | {:.0} | {:.0} | {:.3} | {:.1} µs |",
-                m.envelope,
-                m.amqp_per_s,
-                m.logical_per_s,
-                m.broker_cores,
-                m.broker_cores / m.logical_per_s * 1e6
-            ),
-            Err(e) => {
-                eprintln!("broker-probe: envelopes of {envelope}: {e}");
-                return std::process::ExitCode::FAILURE;
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &tick_ms in &args.tick_ms {
+        for &envelope in &args.envelopes {
+            match measure(&args, envelope.max(1), tick_ms.max(1)).await {
+                Ok(m) => println!(
+                    "| {} ms ({}) | {} | {:.0} | {:.0} | {:.3} | {:.1} µs |",
+                    m.tick_ms,
+                    1_000 / m.tick_ms,
+                    m.envelope,
+                    m.amqp_per_s,
+                    m.logical_per_s,
+                    m.broker_cores,
+                    m.broker_cores / m.logical_per_s * 1e6
+                ),
+                Err(e) => {
+                    eprintln!("broker-probe: envelopes of {envelope}, tick {tick_ms} ms: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -115,12 +128,40 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Publishes envelopes of `envelope` logical messages at the logical rate,
-/// consumes them, and measures the broker over the window.
-async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
+/// one burst per tick, consumes them, and measures the broker over the
+/// window; the queue is deleted however it ends.
+async fn measure(args: &Args, envelope: u32, tick_ms: u64) -> Result<Measured, String> {
     let queue = format!("broker_probe_{}", uuid::Uuid::new_v4().simple());
-    let publisher = Connection::connect(&args.url, ConnectionProperties::default()).await?;
-    let consumer = Connection::connect(&args.url, ConnectionProperties::default()).await?;
-    let channel = publisher.create_channel().await?;
+    let publisher = Connection::connect(&args.url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let consumer = Connection::connect(&args.url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let channel = publisher
+        .create_channel()
+        .await
+        .map_err(|e| format!("channel: {e}"))?;
+    let measured = run(args, envelope, tick_ms, &queue, &channel, &consumer)
+        .await
+        .map_err(|e| e.to_string());
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = consumer.close(200, "OK".into()).await;
+    let _ = publisher.close(200, "OK".into()).await;
+    measured
+}
+
+/// [`measure`] on open connections.
+async fn run(
+    args: &Args,
+    envelope: u32,
+    tick_ms: u64,
+    queue: &str,
+    channel: &lapin::Channel,
+    consumer: &Connection,
+) -> Result<Measured, lapin::Error> {
     let mut queue_args = FieldTable::default();
     queue_args.insert(
         "x-queue-type".into(),
@@ -128,7 +169,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
     );
     channel
         .queue_declare(
-            queue.as_str().into(),
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -145,7 +186,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
     consuming.basic_qos(64, BasicQosOptions::default()).await?;
     let deliveries = consuming
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -157,7 +198,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
         let counter = Arc::clone(&counter);
         async move {
             if let Ok(Some(delivery)) = delivery
-                && delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
+                && let Ok(true) = delivery.acker.ack(BasicAckOptions::default()).await
             {
                 counter.fetch_add(per_envelope, Ordering::Relaxed);
             }
@@ -166,7 +207,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
 
     let body: Arc<Vec<u8>> = Arc::new(vec![b'x'; args.message_bytes * envelope as usize]);
     let envelopes_per_s = f64::from(args.rate) / f64::from(envelope);
-    let tick = Duration::from_millis(5);
+    let tick = Duration::from_millis(tick_ms);
     let per_tick = envelopes_per_s * tick.as_secs_f64();
     let warm_up = Duration::from_secs(3);
     let window = Duration::from_secs(args.seconds);
@@ -175,6 +216,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
     let mut owed = 0.0_f64;
     let mut mark: Option<(Instant, u64, u64)> = None;
     let mut confirms = tokio::task::JoinSet::new();
+    let mut nacked = 0_u64;
     loop {
         interval.tick().await;
         let now = Instant::now();
@@ -193,7 +235,7 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
             let confirm = channel
                 .basic_publish(
                     "".into(),
-                    queue.as_str().into(),
+                    queue.into(),
                     BasicPublishOptions::default(),
                     &body,
                     BasicProperties::default().with_delivery_mode(2),
@@ -202,8 +244,10 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
             confirms.spawn(async move { confirm.await.map(|c| c.is_ack()) });
         }
         while let Some(done) = confirms.try_join_next() {
-            if let Ok(Err(e)) = done {
-                return Err(e);
+            match done {
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(false)) => nacked += 1,
+                _ => {}
             }
         }
     }
@@ -215,15 +259,18 @@ async fn measure(args: &Args, envelope: u32) -> Result<Measured, lapin::Error> {
     let logical = consumed
         .load(Ordering::Relaxed)
         .saturating_sub(consumed_from);
-    while confirms.join_next().await.is_some() {}
-    let _ = channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = consumer.close(200, "OK".into()).await;
-    let _ = publisher.close(200, "OK".into()).await;
+    while let Some(done) = confirms.join_next().await {
+        if let Ok(Ok(false)) = done {
+            nacked += 1;
+        }
+    }
+    if nacked > 0 {
+        eprintln!("broker-probe: the broker refused {nacked} publishes (nacks)");
+    }
     let logical_per_s = logical as f64 / elapsed;
     Ok(Measured {
         envelope,
+        tick_ms,
         amqp_per_s: logical_per_s / f64::from(envelope),
         logical_per_s,
         broker_cores: ticks as f64 / TICKS_PER_S / elapsed,
