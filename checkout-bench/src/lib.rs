@@ -24,6 +24,7 @@
 //! Reports: `report.json`, `report.md` and `latency.svg` in `--out`.
 
 mod limits;
+pub use limits::declare_with_confirms;
 mod plot;
 pub mod report;
 

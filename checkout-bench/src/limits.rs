@@ -220,24 +220,7 @@ async fn publish(url: &str, in_flight: usize, duration: Duration) -> Result<f64,
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = format!("bench_limits_{}", uuid::Uuid::new_v4().simple());
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    declare_with_confirms(&channel, &queue, "quorum").await?;
     let body: Arc<Vec<u8>> = Arc::new(vec![b'x'; 600]);
     let end = Instant::now() + duration;
     let started = Instant::now();
@@ -283,6 +266,37 @@ async fn publish(url: &str, in_flight: usize, duration: Duration) -> Result<f64,
         Some(e) => Err(e),
         None => Ok(total as f64 / elapsed),
     }
+}
+
+/// Declares the durable queue `queue` of `queue_type` (`quorum`,
+/// `classic`) and puts `channel` in confirm mode, as a probe of the broker
+/// needs them.
+///
+/// # Errors
+/// The broker's refusal.
+pub async fn declare_with_confirms(
+    channel: &lapin::Channel,
+    queue: &str,
+    queue_type: &str,
+) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(queue_type)),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
 }
 
 #[cfg(test)]

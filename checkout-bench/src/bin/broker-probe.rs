@@ -31,10 +31,9 @@ use std::time::Duration;
 use clap::Parser;
 use lapin::message::DeliveryResult;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use test_kit::procfs::cpu_ticks;
 use tokio::time::Instant;
@@ -162,24 +161,7 @@ async fn run(
     channel: &lapin::Channel,
     consumer: &Connection,
 ) -> Result<Measured, lapin::Error> {
-    let mut queue_args = FieldTable::default();
-    queue_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(args.queue_type.as_str())),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            queue_args,
-        )
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    checkout_bench::declare_with_confirms(channel, queue, &args.queue_type).await?;
 
     let consumed = Arc::new(AtomicU64::new(0));
     let consuming = consumer.create_channel().await?;
