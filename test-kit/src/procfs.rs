@@ -130,7 +130,7 @@ pub struct ComponentCpu {
 
 /// Kernel clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100
 /// on Linux for x86_64 and arm64).
-const TICKS_PER_S: f64 = 100.0;
+pub const TICKS_PER_S: f64 = 100.0;
 
 /// User plus system CPU time `pid` has used, in clock ticks.
 #[must_use]

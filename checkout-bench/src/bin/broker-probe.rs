@@ -35,11 +35,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use test_kit::procfs::cpu_ticks;
+use test_kit::procfs::{TICKS_PER_S, cpu_ticks};
 use tokio::time::Instant;
-
-/// Kernel clock ticks per second of `/proc/PID/stat` times.
-const TICKS_PER_S: f64 = 100.0;
 
 /// The probe's settings.
 #[derive(Debug, Parser)]
