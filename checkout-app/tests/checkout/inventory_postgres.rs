@@ -18,13 +18,15 @@ use std::future::Future;
 use checkout_app::inventory;
 use checkout_app::inventory::entity::{products, reservations};
 use checkout_app::messages::{LineItem, ReleaseInventory, ReserveInventory};
-use checkout_app::runtime::with_database;
 use rust_decimal::Decimal;
 use saga_core::adapter::{CommandMessage, ReplyOutcome};
-use saga_core::{Command, Direction, IdempotencyKey, Participant, SagaId, StepErrorKind};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
-use test_kit::infra::database_from_env as admin_url;
+use saga_core::{Command, Direction, Participant, SagaId, StepErrorKind};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+};
 use uuid::Uuid;
+
+use crate::support::{command_message, handle_concurrently, with_fresh_postgres};
 
 const LIMITED: Uuid = Uuid::from_u128(0xdda60f33_8dfd_4da2_96c8_1a029d72725a);
 const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
@@ -33,7 +35,7 @@ const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
 /// connections), then drops it (also when the test panics).
 async fn with_fresh_database<F, Fut>(test: F)
 where
-    F: FnOnce(DatabaseConnection) -> Fut,
+    F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     with_fresh_database_pool(16, test).await;
@@ -42,39 +44,15 @@ where
 /// [`with_fresh_database`] with a pool of `connections` connections.
 async fn with_fresh_database_pool<F, Fut>(connections: u32, test: F)
 where
-    F: FnOnce(DatabaseConnection) -> Fut,
+    F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let admin_url = admin_url();
-    let admin = checkout_app::db::connect(&admin_url, 1)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach PostgreSQL at {}: {e}\nThese tests need a real server: start one \
-                 or point SAGA_TEST_DATABASE_URL at an admin URL.",
-                checkout_app::db::redact(&admin_url)
-            )
-        });
-    let name = format!("checkout_test_{}", Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let db = checkout_app::db::connect(&with_database(&admin_url, &name), connections)
-        .await
-        .expect("connect to the test database");
-    inventory::migrate(&db).await.expect("migrations apply");
-    assert_eq!(inventory::seed(&db).await.expect("seed"), 10);
-
-    let outcome = tokio::spawn(test(db.clone())).await;
-
-    let _ = db.close().await;
-    let _ = admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    with_fresh_postgres(connections, |db| async move {
+        inventory::migrate(&db).await.expect("migrations apply");
+        assert_eq!(inventory::seed(&db).await.expect("seed"), 10);
+        test(db).await;
+    })
+    .await;
 }
 
 fn message<C: Command>(
@@ -83,21 +61,7 @@ fn message<C: Command>(
     step: &str,
     direction: Direction,
 ) -> CommandMessage {
-    CommandMessage {
-        message_id: format!("{saga_id}:{step}:{direction}:1"),
-        idempotency_key: IdempotencyKey::new(saga_id, step, direction),
-        saga_id,
-        saga_type: "checkout".into(),
-        step: 1,
-        step_name: step.into(),
-        direction,
-        attempt: 1,
-        endpoint: "inventory".into(),
-        command: C::NAME.into(),
-        payload: serde_json::to_value(command).unwrap(),
-        reply_to: Some("checkout_replies".into()),
-        headers: Default::default(),
-    }
+    command_message("inventory", command, saga_id, step, direction)
 }
 
 fn reserve_one(order_id: Uuid, product_id: Uuid) -> ReserveInventory {
@@ -109,24 +73,6 @@ fn reserve_one(order_id: Uuid, product_id: Uuid) -> ReserveInventory {
             unit_price: Decimal::new(1999, 2),
         }],
     }
-}
-
-/// Sends every message at once, each from its own task; returns the outcomes.
-async fn handle_concurrently(p: &Participant, messages: Vec<CommandMessage>) -> Vec<ReplyOutcome> {
-    let tasks: Vec<_> = messages
-        .into_iter()
-        .map(|message| {
-            let p = p.clone();
-            tokio::spawn(async move { p.handle(&message, 1).await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        let reply = task.await.expect("task").expect("handled");
-        assert_eq!(reply.reply_to.as_deref(), Some("checkout_replies"));
-        outcomes.push(reply.outcome);
-    }
-    outcomes
 }
 
 async fn product(db: &DatabaseConnection, id: Uuid) -> products::Model {
@@ -418,6 +364,198 @@ async fn concurrent_duplicate_deliveries_take_and_return_stock_once() {
             .expect("a reservation or tombstone");
         assert_eq!(row.status, reservations::ReservationStatus::Released);
         assert_eq!(product(&db, LIMITED).await.stock, 5);
+    })
+    .await;
+}
+
+/// Hands one message to `p`.
+async fn handle_one(p: &Participant, message: CommandMessage) -> ReplyOutcome {
+    handle_concurrently(p, vec![message]).await.remove(0)
+}
+
+fn reserve_lines(order_id: Uuid, lines: &[(Uuid, u32)]) -> CommandMessage {
+    let command = ReserveInventory {
+        order_id,
+        items: lines
+            .iter()
+            .map(|&(product_id, quantity)| LineItem {
+                product_id,
+                quantity,
+                unit_price: Decimal::new(1, 0),
+            })
+            .collect(),
+    };
+    message(
+        &command,
+        SagaId::new(),
+        "reserve_inventory",
+        Direction::Invoke,
+    )
+}
+
+fn refusal(outcome: &ReplyOutcome) -> (StepErrorKind, String) {
+    match outcome {
+        ReplyOutcome::Failure(e) => (e.kind, e.message.clone()),
+        ReplyOutcome::Success(reply) => panic!("expected a refusal, got {reply}"),
+    }
+}
+
+const KEYBOARD: Uuid = Uuid::from_u128(0xe794067c_2f38_4b12_afa9_d1acb6f4ec6a);
+
+/// PostgreSQL runs the reservation as one function call: its answers are the
+/// ones the service gives on SQLite (`inventory::tests`), word for word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_is_all_or_nothing_and_refuses_as_on_sqlite() {
+    with_fresh_database(|db| async move {
+        let p = inventory::participant(db.clone()).expect("valid participant");
+
+        // Lines merged per product; a redelivery answers the same id.
+        let order = Uuid::new_v4();
+        let lines = [(STANDARD, 2), (KEYBOARD, 1), (STANDARD, 1)];
+        let ReplyOutcome::Success(first) = handle_one(&p, reserve_lines(order, &lines)).await
+        else {
+            panic!("reservation refused");
+        };
+        let ReplyOutcome::Success(again) = handle_one(&p, reserve_lines(order, &lines)).await
+        else {
+            panic!("redelivery refused");
+        };
+        assert_eq!(first["reservationId"], again["reservationId"]);
+        let standard = product(&db, STANDARD).await;
+        assert_eq!((standard.stock, standard.version), (997, 1));
+        let keyboard = product(&db, KEYBOARD).await;
+        assert_eq!((keyboard.stock, keyboard.version), (249, 1));
+        let stored = &reservations_of(&db, &[order]).await[0];
+        assert_eq!(stored.id.to_string(), first["reservationId"]);
+        let mut expected = vec![
+            reservations::ReservedItem {
+                product_id: STANDARD,
+                quantity: 3,
+            },
+            reservations::ReservedItem {
+                product_id: KEYBOARD,
+                quantity: 1,
+            },
+        ];
+        expected.sort_by_key(|i| i.product_id);
+        assert_eq!(stored.items.0, expected);
+
+        // One line short: nothing is taken, no reservation row is left.
+        let short = Uuid::new_v4();
+        let outcome = handle_one(&p, reserve_lines(short, &[(STANDARD, 2), (LIMITED, 10)])).await;
+        assert_eq!(
+            refusal(&outcome),
+            (
+                StepErrorKind::Business,
+                "insufficient stock for Limited Stock Item: requested 10, available 5".into()
+            )
+        );
+        let unknown_id = Uuid::new_v4();
+        let outcome = handle_one(&p, reserve_lines(short, &[(unknown_id, 1)])).await;
+        assert_eq!(
+            refusal(&outcome),
+            (
+                StepErrorKind::Business,
+                format!("unknown product {unknown_id}")
+            )
+        );
+        assert!(reservations_of(&db, &[short]).await.is_empty());
+        assert_eq!(product(&db, STANDARD).await.version, 1);
+        assert_eq!(product(&db, LIMITED).await.version, 0);
+
+        // Released, then delivered again: refused, and the stock stays back.
+        let release = message(
+            &ReleaseInventory { order_id: order },
+            SagaId::new(),
+            "reserve_inventory",
+            Direction::Compensate,
+        );
+        assert!(matches!(
+            handle_one(&p, release).await,
+            ReplyOutcome::Success(_)
+        ));
+        let outcome = handle_one(&p, reserve_lines(order, &lines)).await;
+        assert_eq!(
+            refusal(&outcome),
+            (
+                StepErrorKind::Business,
+                format!("reservation for order {order} was released")
+            )
+        );
+        assert_eq!(product(&db, STANDARD).await.stock, 1000);
+        assert_eq!(product(&db, KEYBOARD).await.stock, 250);
+    })
+    .await;
+}
+
+/// `inventory_reserve`'s bound on lost version checks: with one round, a
+/// reservation whose product another transaction changes while it waits for
+/// the row gives up with `CK002` (the service's "inventory contention",
+/// retryable), and takes nothing; with the service's bound it waits and wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_that_loses_every_version_check_takes_nothing() {
+    with_fresh_database(|db| async move {
+        let call = |rounds: i32| {
+            let db = db.clone();
+            let order = Uuid::new_v4();
+            tokio::spawn(async move {
+                db.execute_unprepared(&format!(
+                    "SELECT inventory_reserve('{}', '{order}', \
+                     '[{{\"product_id\": \"{STANDARD}\", \"quantity\": 1}}]', now(), {rounds})",
+                    Uuid::new_v4()
+                ))
+                .await
+                .map(|_| order)
+            })
+        };
+        for rounds in [1, 128] {
+            // Another writer holds the product (changed, not yet committed).
+            let writer = db.begin().await.unwrap();
+            writer
+                .execute_unprepared(&format!(
+                    "UPDATE products SET stock = stock - 1, version = version + 1 \
+                     WHERE id = '{STANDARD}'"
+                ))
+                .await
+                .unwrap();
+            let reservation = call(rounds);
+            // Commit only once the reservation waits for the writer's row lock.
+            let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while count(&db, waiting).await == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the reservation never waited"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            writer.commit().await.unwrap();
+            let result = reservation.await.unwrap();
+            if rounds == 1 {
+                let err = result.expect_err("one round cannot outlast the writer");
+                assert!(err.to_string().contains("inventory contention"), "{err}");
+                let sqlstate = match &err {
+                    sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => match e.as_ref() {
+                        sea_orm::sqlx::Error::Database(e) => e.code().map(|c| c.into_owned()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                assert_eq!(sqlstate.as_deref(), Some("CK002"), "{err}");
+            } else {
+                let order = result.expect("the default bound outlasts one writer");
+                assert_eq!(reservations_of(&db, &[order]).await.len(), 1);
+            }
+        }
+        // The writer's two units, the winning reservation's one; no
+        // reservation row or stock from the one that gave up.
+        let standard = product(&db, STANDARD).await;
+        assert_eq!((standard.stock, standard.version), (997, 3));
+        assert_eq!(
+            count(&db, "SELECT count(*) AS n FROM reservations").await,
+            1
+        );
     })
     .await;
 }

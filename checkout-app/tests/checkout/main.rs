@@ -18,6 +18,7 @@ mod faults;
 mod fuzz;
 mod inventory_postgres;
 mod observability;
+mod order_postgres;
 mod postgres_rabbitmq;
 mod scale;
 mod support;

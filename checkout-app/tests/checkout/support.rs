@@ -100,3 +100,95 @@ pub async fn service_get(addr: std::net::SocketAddr, path: &str) -> (StatusCode,
 pub fn order(product: &str, quantity: i64, price: &str) -> Value {
     json!({ "userId": "user-123", "items": [{ "productId": product, "quantity": quantity, "price": price }] })
 }
+
+/// Runs `test` against a fresh PostgreSQL database (`checkout_test_<uuid>`, a
+/// pool of `connections` connections, nothing migrated), then drops it (also
+/// when the test panics). `SAGA_TEST_DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/postgres`) is the admin URL; the test
+/// fails, never skips, when the server is unreachable.
+pub async fn with_fresh_postgres<F, Fut>(connections: u32, test: F)
+where
+    F: FnOnce(sea_orm::DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use sea_orm::ConnectionTrait;
+    let admin_url = test_kit::infra::database_from_env();
+    let admin = checkout_app::db::connect(&admin_url, 1)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {}: {e}\nThese tests need a real server: start one \
+                 or point SAGA_TEST_DATABASE_URL at an admin URL.",
+                checkout_app::db::redact(&admin_url)
+            )
+        });
+    let name = format!("checkout_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+    let db = checkout_app::db::connect(
+        &checkout_app::runtime::with_database(&admin_url, &name),
+        connections,
+    )
+    .await
+    .expect("connect to the test database");
+
+    let outcome = tokio::spawn(test(db.clone())).await;
+
+    let _ = db.close().await;
+    let _ = admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The first delivery of `command` for step `step` of saga `saga_id`, to
+/// `endpoint`, as the orchestrator sends it.
+pub fn command_message<C: saga_core::Command>(
+    endpoint: &str,
+    command: &C,
+    saga_id: saga_core::SagaId,
+    step: &str,
+    direction: saga_core::Direction,
+) -> saga_core::adapter::CommandMessage {
+    saga_core::adapter::CommandMessage {
+        message_id: format!("{saga_id}:{step}:{direction}:1"),
+        idempotency_key: saga_core::IdempotencyKey::new(saga_id, step, direction),
+        saga_id,
+        saga_type: "checkout".into(),
+        step: 1,
+        step_name: step.into(),
+        direction,
+        attempt: 1,
+        endpoint: endpoint.into(),
+        command: C::NAME.into(),
+        payload: serde_json::to_value(command).expect("commands serialize"),
+        reply_to: Some("checkout_replies".into()),
+        headers: Default::default(),
+    }
+}
+
+/// Hands every message to `participant` at once, each from its own task;
+/// returns the outcomes in the order of `messages`.
+pub async fn handle_concurrently(
+    participant: &saga_core::Participant,
+    messages: Vec<saga_core::adapter::CommandMessage>,
+) -> Vec<saga_core::adapter::ReplyOutcome> {
+    let tasks: Vec<_> = messages
+        .into_iter()
+        .map(|message| {
+            let participant = participant.clone();
+            tokio::spawn(async move { participant.handle(&message, 1).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        let reply = task.await.expect("task").expect("handled");
+        assert_eq!(reply.reply_to.as_deref(), Some("checkout_replies"));
+        outcomes.push(reply.outcome);
+    }
+    outcomes
+}
