@@ -6,12 +6,17 @@
 //! idempotency key, and waits up to a configurable time for the outcome,
 //! answering `202 Accepted` with the saga id if it is still running.
 //!
+//! Requests with the same idempotency key take turns: a retry that arrives
+//! while its first try is still being priced or started waits for that try's
+//! answer, then finds its saga (in this process; see `key_locks`).
+//!
 //! At most `max_in_flight` checkouts are handled at once (`MAX_IN_FLIGHT`):
 //! past that bound `POST /checkouts` refuses at once with `503 overloaded` and
 //! `Retry-After`, before anything is written, instead of queueing work it
 //! would answer only after the client gave up.
 
 mod catalogue;
+mod key_locks;
 mod routes;
 mod ui;
 mod views;
@@ -72,6 +77,7 @@ pub struct Orchestrator {
     saga: Saga<CheckoutData>,
     catalogue: Catalogue,
     config: Arc<OrchestratorConfig>,
+    keys: Arc<key_locks::KeyLocks>,
 }
 
 impl Orchestrator {
@@ -88,6 +94,7 @@ impl Orchestrator {
             saga,
             catalogue,
             config: Arc::new(config),
+            keys: Arc::default(),
         }
     }
 

@@ -340,31 +340,39 @@ async fn past_its_burst_a_client_gets_429_with_retry_after() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// A fake inventory service: the one product, or `500` while `failing`;
-/// each answer delayed by `delay`.
+/// A fake inventory service: the one product, or `500` while `failing`.
 #[derive(Clone, Default)]
 struct FakeInventory {
     calls: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     /// The product's price went up from 29.99 to 31.00.
     repriced: Arc<AtomicBool>,
+    /// The next call waits for `release` before it answers (what it answers
+    /// is decided when it arrives).
+    hold_next: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl FakeInventory {
     async fn start(&self) -> SocketAddr {
         async fn products(State(fake): State<FakeInventory>) -> (StatusCode, Json<Value>) {
             fake.calls.fetch_add(1, Ordering::SeqCst);
-            if fake.failing.load(Ordering::SeqCst) {
-                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})));
-            }
-            let price = if fake.repriced.load(Ordering::SeqCst) {
-                "31.00"
+            let answer = if fake.failing.load(Ordering::SeqCst) {
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})))
             } else {
-                "29.99"
+                let price = if fake.repriced.load(Ordering::SeqCst) {
+                    "31.00"
+                } else {
+                    "29.99"
+                };
+                let product =
+                    json!({"id": PRODUCT, "name": "Wireless Mouse", "price": price, "stock": 100});
+                (StatusCode::OK, Json(json!([product])))
             };
-            let product =
-                json!({"id": PRODUCT, "name": "Wireless Mouse", "price": price, "stock": 100});
-            (StatusCode::OK, Json(json!([product])))
+            if fake.hold_next.swap(false, Ordering::SeqCst) {
+                fake.release.notified().await;
+            }
+            answer
         }
         serve(
             Router::new()
@@ -586,6 +594,56 @@ async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
     let body: Value = another_user.json().await.expect("JSON body");
     assert_eq!(status.as_u16(), 503, "another user's key: {body}");
     assert!(body.get("sagaId").is_none(), "{body}");
+}
+
+/// A retry that arrives while its first try is still being priced waits for
+/// that try's answer and gets its saga, even though pricing the retry fails
+/// (without the turn per key it was answered `503` at once, the first try's
+/// saga not yet created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_during_its_first_try_s_pricing_gets_that_try_s_saga() {
+    let inventory = FakeInventory::default();
+    let inventory_addr = inventory.start().await;
+    let orchestrator = orchestrator(
+        inventory_addr,
+        OrchestratorConfig {
+            wait: Duration::from_millis(100),
+            ..OrchestratorConfig::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    inventory.hold_next.store(true, Ordering::SeqCst);
+    let first = {
+        let (http, orchestrator) = (http.clone(), orchestrator.clone());
+        tokio::spawn(
+            async move { start_keyed_checkout(&http, &orchestrator, Some("slow-1")).await },
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while inventory.calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first try was never priced"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The catalogue fails from now on; the first try's answer is decided.
+    inventory.failing.store(true, Ordering::SeqCst);
+    let retry = {
+        let (http, orchestrator) = (http.clone(), orchestrator.clone());
+        tokio::spawn(
+            async move { start_keyed_checkout(&http, &orchestrator, Some("slow-1")).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    inventory.release.notify_one();
+
+    let (status, _, first) = first.await.expect("first try");
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, _, retried) = retry.await.expect("retry");
+    assert_eq!(status, StatusCode::ACCEPTED, "the retry: {retried}");
+    assert_eq!(retried["sagaId"], first["sagaId"]);
 }
 
 /// Checkouts of the two-orchestrator scenario and its concurrent clients.
