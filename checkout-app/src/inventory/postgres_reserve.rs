@@ -86,13 +86,16 @@ fn raised(error: &DbErr) -> Option<(&str, String)> {
 /// (`rounds` version-checked updates of one product all lost). Both roll the
 /// whole statement back.
 ///
-/// The steps, as the service runs them on SQLite: insert the reservation
-/// (`ON CONFLICT (order_id) DO NOTHING`; a duplicate is answered from the
-/// existing row), read every product of the order and refuse if one is
-/// unknown or short, then in product-id order take the stock with
-/// `UPDATE ... WHERE version = v AND stock >= q`, and when the version moved
-/// read the product again (a volatile function takes a new snapshot per
-/// statement), check it again and try again with the version just read.
+/// The steps, with the answers the service gives on SQLite: insert the
+/// reservation (`ON CONFLICT (order_id) DO NOTHING`; a duplicate is answered
+/// from the existing row, a released one refused), then, product by product
+/// in product-id order (the order every reservation locks them in): read
+/// it, refuse if it is unknown or short, and take the stock with
+/// `UPDATE ... WHERE version = v AND stock >= q`; when the version moved,
+/// read it again (a volatile function takes a new snapshot per statement)
+/// and try again. A refusal after some products were taken rolls them back
+/// with the statement, so the result is the service's all-or-nothing:
+/// nothing is written.
 const CREATE_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION inventory_reserve(
     p_id uuid, p_order_id uuid, p_items jsonb, p_now timestamptz, p_rounds integer)
@@ -103,8 +106,7 @@ DECLARE
     existing reservations%ROWTYPE;
     line record;
     product products%ROWTYPE;
-    seen_version integer;
-    attempt integer;
+    lost integer;
 BEGIN
     INSERT INTO reservations (id, order_id, status, items, created_at, updated_at)
     VALUES (p_id, p_order_id, 'RESERVED', p_items, p_now, p_now)
@@ -122,35 +124,12 @@ BEGIN
         RETURN existing.id;
     END IF;
     FOR line IN
-        SELECT l.product_id, l.quantity, p.id AS found, p.name, p.stock
+        SELECT l.product_id, l.quantity
         FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
-        LEFT JOIN products p ON p.id = l.product_id
         ORDER BY l.product_id
     LOOP
-        IF line.found IS NULL THEN
-            RAISE EXCEPTION 'unknown product %', line.product_id USING ERRCODE = 'CK001';
-        END IF;
-        IF line.stock < line.quantity THEN
-            RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
-                line.name, line.quantity, line.stock USING ERRCODE = 'CK001';
-        END IF;
-    END LOOP;
-    FOR line IN
-        SELECT l.product_id, l.quantity, p.version
-        FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
-        JOIN products p ON p.id = l.product_id
-        ORDER BY l.product_id
-    LOOP
-        seen_version := line.version;
-        attempt := 1;
+        lost := 0;
         LOOP
-            UPDATE products SET stock = stock - line.quantity, version = version + 1
-            WHERE id = line.product_id AND version = seen_version AND stock >= line.quantity;
-            EXIT WHEN FOUND;
-            IF attempt = p_rounds THEN
-                RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
-            END IF;
-            attempt := attempt + 1;
             SELECT * INTO product FROM products WHERE id = line.product_id;
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'unknown product %', line.product_id USING ERRCODE = 'CK001';
@@ -159,7 +138,13 @@ BEGIN
                 RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
                     product.name, line.quantity, product.stock USING ERRCODE = 'CK001';
             END IF;
-            seen_version := product.version;
+            UPDATE products SET stock = stock - line.quantity, version = version + 1
+            WHERE id = line.product_id AND version = product.version AND stock >= line.quantity;
+            EXIT WHEN FOUND;
+            lost := lost + 1;
+            IF lost = p_rounds THEN
+                RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
+            END IF;
         END LOOP;
     END LOOP;
     RETURN p_id;

@@ -534,12 +534,9 @@ async fn an_open_catalogue_breaker_fails_checkouts_fast_until_a_probe_succeeds()
     assert_eq!(inventory.calls(), 4);
 }
 
-/// A client that retries a checkout with its Idempotency-Key gets that
-/// checkout's saga even when the checkout could not be priced again: the
-/// price went up (the client's price no longer matches: was `422`), the
-/// inventory service is down (was `503`). A new key is still priced.
-#[tokio::test]
-async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
+/// A fake inventory service and an orchestrator on it that answers `202`
+/// after 100 ms (its sagas never finish: no participant).
+async fn answering_after_100ms() -> (FakeInventory, String) {
     let inventory = FakeInventory::default();
     let inventory_addr = inventory.start().await;
     let orchestrator = orchestrator(
@@ -550,6 +547,16 @@ async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
         },
     )
     .await;
+    (inventory, orchestrator)
+}
+
+/// A client that retries a checkout with its Idempotency-Key gets that
+/// checkout's saga even when the checkout could not be priced again: the
+/// price went up (the client's price no longer matches: was `422`), the
+/// inventory service is down (was `503`). A new key is still priced.
+#[tokio::test]
+async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
+    let (inventory, orchestrator) = answering_after_100ms().await;
     let http = reqwest::Client::new();
     let (status, _, first) = start_keyed_checkout(&http, &orchestrator, Some("retry-7")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
@@ -602,16 +609,7 @@ async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
 /// saga not yet created).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_during_its_first_try_s_pricing_gets_that_try_s_saga() {
-    let inventory = FakeInventory::default();
-    let inventory_addr = inventory.start().await;
-    let orchestrator = orchestrator(
-        inventory_addr,
-        OrchestratorConfig {
-            wait: Duration::from_millis(100),
-            ..OrchestratorConfig::default()
-        },
-    )
-    .await;
+    let (inventory, orchestrator) = answering_after_100ms().await;
     let http = reqwest::Client::new();
     inventory.hold_next.store(true, Ordering::SeqCst);
     let first = {
