@@ -49,6 +49,17 @@ pub(crate) async fn migrate<M: sea_orm_migration::MigratorTrait>(
     db: &sea_orm::DatabaseConnection,
     lock: i64,
 ) -> crate::error::Result<()> {
+    migrate_and_install::<M>(db, lock, &[]).await
+}
+
+/// [`migrate`], then on PostgreSQL `install` (statements such as `CREATE OR
+/// REPLACE FUNCTION`, run on every start so the database holds what this
+/// build calls) in the same transaction, under the same lock.
+pub(crate) async fn migrate_and_install<M: sea_orm_migration::MigratorTrait>(
+    db: &sea_orm::DatabaseConnection,
+    lock: i64,
+    install: &[&str],
+) -> crate::error::Result<()> {
     use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
     if db.get_database_backend() == DbBackend::Postgres {
         let txn = db.begin().await?;
@@ -59,6 +70,9 @@ pub(crate) async fn migrate<M: sea_orm_migration::MigratorTrait>(
         ))
         .await?;
         M::up(&txn, None).await?;
+        for statement in install {
+            txn.execute_unprepared(statement).await?;
+        }
         txn.commit().await?;
     } else {
         M::up(db, None).await?;

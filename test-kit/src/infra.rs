@@ -28,6 +28,51 @@ pub fn database_from_env() -> String {
         .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
 }
 
+/// Runs `test` against a fresh PostgreSQL database (`checkout_test_<uuid>`, a
+/// pool of `connections` connections, nothing migrated), then drops it (also
+/// when the test panics). [`DATABASE_ENV`] names the admin URL; the test
+/// fails, never skips, when the server is unreachable.
+///
+/// # Panics
+/// When PostgreSQL is unreachable, or with the test's own panic.
+pub async fn with_fresh_postgres<F, Fut>(connections: u32, test: F)
+where
+    F: FnOnce(sea_orm::DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let admin_url = database_from_env();
+    let admin = checkout_app::db::connect(&admin_url, 1)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {}: {e}\nThese tests need a real server: start one \
+                 or point SAGA_TEST_DATABASE_URL at an admin URL.",
+                checkout_app::db::redact(&admin_url)
+            )
+        });
+    let name = format!("checkout_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+    let db = checkout_app::db::connect(
+        &checkout_app::runtime::with_database(&admin_url, &name),
+        connections,
+    )
+    .await
+    .expect("connect to the test database");
+
+    let outcome = tokio::spawn(test(db.clone())).await;
+
+    let _ = db.close().await;
+    let _ = admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 /// A stack on ephemeral ports with short timings, no declined payments:
 /// the end-to-end tests' stack.
 #[must_use]

@@ -24,7 +24,6 @@ impl MigratorTrait for Migrator {
                 name: "m20261210_000001_index_inventory_tombstones",
                 tombstones: super::TOMBSTONES,
             }),
-            Box::new(super::postgres_reserve::CreateReserveFunction),
         ]
     }
 

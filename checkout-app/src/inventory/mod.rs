@@ -27,11 +27,10 @@
 //!   the whole reservation, stock taken for earlier lines included. The
 //!   version is checked and bumped on every decrement, and the stock is never
 //!   oversold or negative. On PostgreSQL these steps run inside the server,
-//!   as the function `inventory_reserve` (created by the migrations): one
+//!   as the function `inventory_reserve_v1` (installed by [`migrate`]): one
 //!   statement and one round trip instead of six or more, and the products'
-//!   row locks held for that statement only. Its refusals are raised errors
-//!   (SQLSTATE `CK001`, contention `CK002`), so nothing of a refused
-//!   reservation is written.
+//!   row locks held for that statement only, with the same answers; a
+//!   refused reservation writes nothing.
 //! - `release_inventory` flips `RESERVED` to `RELEASED` with a conditional
 //!   update (which serializes concurrent releases of one order) and gives the
 //!   stock back with `SET stock = stock + q, version = version + 1`, in
@@ -148,14 +147,21 @@ const CATALOGUE: [(Uuid, &str, i64, i32); 10] = [
     ),
 ];
 
-/// Creates or upgrades the `products` and `reservations` tables.
+/// Creates or upgrades the `products` and `reservations` tables, and on
+/// PostgreSQL installs (replaces) the function `inventory_reserve_v1` that
+/// `reserve_inventory` calls there.
 ///
 /// Idempotent; on PostgreSQL concurrent callers serialize on an advisory lock.
 ///
 /// # Errors
 /// A database error when the database is unreachable or a migration fails.
 pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
-    crate::service::migrate::<migration::Migrator>(db, MIGRATION_LOCK).await
+    crate::service::migrate_and_install::<migration::Migrator>(
+        db,
+        MIGRATION_LOCK,
+        &[postgres_reserve::CREATE_FUNCTION],
+    )
+    .await
 }
 
 /// Inserts the ten seed products (fixed ids, as in the seed guide) that do
@@ -331,7 +337,7 @@ async fn reserve_inventory(
 /// the update wins (or the stock runs short, or [`TAKE_ROUNDS`] run out).
 /// Round trips without contention: `BEGIN`, insert, read, one update per
 /// product, `COMMIT`; each lost round adds a read and an update. On
-/// PostgreSQL the same steps are one call of `inventory_reserve`.
+/// PostgreSQL the same steps are one call of `inventory_reserve_v1`.
 async fn try_reserve(
     db: &DatabaseConnection,
     order_id: Uuid,
@@ -353,6 +359,10 @@ async fn try_reserve(
                     );
                 }
                 Ok(InventoryReserved { reservation_id })
+            }
+            Err(refusal) if refusal.kind == saga_core::StepErrorKind::Retryable => {
+                tracing::warn!(reason = %refusal.message, rounds = TAKE_ROUNDS, "reservation gave up under contention");
+                Err(refusal)
             }
             Err(refusal) => {
                 tracing::info!(reason = %refusal.message, "reserve_inventory refused");

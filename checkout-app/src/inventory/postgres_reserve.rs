@@ -1,5 +1,5 @@
 //! `reserve_inventory` on PostgreSQL: one call of the function
-//! `inventory_reserve`, and the migration that creates it.
+//! `inventory_reserve_v1`, which [`super::migrate`] installs.
 //!
 //! `reserve_inventory` takes stock for every line of an order or for none,
 //! checking and bumping each product's `version`. Sent as statements, that is
@@ -10,20 +10,133 @@
 //! inside the server, in one statement: one round trip, and the locks held
 //! only for the statement.
 //!
+//! The function is not a migration: `migrate` replaces it on every start
+//! (`CREATE OR REPLACE`, under the migrations' advisory lock), so its body is
+//! always the one this build calls. Its name carries a version: a change of
+//! its signature or its answers gets a new name, so that during a rolling
+//! deploy each build calls its own.
+//!
 //! Only on PostgreSQL; on SQLite (in process, no round trips) the service
-//! runs the steps itself and this migration does nothing.
+//! runs the steps itself.
+
 use chrono::{DateTime, Utc};
 use saga_core::StepError;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, RuntimeErr, Statement};
-use sea_orm_migration::prelude::*;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement};
 use uuid::Uuid;
 
 use super::entity::reservations::ReservedItems;
 
-/// SQLSTATE of a business refusal raised by `inventory_reserve`.
-const REFUSED: &str = "CK001";
 /// SQLSTATE of a reservation that lost too many version checks (retryable).
 const CONTENDED: &str = "CK002";
+
+/// `inventory_reserve_v1(id, order_id, items, now, rounds)`: one row,
+/// `(reservation_id, refusal)`.
+///
+/// - The reservation's id (`id`, or the existing reservation's for a
+///   duplicate) and no refusal; or no id and the business refusal (unknown
+///   product, stock short, reservation released), with nothing written. A
+///   refusal is an answer, not an error, so a sold-out product does not fill
+///   the server's log with errors: one found while taking stock (a product
+///   changed by concurrent buyers) is raised inside the function (`CK001`)
+///   and caught by the block around the insert and the updates, which undoes
+///   them.
+/// - Raised, rolling the whole statement back: `CK002` when `rounds`
+///   version-checked updates of one product all lost.
+///
+/// The steps, with the answers the service gives on SQLite: an existing
+/// reservation for the order answers (its id, or "released"); otherwise
+/// every product is read and checked, the reservation inserted (`ON
+/// CONFLICT (order_id) DO NOTHING`: a concurrent twin that committed first is
+/// answered from its row), and the stock taken product by product in
+/// product-id order (the order releases lock them in too) with `UPDATE ...
+/// WHERE version = v AND stock >= q`. When the version moved, the product is
+/// read again (under `READ COMMITTED` each statement of a volatile function
+/// sees what committed before it), checked again and updated again.
+pub(super) const CREATE_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION inventory_reserve_v1(
+    p_id uuid, p_order_id uuid, p_items jsonb, p_now timestamptz, p_rounds integer)
+RETURNS TABLE (reservation_id uuid, refusal text)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    existing reservations%ROWTYPE;
+    line record;
+    product products%ROWTYPE;
+    lost integer;
+BEGIN
+    SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
+    IF NOT FOUND THEN
+        FOR line IN
+            SELECT l.product_id, l.quantity, p.id AS found, p.name, p.stock
+            FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
+            LEFT JOIN products p ON p.id = l.product_id
+            ORDER BY l.product_id
+        LOOP
+            IF line.found IS NULL THEN
+                RETURN QUERY SELECT NULL::uuid, format('unknown product %s', line.product_id);
+                RETURN;
+            END IF;
+            IF line.stock < line.quantity THEN
+                RETURN QUERY SELECT NULL::uuid, format(
+                    'insufficient stock for %s: requested %s, available %s',
+                    line.name, line.quantity, line.stock);
+                RETURN;
+            END IF;
+        END LOOP;
+        -- A refusal found while taking stock (a product changed by concurrent
+        -- buyers) undoes the reservation's insert and the stock taken so far
+        -- with this block, and is answered, not raised to the client.
+        BEGIN
+            INSERT INTO reservations (id, order_id, status, items, created_at, updated_at)
+            VALUES (p_id, p_order_id, 'RESERVED', p_items, p_now, p_now)
+            ON CONFLICT (order_id) DO NOTHING;
+            IF FOUND THEN
+                FOR line IN
+                    SELECT l.product_id, l.quantity
+                    FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
+                    ORDER BY l.product_id
+                LOOP
+                    lost := 0;
+                    LOOP
+                        SELECT * INTO product FROM products WHERE id = line.product_id;
+                        IF NOT FOUND THEN
+                            RAISE EXCEPTION 'unknown product %', line.product_id
+                                USING ERRCODE = 'CK001';
+                        END IF;
+                        IF product.stock < line.quantity THEN
+                            RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
+                                product.name, line.quantity, product.stock USING ERRCODE = 'CK001';
+                        END IF;
+                        UPDATE products SET stock = stock - line.quantity, version = version + 1
+                        WHERE id = line.product_id AND version = product.version
+                            AND stock >= line.quantity;
+                        EXIT WHEN FOUND;
+                        lost := lost + 1;
+                        IF lost >= p_rounds THEN
+                            RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
+                        END IF;
+                    END LOOP;
+                END LOOP;
+                RETURN QUERY SELECT p_id, NULL::text;
+                RETURN;
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'CK001' THEN
+            RETURN QUERY SELECT NULL::uuid, SQLERRM;
+            RETURN;
+        END;
+        SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'reservation for order % changed concurrently', p_order_id
+                USING ERRCODE = 'CK002';
+        END IF;
+    END IF;
+    IF existing.status = 'RELEASED' THEN
+        RETURN QUERY SELECT NULL::uuid, format('reservation for order %s was released', p_order_id);
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT existing.id, NULL::text;
+END
+$fn$"#;
 
 /// Reserves `lines` for `order_id` under the new reservation id `id` with one
 /// statement: `Ok(Ok(id))` with the reservation's id (the existing one for a
@@ -40,7 +153,7 @@ pub(super) async fn reserve(
     let items = serde_json::to_value(lines).map_err(|e| DbErr::Json(e.to_string()))?;
     let call = Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT inventory_reserve($1, $2, $3, $4, $5::integer) AS id",
+        "SELECT reservation_id, refusal FROM inventory_reserve_v1($1, $2, $3, $4, $5::integer)",
         [
             id.into(),
             order_id.into(),
@@ -49,21 +162,33 @@ pub(super) async fn reserve(
             i64::from(rounds).into(),
         ],
     );
-    match db.query_one_raw(call).await {
-        Ok(Some(row)) => Ok(Ok(row.try_get::<Uuid>("", "id")?)),
-        Ok(None) => Err(DbErr::RecordNotFound(
-            "inventory_reserve returned no row".into(),
+    let row = match db.query_one_raw(call).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return Err(DbErr::RecordNotFound(
+                "inventory_reserve_v1 returned no row".into(),
+            ));
+        }
+        Err(e) => {
+            return match contended(&e) {
+                Some(message) => Ok(Err(StepError::retryable(message))),
+                None => Err(e),
+            };
+        }
+    };
+    let reservation: Option<Uuid> = row.try_get("", "reservation_id")?;
+    let refusal: Option<String> = row.try_get("", "refusal")?;
+    match (reservation, refusal) {
+        (_, Some(refusal)) => Ok(Err(StepError::business(refusal))),
+        (Some(reservation), None) => Ok(Ok(reservation)),
+        (None, None) => Err(DbErr::RecordNotFound(
+            "inventory_reserve_v1 answered neither a reservation nor a refusal".into(),
         )),
-        Err(e) => match raised(&e) {
-            Some((REFUSED, message)) => Ok(Err(StepError::business(message))),
-            Some((CONTENDED, message)) => Ok(Err(StepError::retryable(message))),
-            _ => Err(e),
-        },
     }
 }
 
-/// The SQLSTATE and message of an error the server raised.
-fn raised(error: &DbErr) -> Option<(&str, String)> {
+/// The message of a `CK002` (contention) raised by `inventory_reserve_v1`.
+fn contended(error: &DbErr) -> Option<String> {
     let (DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = error
     else {
         return None;
@@ -71,118 +196,89 @@ fn raised(error: &DbErr) -> Option<(&str, String)> {
     let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
         return None;
     };
-    let code = match db.code()?.as_ref() {
-        REFUSED => REFUSED,
-        CONTENDED => CONTENDED,
-        _ => return None,
-    };
-    Some((code, db.message().to_owned()))
+    (db.code()?.as_ref() == CONTENDED).then(|| db.message().to_owned())
 }
 
-/// `inventory_reserve(id, order_id, items, now, rounds)`: the reservation's
-/// id (`id`, or the existing reservation's for a duplicate), or an error
-/// whose SQLSTATE says why nothing was taken: `CK001` a business refusal
-/// (unknown product, stock short, reservation released), `CK002` contention
-/// (`rounds` version-checked updates of one product all lost). Both roll the
-/// whole statement back.
-///
-/// The steps, with the answers the service gives on SQLite: insert the
-/// reservation (`ON CONFLICT (order_id) DO NOTHING`; a duplicate is answered
-/// from the existing row, a released one refused), then, product by product
-/// in product-id order (the order every reservation locks them in): read
-/// it, refuse if it is unknown or short, and take the stock with
-/// `UPDATE ... WHERE version = v AND stock >= q`; when the version moved,
-/// read it again (a volatile function takes a new snapshot per statement)
-/// and try again. A refusal after some products were taken rolls them back
-/// with the statement, so the result is the service's all-or-nothing:
-/// nothing is written.
-const CREATE_FUNCTION: &str = r#"
-CREATE OR REPLACE FUNCTION inventory_reserve(
-    p_id uuid, p_order_id uuid, p_items jsonb, p_now timestamptz, p_rounds integer)
-RETURNS uuid
-LANGUAGE plpgsql
-AS $fn$
-DECLARE
-    existing reservations%ROWTYPE;
-    line record;
-    product products%ROWTYPE;
-    lost integer;
-BEGIN
-    INSERT INTO reservations (id, order_id, status, items, created_at, updated_at)
-    VALUES (p_id, p_order_id, 'RESERVED', p_items, p_now, p_now)
-    ON CONFLICT (order_id) DO NOTHING;
-    IF NOT FOUND THEN
-        SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'reservation for order % changed concurrently', p_order_id
-                USING ERRCODE = 'CK002';
-        END IF;
-        IF existing.status = 'RELEASED' THEN
-            RAISE EXCEPTION 'reservation for order % was released', p_order_id
-                USING ERRCODE = 'CK001';
-        END IF;
-        RETURN existing.id;
-    END IF;
-    FOR line IN
-        SELECT l.product_id, l.quantity
-        FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
-        ORDER BY l.product_id
-    LOOP
-        lost := 0;
-        LOOP
-            SELECT * INTO product FROM products WHERE id = line.product_id;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'unknown product %', line.product_id USING ERRCODE = 'CK001';
-            END IF;
-            IF product.stock < line.quantity THEN
-                RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
-                    product.name, line.quantity, product.stock USING ERRCODE = 'CK001';
-            END IF;
-            UPDATE products SET stock = stock - line.quantity, version = version + 1
-            WHERE id = line.product_id AND version = product.version AND stock >= line.quantity;
-            EXIT WHEN FOUND;
-            lost := lost + 1;
-            IF lost = p_rounds THEN
-                RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
-            END IF;
-        END LOOP;
-    END LOOP;
-    RETURN p_id;
-END
-$fn$"#;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::{Duration, Instant};
 
-/// Creates `inventory_reserve` on PostgreSQL.
-pub(super) struct CreateReserveFunction;
+    use saga_core::StepErrorKind;
+    use sea_orm::TransactionTrait;
 
-impl MigrationName for CreateReserveFunction {
-    fn name(&self) -> &str {
-        "m20261206_000001_create_inventory_reserve"
-    }
-}
+    use super::*;
+    use crate::inventory::entity::reservations::ReservedItem;
 
-#[async_trait::async_trait]
-impl MigrationTrait for CreateReserveFunction {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(CREATE_FUNCTION)
+    const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
+
+    async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+        db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
             .await
-            .map(|_| ())
+            .unwrap()
+            .expect("a row")
+            .try_get_by_index::<i64>(0)
+            .unwrap()
     }
 
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "DROP FUNCTION IF EXISTS inventory_reserve(uuid, uuid, jsonb, timestamptz, integer)",
-            )
-            .await
-            .map(|_| ())
+    /// The bound on lost version checks, through the service's call: with
+    /// one round, a reservation whose product another transaction changes
+    /// while it waits for the row gives up as retryable "inventory
+    /// contention" (so the saga retries it, not compensates) and takes
+    /// nothing; with the service's bound it waits and wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_reservation_that_loses_every_version_check_is_retryable_and_takes_nothing() {
+        test_kit::infra::with_fresh_postgres(8, |db| async move {
+            crate::inventory::migrate(&db).await.unwrap();
+            crate::inventory::seed(&db).await.unwrap();
+            let lines = ReservedItems(vec![ReservedItem {
+                product_id: STANDARD,
+                quantity: 1,
+            }]);
+            for rounds in [1, 128] {
+                // Another writer holds the product (changed, not committed).
+                let writer = db.begin().await.unwrap();
+                writer
+                    .execute_unprepared(&format!(
+                        "UPDATE products SET stock = stock - 1, version = version + 1 \
+                         WHERE id = '{STANDARD}'"
+                    ))
+                    .await
+                    .unwrap();
+                let (db2, lines2) = (db.clone(), lines.clone());
+                let reservation = tokio::spawn(async move {
+                    let id = Uuid::now_v7();
+                    reserve(&db2, id, Uuid::new_v4(), &lines2, Utc::now(), rounds)
+                        .await
+                        .map(|answer| answer.map(|reserved| (id, reserved)))
+                });
+                // Commit once the reservation waits for the writer's row lock.
+                let waiting = "SELECT count(*) FROM pg_stat_activity \
+                               WHERE datname = current_database() AND wait_event_type = 'Lock'";
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while scalar(&db, waiting).await == 0 {
+                    assert!(Instant::now() < deadline, "the reservation never waited");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                writer.commit().await.unwrap();
+                let answer = reservation.await.unwrap().expect("no database failure");
+                if rounds == 1 {
+                    let refusal = answer.expect_err("one round cannot outlast the writer");
+                    assert_eq!(refusal.kind, StepErrorKind::Retryable, "{refusal}");
+                    assert_eq!(refusal.message, "inventory contention");
+                } else {
+                    let (id, reserved) = answer.expect("the service's bound outlasts one writer");
+                    assert_eq!(reserved, id);
+                }
+            }
+            // The writer's two units and the winner's one; nothing from the
+            // reservation that gave up.
+            let stock = format!("SELECT stock::bigint FROM products WHERE id = '{STANDARD}'");
+            assert_eq!(scalar(&db, &stock).await, 997);
+            let version = format!("SELECT version::bigint FROM products WHERE id = '{STANDARD}'");
+            assert_eq!(scalar(&db, &version).await, 3);
+            assert_eq!(scalar(&db, "SELECT count(*) FROM reservations").await, 1);
+        })
+        .await;
     }
 }

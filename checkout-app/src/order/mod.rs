@@ -190,7 +190,7 @@ async fn create_order(
 
 /// On PostgreSQL the order and its lines go in with one statement (one round
 /// trip, committed on its own): the lines are inserted only when the order
-/// was. `jsonb_to_recordset` reads the lines from one JSON parameter; prices
+/// was, and the statement answers how many orders it inserted (0 or 1). `jsonb_to_recordset` reads the lines from one JSON parameter; prices
 /// travel as strings so no digit is lost on the way to `decimal(12, 2)`.
 const CREATE_ORDER_SQL: &str = "\
 WITH created AS (
@@ -198,11 +198,13 @@ WITH created AS (
     VALUES ($1, $2, $3, $4, NULL, $5, $5)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+), lines AS (
+    INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
+    SELECT line.id, created.id, line.product_id, line.quantity, line.unit_price
+    FROM created CROSS JOIN jsonb_to_recordset($6)
+        AS line(id uuid, product_id uuid, quantity integer, unit_price numeric)
 )
-INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
-SELECT line.id, created.id, line.product_id, line.quantity, line.unit_price
-FROM created CROSS JOIN jsonb_to_recordset($6)
-    AS line(id uuid, product_id uuid, quantity integer, unit_price numeric)";
+SELECT count(*) AS created FROM created";
 
 async fn try_create_order(
     db: &DatabaseConnection,
@@ -264,8 +266,8 @@ async fn insert_order(db: &DatabaseConnection, cmd: &CreateOrder) -> Result<bool
                 })
             })
             .collect();
-        let result = db
-            .execute_raw(Statement::from_sql_and_values(
+        let created = db
+            .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 CREATE_ORDER_SQL,
                 [
@@ -277,8 +279,10 @@ async fn insert_order(db: &DatabaseConnection, cmd: &CreateOrder) -> Result<bool
                     serde_json::Value::Array(lines).into(),
                 ],
             ))
-            .await?;
-        return Ok(result.rows_affected() > 0);
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the order's insert answered no row".into()))?
+            .try_get::<i64>("", "created")?;
+        return Ok(created == 1);
     }
     // SQLite has no data-modifying `WITH`: a transaction, which costs no
     // round trip in process.

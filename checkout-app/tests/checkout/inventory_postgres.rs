@@ -21,9 +21,7 @@ use checkout_app::messages::{LineItem, ReleaseInventory, ReserveInventory};
 use rust_decimal::Decimal;
 use saga_core::adapter::{CommandMessage, ReplyOutcome};
 use saga_core::{Command, Direction, Participant, SagaId, StepErrorKind};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::support::{command_message, handle_concurrently, with_fresh_postgres};
@@ -488,74 +486,52 @@ async fn a_reservation_is_all_or_nothing_and_refuses_as_on_sqlite() {
     .await;
 }
 
-/// `inventory_reserve`'s bound on lost version checks: with one round, a
-/// reservation whose product another transaction changes while it waits for
-/// the row gives up with `CK002` (the service's "inventory contention",
-/// retryable), and takes nothing; with the service's bound it waits and wins.
+const HUB: Uuid = Uuid::from_u128(0x2e5b2929_ad50_4c73_968e_6d0a6088619c);
+
+/// Reservations of three products racing releases of the same three: both
+/// lock products in product-id order, so none deadlocks (PostgreSQL would
+/// end one of two deadlocked transactions with an error, a retryable
+/// failure here), and the stock adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reservation_that_loses_every_version_check_takes_nothing() {
-    with_fresh_database(|db| async move {
-        let call = |rounds: i32| {
-            let db = db.clone();
-            let order = Uuid::new_v4();
-            tokio::spawn(async move {
-                db.execute_unprepared(&format!(
-                    "SELECT inventory_reserve('{}', '{order}', \
-                     '[{{\"product_id\": \"{STANDARD}\", \"quantity\": 1}}]', now(), {rounds})",
-                    Uuid::new_v4()
-                ))
-                .await
-                .map(|_| order)
-            })
-        };
-        for rounds in [1, 128] {
-            // Another writer holds the product (changed, not yet committed).
-            let writer = db.begin().await.unwrap();
-            writer
-                .execute_unprepared(&format!(
-                    "UPDATE products SET stock = stock - 1, version = version + 1 \
-                     WHERE id = '{STANDARD}'"
-                ))
-                .await
-                .unwrap();
-            let reservation = call(rounds);
-            // Commit only once the reservation waits for the writer's row lock.
-            let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
-                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while count(&db, waiting).await == 0 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the reservation never waited"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+async fn multi_product_reservations_racing_releases_never_deadlock() {
+    with_fresh_database_pool(BUYERS as u32, |db| async move {
+        let p = inventory::participant(db.clone()).expect("valid participant");
+        let all = [(STANDARD, 1), (KEYBOARD, 1), (HUB, 1)];
+        let mut failures = Vec::new();
+        let mut held = 0;
+        for _ in 0..5 {
+            let reserved: Vec<Uuid> = (0..BUYERS / 2).map(|_| Uuid::new_v4()).collect();
+            for order in &reserved {
+                let outcome = handle_one(&p, reserve_lines(*order, &all)).await;
+                assert!(matches!(outcome, ReplyOutcome::Success(_)), "{outcome:?}");
             }
-            writer.commit().await.unwrap();
-            let result = reservation.await.unwrap();
-            if rounds == 1 {
-                let err = result.expect_err("one round cannot outlast the writer");
-                assert!(err.to_string().contains("inventory contention"), "{err}");
-                let sqlstate = match &err {
-                    sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => match e.as_ref() {
-                        sea_orm::sqlx::Error::Database(e) => e.code().map(|c| c.into_owned()),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                assert_eq!(sqlstate.as_deref(), Some("CK002"), "{err}");
-            } else {
-                let order = result.expect("the default bound outlasts one writer");
-                assert_eq!(reservations_of(&db, &[order]).await.len(), 1);
+            let mut race = Vec::new();
+            for order in &reserved {
+                race.push(message(
+                    &ReleaseInventory { order_id: *order },
+                    SagaId::new(),
+                    "reserve_inventory",
+                    Direction::Compensate,
+                ));
+                race.push(reserve_lines(Uuid::new_v4(), &all));
             }
+            for outcome in handle_concurrently(&p, race).await {
+                if let ReplyOutcome::Failure(e) = outcome {
+                    failures.push(format!("{:?}: {}", e.kind, e.message));
+                }
+            }
+            held += BUYERS / 2;
         }
-        // The writer's two units, the winning reservation's one; no
-        // reservation row or stock from the one that gave up.
-        let standard = product(&db, STANDARD).await;
-        assert_eq!((standard.stock, standard.version), (997, 3));
-        assert_eq!(
-            count(&db, "SELECT count(*) AS n FROM reservations").await,
-            1
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            failures.first()
         );
+        let held = i32::try_from(held).unwrap();
+        assert_eq!(product(&db, STANDARD).await.stock, 1000 - held);
+        assert_eq!(product(&db, KEYBOARD).await.stock, 250 - held);
+        assert_eq!(product(&db, HUB).await.stock, 400 - held);
     })
     .await;
 }

@@ -1,7 +1,7 @@
 //! The order participant on real PostgreSQL, where `create_order` writes the
 //! order and its lines with one statement: the lines arrive exactly (prices
-//! to the cent, quantities, their order), a redelivery and concurrent
-//! duplicates write one order with one set of lines and all get the same
+//! to the cent, quantities, their order), concurrent first deliveries and a
+//! redelivery write one order with one set of lines and all get the same
 //! answer, and an order cancelled before its `create_order` (a tombstone)
 //! refuses it with nothing written.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -76,17 +76,18 @@ fn expected_lines(command: &CreateOrder) -> Vec<(Uuid, i32, Decimal)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn create_writes_the_order_and_its_exact_lines_once_under_duplicates() {
+async fn create_writes_the_order_and_its_exact_lines_once_under_concurrent_deliveries() {
     with_orders_database(|db| async move {
         let p = order::participant(db.clone(), OrderConfig::default()).expect("valid participant");
         let id = Uuid::new_v4();
         let command = create(id);
         let saga_id = SagaId::new();
-        // The first delivery, then 16 concurrent duplicates.
-        let first = handle_concurrently(&p, vec![message(&command, saga_id, "create_order")]).await;
-        let duplicates =
-            handle_concurrently(&p, vec![message(&command, saga_id, "create_order"); 16]).await;
-        for outcome in first.iter().chain(&duplicates) {
+        // The first delivery and 16 duplicates at once: all but one wait on
+        // the primary key for the first insert's commit, then answer from it.
+        let deliveries =
+            handle_concurrently(&p, vec![message(&command, saga_id, "create_order"); 17]).await;
+        let again = handle_concurrently(&p, vec![message(&command, saga_id, "create_order")]).await;
+        for outcome in deliveries.iter().chain(&again) {
             let ReplyOutcome::Success(reply) = outcome else {
                 panic!("create_order failed: {outcome:?}");
             };

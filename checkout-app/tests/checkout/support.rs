@@ -101,49 +101,7 @@ pub fn order(product: &str, quantity: i64, price: &str) -> Value {
     json!({ "userId": "user-123", "items": [{ "productId": product, "quantity": quantity, "price": price }] })
 }
 
-/// Runs `test` against a fresh PostgreSQL database (`checkout_test_<uuid>`, a
-/// pool of `connections` connections, nothing migrated), then drops it (also
-/// when the test panics). `SAGA_TEST_DATABASE_URL` (default
-/// `postgres://postgres@127.0.0.1:5432/postgres`) is the admin URL; the test
-/// fails, never skips, when the server is unreachable.
-pub async fn with_fresh_postgres<F, Fut>(connections: u32, test: F)
-where
-    F: FnOnce(sea_orm::DatabaseConnection) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use sea_orm::ConnectionTrait;
-    let admin_url = test_kit::infra::database_from_env();
-    let admin = checkout_app::db::connect(&admin_url, 1)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach PostgreSQL at {}: {e}\nThese tests need a real server: start one \
-                 or point SAGA_TEST_DATABASE_URL at an admin URL.",
-                checkout_app::db::redact(&admin_url)
-            )
-        });
-    let name = format!("checkout_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let db = checkout_app::db::connect(
-        &checkout_app::runtime::with_database(&admin_url, &name),
-        connections,
-    )
-    .await
-    .expect("connect to the test database");
-
-    let outcome = tokio::spawn(test(db.clone())).await;
-
-    let _ = db.close().await;
-    let _ = admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
+pub use test_kit::infra::with_fresh_postgres;
 
 /// The first delivery of `command` for step `step` of saga `saga_id`, to
 /// `endpoint`, as the orchestrator sends it.
