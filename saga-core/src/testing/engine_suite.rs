@@ -104,6 +104,17 @@ impl Order {
 /// Never: the definition is valid.
 #[must_use]
 pub fn checkout() -> Saga<Order> {
+    checkout_with_timeouts(Duration::from_secs(1))
+}
+
+/// [`checkout`] with `timeout` for every step: a long one keeps step
+/// timeouts (and the version conflicts of a timeout firing beside its
+/// reply) out of a test that counts the store's calls.
+///
+/// # Panics
+/// Never: the definition is valid.
+#[must_use]
+pub fn checkout_with_timeouts(timeout: Duration) -> Saga<Order> {
     Saga::<Order>::builder("checkout")
         .step("reserve", |step| {
             step.invoke(|o: &Order| Reserve {
@@ -113,7 +124,7 @@ pub fn checkout() -> Saga<Order> {
             .compensate(|o: &Order| Release {
                 reservation: o.reservation.clone().unwrap_or_default(),
             })
-            .timeout(Duration::from_secs(1))
+            .timeout(timeout)
         })
         .step("charge", |step| {
             step.local(|o: Order, _| async move {
@@ -124,12 +135,12 @@ pub fn checkout() -> Saga<Order> {
                 }
             })
             .on_reply(|o, charged| o.charged = charged)
-            .timeout(Duration::from_secs(1))
+            .timeout(timeout)
         })
         .step("ship", |step| {
             step.invoke(|o: &Order| Ship { order: o.number })
                 .pivot()
-                .timeout(Duration::from_secs(1))
+                .timeout(timeout)
         })
         .build()
         .unwrap_or_else(|e| panic!("the suite's saga is valid: {e}"))
