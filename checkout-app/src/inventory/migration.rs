@@ -1,7 +1,8 @@
 //! The inventory service's schema, as sea-orm-migration migrations.
 //!
 //! Written with the portable schema builder, so the same migrations run on
-//! PostgreSQL and SQLite. Applied migrations are recorded in
+//! PostgreSQL and SQLite (one keeps the name of a development build's
+//! migration and does nothing). Applied migrations are recorded in
 //! `inventory_migrations` (not sea-orm's default table), so the three
 //! services' schemas can share one database in the embedded mode.
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
                 name: "m20261210_000001_index_inventory_tombstones",
                 tombstones: super::TOMBSTONES,
             }),
+            Box::new(FirstReserveFunction),
         ]
     }
 
@@ -143,5 +145,30 @@ impl MigrationTrait for CreateInventory {
         manager
             .drop_table(Table::drop().table(Products::Table).if_exists().to_owned())
             .await
+    }
+}
+
+/// A migration of a development build of 0.2, which installed the
+/// reservation function `inventory_reserve` under this name. The function is
+/// now installed by [`super::migrate`] on every start (as
+/// `inventory_reserve_v1`, dropping the old one); the name stays, doing
+/// nothing, so that a database migrated by that build still starts this one
+/// (sea-orm-migration refuses a recorded migration it does not know).
+struct FirstReserveFunction;
+
+impl MigrationName for FirstReserveFunction {
+    fn name(&self) -> &str {
+        "m20261206_000001_create_inventory_reserve"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FirstReserveFunction {
+    async fn up(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
     }
 }

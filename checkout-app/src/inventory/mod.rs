@@ -29,8 +29,10 @@
 //!   oversold or negative. On PostgreSQL these steps run inside the server,
 //!   as the function `inventory_reserve_v1` (installed by [`migrate`]): one
 //!   statement and one round trip instead of six or more, and the products'
-//!   row locks held for that statement only, with the same answers; a
-//!   refused reservation writes nothing.
+//!   row locks held for that statement only. It looks for an existing
+//!   reservation and checks the stock before it inserts (so a refusal needs
+//!   no write), and gives the same answers; a refused reservation writes
+//!   nothing.
 //! - `release_inventory` flips `RESERVED` to `RELEASED` with a conditional
 //!   update (which serializes concurrent releases of one order) and gives the
 //!   stock back with `SET stock = stock + q, version = version + 1`, in
@@ -159,7 +161,10 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     crate::service::migrate_and_install::<migration::Migrator>(
         db,
         MIGRATION_LOCK,
-        &[postgres_reserve::CREATE_FUNCTION],
+        &[
+            postgres_reserve::DROP_FIRST_FUNCTION,
+            postgres_reserve::CREATE_FUNCTION,
+        ],
     )
     .await
 }

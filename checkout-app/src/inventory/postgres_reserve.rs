@@ -11,10 +11,10 @@
 //! only for the statement.
 //!
 //! The function is not a migration: `migrate` replaces it on every start
-//! (`CREATE OR REPLACE`, under the migrations' advisory lock), so its body is
-//! always the one this build calls. Its name carries a version: a change of
-//! its signature or its answers gets a new name, so that during a rolling
-//! deploy each build calls its own.
+//! (`CREATE OR REPLACE`, under the migrations' advisory lock), so a
+//! database holds the body of the build that started last. Its name carries
+//! a version, and every change of its body must get a new name: then each
+//! build, during a rolling deploy too, calls the body it was built with.
 //!
 //! Only on PostgreSQL; on SQLite (in process, no round trips) the service
 //! runs the steps itself.
@@ -28,6 +28,11 @@ use super::entity::reservations::ReservedItems;
 
 /// SQLSTATE of a reservation that lost too many version checks (retryable).
 const CONTENDED: &str = "CK002";
+
+/// Drops `inventory_reserve`, the function as a development build of 0.2
+/// installed it (by a migration), if it is there.
+pub(super) const DROP_FIRST_FUNCTION: &str =
+    "DROP FUNCTION IF EXISTS inventory_reserve(uuid, uuid, jsonb, timestamptz, integer)";
 
 /// `inventory_reserve_v1(id, order_id, items, now, rounds)`: one row,
 /// `(reservation_id, refusal)`.
@@ -45,7 +50,9 @@ const CONTENDED: &str = "CK002";
 ///
 /// The steps, with the answers the service gives on SQLite: an existing
 /// reservation for the order answers (its id, or "released"); otherwise
-/// every product is read and checked, the reservation inserted (`ON
+/// every product is read and checked (a refusal there looks for the
+/// reservation once more: a duplicate that committed in between, taking the
+/// stock the check found missing, answers instead), the reservation inserted (`ON
 /// CONFLICT (order_id) DO NOTHING`: a concurrent twin that committed first is
 /// answered from its row), and the stock taken product by product in
 /// product-id order (the order releases lock them in too) with `UPDATE ...
@@ -63,6 +70,7 @@ DECLARE
     line record;
     product products%ROWTYPE;
     lost integer;
+    early text;
 BEGIN
     SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
     IF NOT FOUND THEN
@@ -73,61 +81,69 @@ BEGIN
             ORDER BY l.product_id
         LOOP
             IF line.found IS NULL THEN
-                RETURN QUERY SELECT NULL::uuid, format('unknown product %s', line.product_id);
-                RETURN;
-            END IF;
-            IF line.stock < line.quantity THEN
-                RETURN QUERY SELECT NULL::uuid, format(
-                    'insufficient stock for %s: requested %s, available %s',
+                early := format('unknown product %s', line.product_id);
+            ELSIF line.stock < line.quantity THEN
+                early := format('insufficient stock for %s: requested %s, available %s',
                     line.name, line.quantity, line.stock);
-                RETURN;
             END IF;
+            EXIT WHEN early IS NOT NULL;
         END LOOP;
-        -- A refusal found while taking stock (a product changed by concurrent
-        -- buyers) undoes the reservation's insert and the stock taken so far
-        -- with this block, and is answered, not raised to the client.
-        BEGIN
-            INSERT INTO reservations (id, order_id, status, items, created_at, updated_at)
-            VALUES (p_id, p_order_id, 'RESERVED', p_items, p_now, p_now)
-            ON CONFLICT (order_id) DO NOTHING;
-            IF FOUND THEN
-                FOR line IN
-                    SELECT l.product_id, l.quantity
-                    FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
-                    ORDER BY l.product_id
-                LOOP
-                    lost := 0;
-                    LOOP
-                        SELECT * INTO product FROM products WHERE id = line.product_id;
-                        IF NOT FOUND THEN
-                            RAISE EXCEPTION 'unknown product %', line.product_id
-                                USING ERRCODE = 'CK001';
-                        END IF;
-                        IF product.stock < line.quantity THEN
-                            RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
-                                product.name, line.quantity, product.stock USING ERRCODE = 'CK001';
-                        END IF;
-                        UPDATE products SET stock = stock - line.quantity, version = version + 1
-                        WHERE id = line.product_id AND version = product.version
-                            AND stock >= line.quantity;
-                        EXIT WHEN FOUND;
-                        lost := lost + 1;
-                        IF lost >= p_rounds THEN
-                            RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
-                        END IF;
-                    END LOOP;
-                END LOOP;
-                RETURN QUERY SELECT p_id, NULL::text;
+        IF early IS NOT NULL THEN
+            -- A duplicate that committed after the look-up above may be what
+            -- took the stock: its reservation (committed with that stock
+            -- change, so visible now) answers, as on SQLite.
+            SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT NULL::uuid, early;
                 RETURN;
             END IF;
-        EXCEPTION WHEN SQLSTATE 'CK001' THEN
-            RETURN QUERY SELECT NULL::uuid, SQLERRM;
-            RETURN;
-        END;
-        SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'reservation for order % changed concurrently', p_order_id
-                USING ERRCODE = 'CK002';
+        ELSE
+            -- A refusal found while taking stock (a product changed by concurrent
+            -- buyers) undoes the reservation's insert and the stock taken so far
+            -- with this block, and is answered, not raised to the client.
+            BEGIN
+                INSERT INTO reservations (id, order_id, status, items, created_at, updated_at)
+                VALUES (p_id, p_order_id, 'RESERVED', p_items, p_now, p_now)
+                ON CONFLICT (order_id) DO NOTHING;
+                IF FOUND THEN
+                    FOR line IN
+                        SELECT l.product_id, l.quantity
+                        FROM jsonb_to_recordset(p_items) AS l(product_id uuid, quantity integer)
+                        ORDER BY l.product_id
+                    LOOP
+                        lost := 0;
+                        LOOP
+                            SELECT * INTO product FROM products WHERE id = line.product_id;
+                            IF NOT FOUND THEN
+                                RAISE EXCEPTION 'unknown product %', line.product_id
+                                    USING ERRCODE = 'CK001';
+                            END IF;
+                            IF product.stock < line.quantity THEN
+                                RAISE EXCEPTION 'insufficient stock for %: requested %, available %',
+                                    product.name, line.quantity, product.stock USING ERRCODE = 'CK001';
+                            END IF;
+                            UPDATE products SET stock = stock - line.quantity, version = version + 1
+                            WHERE id = line.product_id AND version = product.version
+                                AND stock >= line.quantity;
+                            EXIT WHEN FOUND;
+                            lost := lost + 1;
+                            IF lost >= p_rounds THEN
+                                RAISE EXCEPTION 'inventory contention' USING ERRCODE = 'CK002';
+                            END IF;
+                        END LOOP;
+                    END LOOP;
+                    RETURN QUERY SELECT p_id, NULL::text;
+                    RETURN;
+                END IF;
+            EXCEPTION WHEN SQLSTATE 'CK001' THEN
+                RETURN QUERY SELECT NULL::uuid, SQLERRM;
+                RETURN;
+            END;
+            SELECT * INTO existing FROM reservations WHERE order_id = p_order_id;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'reservation for order % changed concurrently', p_order_id
+                    USING ERRCODE = 'CK002';
+            END IF;
         END IF;
     END IF;
     IF existing.status = 'RELEASED' THEN

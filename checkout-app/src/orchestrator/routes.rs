@@ -178,12 +178,12 @@ async fn checkout(
 ) -> Result<Response, ApiError> {
     let request = request::parse(&body, &state.config.limits).map_err(ApiError::bad_request)?;
     let key = idempotency_key(&headers)?.map(|key| scoped_key(&request.user_id, &key));
-    // A retry waits for the earlier request with its key to answer, so that it
-    // finds that request's saga instead of pricing beside it (see
-    // `key_locks`). Each request is bounded on its own (the catalogue's
-    // timeout, `wait`), and a client that hangs up leaves the line.
+    // A retry waits for the earlier request with its key to answer (at most
+    // `KEY_TURN_TIMEOUT`), so that it finds that request's saga instead of
+    // pricing beside it (see `key_locks`); a client that hangs up leaves the
+    // line.
     let _turn = match &key {
-        Some(key) => Some(state.keys.lock(key).await),
+        Some(key) => state.keys.lock(key).await,
         None => None,
     };
     let data = match price(&state, request).await {
