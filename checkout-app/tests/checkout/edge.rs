@@ -637,9 +637,16 @@ async fn a_retry_during_its_first_try_s_pricing_gets_that_try_s_saga() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     inventory.release.notify_one();
 
-    let (status, _, first) = first.await.expect("first try");
+    // Bounded: a turn that is never handed on would hang here otherwise.
+    let answered = |task: tokio::task::JoinHandle<(StatusCode, HeaderMap, Value)>| async move {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("answered within 30 s")
+            .expect("task")
+    };
+    let (status, _, first) = answered(first).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
-    let (status, _, retried) = retry.await.expect("retry");
+    let (status, _, retried) = answered(retry).await;
     assert_eq!(status, StatusCode::ACCEPTED, "the retry: {retried}");
     assert_eq!(retried["sagaId"], first["sagaId"]);
 }
