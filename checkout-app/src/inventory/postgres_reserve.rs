@@ -223,19 +223,12 @@ mod tests {
     use saga_core::StepErrorKind;
     use sea_orm::TransactionTrait;
 
+    use test_kit::cluster::scalar;
+
     use super::*;
     use crate::inventory::entity::reservations::ReservedItem;
 
     const STANDARD: Uuid = Uuid::from_u128(0x660facf7_b9cf_417a_8ee1_27afe2fb2c72);
-
-    async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
-        db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-            .await
-            .unwrap()
-            .expect("a row")
-            .try_get_by_index::<i64>(0)
-            .unwrap()
-    }
 
     /// The bound on lost version checks, through the service's call: with
     /// one round, a reservation whose product another transaction changes

@@ -306,15 +306,7 @@ async fn concurrent_duplicate_deliveries_take_and_return_stock_once() {
             "reserve_inventory",
             Direction::Invoke,
         );
-        let outcomes = handle_concurrently(&p, vec![reserve; 10]).await;
-        let ids: Vec<_> = outcomes
-            .iter()
-            .map(|o| match o {
-                ReplyOutcome::Success(v) => v["reservationId"].clone(),
-                ReplyOutcome::Failure(e) => panic!("duplicate refused: {e}"),
-            })
-            .collect();
-        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        the_one_reservation(&handle_concurrently(&p, vec![reserve; 10]).await);
         let reserved = product(&db, LIMITED).await;
         assert_eq!((reserved.stock, reserved.version), (4, 1));
 
@@ -391,6 +383,28 @@ fn reserve_lines(order_id: Uuid, lines: &[(Uuid, u32)]) -> CommandMessage {
     )
 }
 
+/// The release of `order_id`'s reservation, as a compensation of a fresh saga.
+fn release(order_id: Uuid) -> CommandMessage {
+    message(
+        &ReleaseInventory { order_id },
+        SagaId::new(),
+        "reserve_inventory",
+        Direction::Compensate,
+    )
+}
+
+/// Asserts that every outcome is a success answering one reservation id.
+fn the_one_reservation(outcomes: &[ReplyOutcome]) {
+    let ids: Vec<_> = outcomes
+        .iter()
+        .map(|o| match o {
+            ReplyOutcome::Success(v) => v["reservationId"].clone(),
+            ReplyOutcome::Failure(e) => panic!("a duplicate was refused: {e}"),
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
+
 fn refusal(outcome: &ReplyOutcome) -> (StepErrorKind, String) {
     match outcome {
         ReplyOutcome::Failure(e) => (e.kind, e.message.clone()),
@@ -462,14 +476,8 @@ async fn a_reservation_is_all_or_nothing_and_refuses_as_on_sqlite() {
         assert_eq!(product(&db, LIMITED).await.version, 0);
 
         // Released, then delivered again: refused, and the stock stays back.
-        let release = message(
-            &ReleaseInventory { order_id: order },
-            SagaId::new(),
-            "reserve_inventory",
-            Direction::Compensate,
-        );
         assert!(matches!(
-            handle_one(&p, release).await,
+            handle_one(&p, release(order)).await,
             ReplyOutcome::Success(_)
         ));
         let outcome = handle_one(&p, reserve_lines(order, &lines)).await;
@@ -499,24 +507,10 @@ async fn duplicates_of_a_reservation_of_the_whole_stock_all_answer_it() {
         for _ in 0..20 {
             let order = Uuid::new_v4();
             let reserve = reserve_lines(order, &[(LIMITED, 5)]);
-            let outcomes = handle_concurrently(&p, vec![reserve; 8]).await;
-            let ids: Vec<_> = outcomes
-                .iter()
-                .map(|o| match o {
-                    ReplyOutcome::Success(v) => v["reservationId"].clone(),
-                    ReplyOutcome::Failure(e) => panic!("a duplicate was refused: {e}"),
-                })
-                .collect();
-            assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+            the_one_reservation(&handle_concurrently(&p, vec![reserve; 8]).await);
             assert_eq!(product(&db, LIMITED).await.stock, 0);
-            let release = message(
-                &ReleaseInventory { order_id: order },
-                SagaId::new(),
-                "reserve_inventory",
-                Direction::Compensate,
-            );
             assert!(matches!(
-                handle_one(&p, release).await,
+                handle_one(&p, release(order)).await,
                 ReplyOutcome::Success(_)
             ));
             assert_eq!(product(&db, LIMITED).await.stock, 5);
@@ -578,12 +572,7 @@ async fn multi_product_reservations_racing_releases_never_deadlock() {
             }
             let mut race = Vec::new();
             for order in &reserved {
-                race.push(message(
-                    &ReleaseInventory { order_id: *order },
-                    SagaId::new(),
-                    "reserve_inventory",
-                    Direction::Compensate,
-                ));
+                race.push(release(*order));
                 race.push(reserve_lines(Uuid::new_v4(), &all));
             }
             for outcome in handle_concurrently(&p, race).await {
