@@ -22,13 +22,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        // sqlx pings a pooled connection on every acquire by default: one
-        // more round trip per statement (about 0.35 ms of CPU per checkout at
-        // 32 clients, docs/benchmarks.md, round 4). Only a connection idle for
-        // a minute, the kind a firewall or a server restart has dropped, is
-        // checked before use; a hot one the server closed fails its command,
-        // which the saga retries, and the pool then replaces it.
-        .test_before_acquire_if_idle_for(Duration::from_secs(60))
         .sqlx_logging(false);
     Database::connect(options)
         .await
