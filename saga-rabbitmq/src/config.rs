@@ -1,6 +1,7 @@
 //! Configuration: broker URL, prefetch, delivery limit, timeouts and the
 //! topology's names.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -73,7 +74,7 @@ pub fn default_dead_letter_queue(queue: &str) -> String {
 ///
 /// Start from [`Config::new`] and adjust with the setters of the same
 /// name as each field (`.prefetch(64)`), or by assigning fields.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// The AMQP URL, e.g. `amqp://user:pass@host:5672/vhost` (`%2f` is the default vhost `/`).
@@ -91,8 +92,22 @@ pub struct Config {
     /// How long [`connect`](crate::RabbitTransport::connect) keeps trying, and
     /// how long a publish waits for a connection while reconnecting. Default 10 s.
     pub connect_timeout: Duration,
-    /// How long a publish waits for the broker's confirm. Default 10 s.
+    /// How long a publish may take once it has a connection: declaring its
+    /// queue and opening a channel when needed, writing the message and
+    /// waiting for the broker's confirm. Default 10 s.
     pub confirm_timeout: Duration,
+    /// When a connection is given up for another: after this many publishes
+    /// timed out ([`confirm_timeout`](Self::confirm_timeout)) with no confirm
+    /// on the connection for this many timeouts' time (so 30 s by default).
+    /// The transport then connects anew, to the next broker of
+    /// [`brokers`](Self::brokers) first. It covers a node that keeps its
+    /// connections alive (heartbeats answered) but confirms nothing, which
+    /// would otherwise keep its clients until the heartbeats stop. Giving up
+    /// a connection ends its consumers, whose unacknowledged deliveries are
+    /// redelivered. Timeouts while the broker blocks publishers (a memory or
+    /// disk alarm, which holds on every node) do not count. `0` never gives a
+    /// connection up for this. Default 3.
+    pub confirm_timeouts_before_reconnect: u32,
     /// First delay between reconnect attempts. Default 100 ms.
     pub reconnect_min_delay: Duration,
     /// Longest delay between reconnect attempts. Default 5 s.
@@ -121,6 +136,34 @@ pub struct Config {
     pub connection_name: String,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fallback_urls: Vec<String> = self.fallback_urls.iter().map(|u| redact(u)).collect();
+        f.debug_struct("Config")
+            .field("url", &redact(&self.url))
+            .field("fallback_urls", &fallback_urls)
+            .field("prefetch", &self.prefetch)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("queue_type", &self.queue_type)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field(
+                "confirm_timeouts_before_reconnect",
+                &self.confirm_timeouts_before_reconnect,
+            )
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("publisher_channels", &self.publisher_channels)
+            .field("commands_exchange", &self.commands_exchange)
+            .field("replies_exchange", &self.replies_exchange)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("endpoints", &self.endpoints)
+            .field("reply_queues", &self.reply_queues)
+            .field("connection_name", &self.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Config {
     /// Defaults for the broker at `url`.
     #[must_use]
@@ -133,6 +176,7 @@ impl Config {
             queue_type: QueueType::Quorum,
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(10),
+            confirm_timeouts_before_reconnect: 3,
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
             publisher_channels: 4,
@@ -179,6 +223,14 @@ impl Config {
     #[must_use]
     pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
+        self
+    }
+
+    /// Sets how many confirm timeouts in a row give the connection up (see
+    /// [`confirm_timeouts_before_reconnect`](Self::confirm_timeouts_before_reconnect); `0`: never).
+    #[must_use]
+    pub fn confirm_timeouts_before_reconnect(mut self, timeouts: u32) -> Self {
+        self.confirm_timeouts_before_reconnect = timeouts;
         self
     }
 
@@ -391,6 +443,19 @@ mod tests {
         );
         assert_eq!(redact("amqp://localhost"), "amqp://localhost");
         assert_eq!(redact("amqp://user@host/v"), "amqp://user@host/v");
+    }
+
+    #[test]
+    fn debug_output_hides_every_password() {
+        let config = Config::cluster([
+            "amqp://app:first-secret@node1:5672/%2f",
+            "amqp://app:second-secret@node2:5672/%2f",
+        ])
+        .expect("two URLs");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("amqp://app:***@node2:5672/%2f"), "{shown}");
+        assert!(shown.contains("confirm_timeouts_before_reconnect: 3"), "{shown}");
     }
 
     #[test]

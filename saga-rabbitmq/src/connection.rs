@@ -6,9 +6,9 @@
 //! supervisor replaces it after a reconnect (declaring the topology again).
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -23,6 +23,10 @@ use crate::topology::{self, DeadLettering, QueueSpec, short};
 
 /// How often the supervisor checks the connection when nobody reports a problem.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
+
+/// How long closing a connection may wait for the broker's answer (a node
+/// that stopped answering never gives one).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -58,11 +62,76 @@ pub(crate) struct Live {
     publishers: Vec<tokio::sync::Mutex<Option<Channel>>>,
     next_publisher: AtomicUsize,
     declared: Mutex<HashSet<QueueSpec>>,
+    /// The broker ([`Config::brokers`]) it is connected to.
+    broker: usize,
+    /// The publishes that timed out since the last confirm (or since the
+    /// connection opened, or since the broker last blocked publishers), and
+    /// when that was.
+    stalled: Mutex<Stall>,
+    /// Given up after its publishes stopped being confirmed: no longer
+    /// offered to publishers and consumers, while it closes.
+    given_up: AtomicBool,
+}
+
+/// See [`Live::stalled`].
+struct Stall {
+    timeouts: u32,
+    since: Instant,
 }
 
 impl Live {
     pub(crate) fn connected(&self) -> bool {
-        self.connection.status().connected()
+        !self.given_up.load(Ordering::Relaxed) && self.connection.status().connected()
+    }
+
+    /// A publish was confirmed (acked, nacked or returned): the broker works.
+    fn confirmed(&self) {
+        let mut stall = lock(&self.stalled);
+        stall.timeouts = 0;
+        stall.since = Instant::now();
+    }
+
+    /// Counts a publish that was not confirmed within `timeout`; `true` when
+    /// the connection is given up now, by this call: `limit` publishes
+    /// (`0`: no limit) timed out with no confirm for `limit` timeouts' time,
+    /// so a burst of concurrent publishes that time out together in one
+    /// slow moment is not enough. While the broker blocks publishers on
+    /// purpose (a memory or disk alarm, which holds on every node of a
+    /// cluster) nothing counts, and the count starts again after it.
+    fn confirm_timed_out(self: &Arc<Self>, limit: u32, timeout: Duration) -> bool {
+        let mut stall = lock(&self.stalled);
+        if self.connection.status().blocked() {
+            stall.timeouts = 0;
+            stall.since = Instant::now();
+            return false;
+        }
+        stall.timeouts = stall.timeouts.saturating_add(1);
+        let stalled_for = timeout.saturating_mul(limit);
+        if limit == 0 || stall.timeouts < limit || stall.since.elapsed() < stalled_for {
+            return false;
+        }
+        drop(stall);
+        if self.given_up.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        // Publishes still awaiting a confirm on it fail once the broker
+        // answers the close, as on any lost connection; until then they
+        // time out. Its consumers end when it starts closing, and their
+        // unacknowledged deliveries go back to the queues when it is closed.
+        let live = Arc::clone(self);
+        tokio::spawn(async move {
+            let closed = live
+                .connection
+                .close(200, "no publisher confirms in time; reconnecting".into());
+            if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+                tracing::warn!(
+                    generation = live.generation,
+                    "the connection given up did not close within {CLOSE_WAIT:?}; the operating \
+                     system drops it when its socket gives up"
+                );
+            }
+        });
+        true
     }
 
     /// A channel for anything but publishing (declarations, consumers).
@@ -343,13 +412,50 @@ impl Shared {
     }
 
     /// One publish on the publisher channel of `slot` (or the next one);
-    /// on an error, the slot it used when it got that far.
+    /// on an error, the slot it used when it got that far. Once it has a
+    /// connection, all of it (declaring the queue, opening the channel,
+    /// writing, the confirm) must finish within the confirm timeout: a broker
+    /// that stops reading stalls any of them.
     async fn publish_once(
         &self,
         out: &Outgoing<'_>,
         slot: Option<usize>,
     ) -> Result<(), (Error, Option<usize>)> {
         let live = self.live().await.map_err(|e| (e, None))?;
+        let timeout = self.config.confirm_timeout;
+        match tokio::time::timeout(timeout, self.publish_with(&live, out, slot)).await {
+            Ok(published) => published,
+            Err(_) => {
+                let limit = self.config.confirm_timeouts_before_reconnect;
+                if live.confirm_timed_out(limit, timeout) {
+                    tracing::warn!(
+                        generation = live.generation,
+                        broker = %self.broker_url(live.broker),
+                        "no publisher confirm from RabbitMQ for {limit} publishes in a row \
+                         ({:?}); giving the connection up and connecting anew (to the next \
+                         broker first)",
+                        timeout.saturating_mul(limit)
+                    );
+                }
+                self.kick();
+                Err((
+                    Error::ConfirmTimeout {
+                        message_id: out.message_id.to_owned(),
+                        timeout,
+                    },
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// [`publish_once`](Self::publish_once) on `live`, without its bound.
+    async fn publish_with(
+        &self,
+        live: &Arc<Live>,
+        out: &Outgoing<'_>,
+        slot: Option<usize>,
+    ) -> Result<(), (Error, Option<usize>)> {
         if let Some(spec) = out.ensure {
             live.ensure(self, spec)
                 .await
@@ -361,7 +467,7 @@ impl Shared {
             .await
             .inspect_err(|_| self.kick())
             .map_err(|e| (e, None))?;
-        self.publish_on(&live, index, &channel, out)
+        self.publish_on(live, index, &channel, out)
             .await
             .map_err(|e| (e, Some(index)))
     }
@@ -369,7 +475,7 @@ impl Shared {
     /// Publishes `out` on `channel` (publisher slot `index`) and awaits its confirm.
     async fn publish_on(
         &self,
-        live: &Live,
+        live: &Arc<Live>,
         index: usize,
         channel: &Channel,
         out: &Outgoing<'_>,
@@ -390,19 +496,16 @@ impl Shared {
                 self.kick();
                 Error::amqp("basic.publish", e)
             })?;
-        let confirmation = match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-            Err(_) => {
-                self.kick();
-                return Err(Error::ConfirmTimeout {
-                    message_id: out.message_id.to_owned(),
-                    timeout: self.config.confirm_timeout,
-                });
-            }
-            Ok(Err(e)) => {
+        // Bounded by the caller (`publish_once`).
+        let confirmation = match confirm.await {
+            Err(e) => {
                 self.kick();
                 return Err(Error::amqp("publisher confirm", e));
             }
-            Ok(Ok(confirmation)) => confirmation,
+            Ok(confirmation) => {
+                live.confirmed();
+                confirmation
+            }
         };
         if confirmation.is_nack() {
             live.retire_publisher(index, channel).await;
@@ -467,9 +570,14 @@ impl Shared {
 
     /// The broker of the current connection, password redacted.
     pub(crate) fn broker(&self) -> String {
-        let brokers = self.config.brokers();
-        brokers
-            .get(self.connected_to.load(Ordering::Relaxed))
+        self.broker_url(self.connected_to.load(Ordering::Relaxed))
+    }
+
+    /// Broker `index` of [`Config::brokers`], password redacted.
+    fn broker_url(&self, index: usize) -> String {
+        self.config
+            .brokers()
+            .get(index)
             .map_or_else(String::new, |url| redact(url))
     }
 
@@ -478,7 +586,11 @@ impl Shared {
     /// node cut off from its cluster) is left for the next one.
     async fn open(&self) -> Result<Arc<Live>, Error> {
         let connection = self.connect_any().await?;
-        let opened = self.prepare(connection).await;
+        // A broker that accepts the connection and then stops answering
+        // must not hold the reconnect.
+        let opened = tokio::time::timeout(self.config.connect_timeout, self.prepare(connection))
+            .await
+            .unwrap_or(Err(Error::NotConnected));
         if opened.is_err() && self.config.brokers().len() > 1 {
             self.fail_over();
         }
@@ -496,6 +608,12 @@ impl Shared {
                 .collect(),
             next_publisher: AtomicUsize::new(0),
             declared: Mutex::new(HashSet::new()),
+            broker: self.connected_to.load(Ordering::Relaxed),
+            stalled: Mutex::new(Stall {
+                timeouts: 0,
+                since: Instant::now(),
+            }),
+            given_up: AtomicBool::new(false),
         };
         let channel = live.channel().await?;
         topology::declare_exchanges(&channel, config).await?;
@@ -603,11 +721,19 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         let old = shared.live.send_replace(None);
-        tracing::warn!(
-            generation = old.as_ref().map(|l| l.generation),
-            broker = %shared.broker(),
-            "RabbitMQ connection lost; reconnecting"
-        );
+        if old.as_ref().is_some_and(|l| l.given_up.load(Ordering::Relaxed)) {
+            tracing::info!(
+                generation = old.as_ref().map(|l| l.generation),
+                broker = %shared.broker(),
+                "reconnecting after giving up a connection that confirmed nothing"
+            );
+        } else {
+            tracing::warn!(
+                generation = old.as_ref().map(|l| l.generation),
+                broker = %shared.broker(),
+                "RabbitMQ connection lost; reconnecting"
+            );
+        }
         if shared.config.brokers().len() > 1 {
             shared.fail_over();
         }
@@ -644,7 +770,13 @@ async fn close(shared: &Shared) {
     shared.closed.send_replace(true);
     if let Some(live) = shared.live.send_replace(None) {
         if live.connected() {
-            let _ = live.connection.close(200, "OK".into()).await;
+            let closed = live.connection.close(200, "OK".into());
+            if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+                tracing::warn!(
+                    generation = live.generation,
+                    "RabbitMQ did not answer the close within {CLOSE_WAIT:?}; leaving it"
+                );
+            }
         }
         tracing::debug!(generation = live.generation, "RabbitMQ connection closed");
     }

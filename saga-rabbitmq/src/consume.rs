@@ -35,7 +35,18 @@ struct Open {
     generation: u64,
 }
 
+/// Opens a consumer of `spec` on `live`, within the connect timeout: a
+/// broker that accepts the connection and then stops answering must not
+/// hold the consumer (it is tried again, on a new connection once the
+/// supervisor has one).
 async fn open(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Error> {
+    let bound = shared.config.connect_timeout;
+    tokio::time::timeout(bound, open_unbounded(shared, live, spec))
+        .await
+        .unwrap_or(Err(Error::NotConnected))
+}
+
+async fn open_unbounded(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Error> {
     let queue = live.ensure(shared, spec).await?;
     let channel = live.channel().await?;
     channel

@@ -100,6 +100,18 @@
 //!   A nacked publish is first tried once more on a fresh channel (the
 //!   channel it went out on is closed and replaced): after a quorum queue's
 //!   leader moved, a channel can keep refusing every publish to it.
+//!   [`Config::confirm_timeout`] bounds the whole publish once it has a
+//!   connection (declaring its queue, opening a channel, writing, the
+//!   confirm), so a broker that stops reading cannot hold a sender.
+//!   A connection on which [`Config::confirm_timeouts_before_reconnect`]
+//!   publishes timed out, with no confirm for that many timeouts' time (3
+//!   and 30 s by default), is given up and a new one opened, on the next
+//!   broker of the list first: a node that keeps its connections alive but
+//!   confirms nothing is left then, not when its heartbeats stop. Its
+//!   consumers end with it and their unacknowledged deliveries are
+//!   redelivered; with one broker, the transport connects to it again.
+//!   Timeouts while the broker blocks publishers (a memory or disk alarm,
+//!   which holds on every node) do not count.
 //! - **At least once.** A delivery is acknowledged only when the handler calls
 //!   [`Delivery::ack`](saga_core::adapter::Delivery::ack) — `Participant`
 //!   does so after its work committed and its reply was confirmed, `Engine`

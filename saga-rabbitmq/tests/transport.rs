@@ -976,3 +976,124 @@ async fn a_broker_list_skips_a_dead_broker_and_fails_over_when_a_connection_is_l
     drop(transport);
     vhost.delete().await;
 }
+
+/// One send, failing the test instead of hanging if it never returns.
+async fn send_bounded(
+    transport: &RabbitTransport,
+    endpoint: &str,
+    n: u64,
+) -> saga_core::Result<()> {
+    tokio::time::timeout(WAIT, transport.send_command(&command(endpoint, n)))
+        .await
+        .unwrap_or_else(|_| panic!("send {n} to `{endpoint}` did not return within {WAIT:?}"))
+}
+
+/// Sends commands to `endpoint`, numbered from `from`, until one is
+/// confirmed (or `WAIT` passes); the number it sent and the confirm
+/// timeouts on the way.
+async fn send_until_confirmed(transport: &RabbitTransport, endpoint: &str, from: u64) -> (u64, u32) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut timeouts = 0;
+    for n in from.. {
+        match send_bounded(transport, endpoint, n).await {
+            Ok(()) => return (n, timeouts),
+            Err(e) if e.kind() == ErrorKind::Timeout => timeouts += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still no confirm after {timeouts} confirm timeouts"
+        );
+    }
+    unreachable!("u64 ran out")
+}
+
+fn redacted(url: &str) -> String {
+    url.replacen(":guest@", ":***@", 1)
+}
+
+/// A transport whose first broker is `proxy`, then the broker itself, with
+/// a 1 s confirm timeout and `give_up` timeouts before a reconnect.
+async fn through_a_stalling_proxy(
+    vhost: &TestVhost,
+    proxy: &support::StallingProxy,
+    give_up: u32,
+) -> (RabbitTransport, String) {
+    let direct = vhost.amqp_url();
+    let through_proxy = proxy.url(&direct);
+    assert_ne!(through_proxy, direct, "the proxy's URL names the proxy");
+    let mut config = vhost
+        .config()
+        .confirm_timeout(Duration::from_secs(1))
+        .confirm_timeouts_before_reconnect(give_up);
+    config.url = through_proxy.clone();
+    config = config.fallback_urls([direct]);
+    let transport = vhost.transport(config).await;
+    assert_eq!(transport.broker(), Some(redacted(&through_proxy)));
+    (transport, through_proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_confirming_is_left_for_the_next_one() {
+    assert_eq!(
+        Config::new("amqp://localhost").confirm_timeouts_before_reconnect,
+        3,
+        "the default"
+    );
+    let vhost = TestVhost::new("stall").await;
+    let proxy = support::StallingProxy::start(&vhost.amqp_url()).await;
+    let (transport, _) = through_a_stalling_proxy(&vhost, &proxy, 3).await;
+    let mut sub = transport.consume_commands("stall").await.expect("consume");
+    let (first, _) = send_until_confirmed(&transport, "stall", 1).await;
+    assert_eq!(n_of(&next(&mut sub, "a command through the proxy").await), first);
+
+    // The proxy's node goes on sending heartbeats but receives nothing more,
+    // so it confirms nothing.
+    let generation = transport.connection_generation();
+    proxy.stall();
+    let (sent, timeouts) = send_until_confirmed(&transport, "stall", first + 1).await;
+    assert_eq!(
+        timeouts, 3,
+        "the connection is given up at the third publish without a confirm"
+    );
+    assert_ne!(transport.connection_generation(), generation, "reconnected");
+    assert_eq!(
+        transport.broker(),
+        Some(redacted(&vhost.amqp_url())),
+        "to the next broker"
+    );
+    // The subscription followed: the command confirmed after the fail-over
+    // reaches it (the ones that timed out are held by the proxy and never
+    // delivered, as an unconfirmed publish may not be).
+    let delivery = next(&mut sub, "the command sent after the fail-over").await;
+    assert_eq!(n_of(&delivery), sent);
+    delivery.ack().await.expect("ack");
+    drop(sub);
+    drop(transport);
+    drop(proxy);
+    vhost.delete().await;
+}
+
+/// The negative control of the test above: with the give-up off, the stalled
+/// connection is kept and every send times out, so what the test above sees
+/// is the give-up and not the connection failing by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_give_up_off_a_broker_that_stops_confirming_keeps_failing_sends() {
+    let vhost = TestVhost::new("stall-off").await;
+    let proxy = support::StallingProxy::start(&vhost.amqp_url()).await;
+    let (transport, through_proxy) = through_a_stalling_proxy(&vhost, &proxy, 0).await;
+    let (first, _) = send_until_confirmed(&transport, "stall-off", 1).await;
+    let generation = transport.connection_generation();
+    proxy.stall();
+    for n in first + 1..=first + 5 {
+        let e = send_bounded(&transport, "stall-off", n)
+            .await
+            .expect_err("no confirm can come through a stalled proxy");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    assert_eq!(transport.broker(), Some(redacted(&through_proxy)));
+    assert_eq!(transport.connection_generation(), generation, "no reconnect");
+    drop(transport);
+    drop(proxy);
+    vhost.delete().await;
+}

@@ -234,3 +234,94 @@ pub async fn drain(url: &str, queue: &str, max: usize) -> Vec<lapin::message::Ba
     let _ = connection.close(200, "OK".into()).await;
     out
 }
+
+/// A TCP proxy in front of the broker that can stall: from then on it holds
+/// whatever clients send, while the broker's side keeps flowing. A connection
+/// through it stays up (the broker's heartbeats still arrive) but nothing it
+/// publishes reaches the broker and no confirm comes back, as with a node cut
+/// off in a cluster's minority. Stops (closing its connections) on drop.
+pub struct StallingProxy {
+    port: u16,
+    stalled: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    /// Listens on 127.0.0.1 and passes connections to the broker of `url`.
+    pub async fn start(url: &str) -> Self {
+        let upstream = host_port(url);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let held = stalled.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut from_client, to_broker) = client.into_split();
+                let (mut from_broker, mut to_client) = broker.into_split();
+                let mut stalled = held.subscribe();
+                connections.spawn(async move {
+                    let mut to_broker = to_broker;
+                    let mut buffer = vec![0_u8; 16 * 1024];
+                    loop {
+                        let n = match tokio::io::AsyncReadExt::read(&mut from_client, &mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if stalled.wait_for(|stalled| !*stalled).await.is_err() {
+                            return;
+                        }
+                        if tokio::io::AsyncWriteExt::write_all(&mut to_broker, &buffer[..n])
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                connections.spawn(async move {
+                    let _ = tokio::io::copy(&mut from_broker, &mut to_client).await;
+                });
+            }
+        });
+        Self {
+            port,
+            stalled,
+            task,
+        }
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url(&self, url: &str) -> String {
+        let upstream = host_port(url);
+        url.replacen(&upstream, &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    /// Holds everything clients send from now on.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `host:port` of an AMQP URL (port 5672 when it names none).
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    }
+}
