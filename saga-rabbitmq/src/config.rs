@@ -455,7 +455,10 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("amqp://app:***@node2:5672/%2f"), "{shown}");
-        assert!(shown.contains("confirm_timeouts_before_reconnect: 3"), "{shown}");
+        assert!(
+            shown.contains("confirm_timeouts_before_reconnect: 3"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -721,7 +721,10 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         let old = shared.live.send_replace(None);
-        if old.as_ref().is_some_and(|l| l.given_up.load(Ordering::Relaxed)) {
+        if old
+            .as_ref()
+            .is_some_and(|l| l.given_up.load(Ordering::Relaxed))
+        {
             tracing::info!(
                 generation = old.as_ref().map(|l| l.generation),
                 broker = %shared.broker(),

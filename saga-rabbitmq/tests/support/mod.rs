@@ -262,14 +262,15 @@ impl StallingProxy {
                 let Ok(broker) = tokio::net::TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                let (mut from_client, to_broker) = client.into_split();
-                let (mut from_broker, mut to_client) = broker.into_split();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_broker, mut to_broker) = broker.into_split();
                 let mut stalled = held.subscribe();
                 connections.spawn(async move {
-                    let mut to_broker = to_broker;
                     let mut buffer = vec![0_u8; 16 * 1024];
                     loop {
-                        let n = match tokio::io::AsyncReadExt::read(&mut from_client, &mut buffer).await {
+                        let n = match tokio::io::AsyncReadExt::read(&mut from_client, &mut buffer)
+                            .await
+                        {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
