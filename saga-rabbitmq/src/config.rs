@@ -92,19 +92,23 @@ pub struct Config {
     /// How long [`connect`](crate::RabbitTransport::connect) keeps trying, and
     /// how long a publish waits for a connection while reconnecting. Default 10 s.
     pub connect_timeout: Duration,
-    /// How long a publish may take once it has a connection: declaring its
-    /// queue and opening a channel when needed, writing the message and
-    /// waiting for the broker's confirm. Default 10 s.
+    /// How long a try of a publish may take once it has a connection:
+    /// declaring its queue and opening a channel when needed, writing the
+    /// message and waiting for the broker's confirm. (A nacked publish is
+    /// tried once more, with a bound of its own.) Default 10 s.
     pub confirm_timeout: Duration,
     /// When a connection is given up for another: after this many publishes
     /// timed out ([`confirm_timeout`](Self::confirm_timeout)) with no confirm
-    /// on the connection for this many timeouts' time (so 30 s by default).
+    /// on the connection since the first of them started, this many
+    /// timeouts ago or more (so 30 s by default).
     /// The transport then connects anew, to the next broker of
     /// [`brokers`](Self::brokers) first. It covers a node that keeps its
     /// connections alive (heartbeats answered) but confirms nothing, which
-    /// would otherwise keep its clients until the heartbeats stop. Giving up
-    /// a connection ends its consumers, whose unacknowledged deliveries are
-    /// redelivered. Timeouts while the broker blocks publishers (a memory or
+    /// would otherwise keep its clients until the heartbeats stop. It is
+    /// publishes that tell: a process that only consumes stays. Giving up a
+    /// connection ends its consumers; the broker redelivers what they held
+    /// once it lets that connection go (on the close, or when its heartbeats
+    /// stop). Timeouts while the broker blocks publishers (a memory or
     /// disk alarm, which holds on every node) do not count. `0` never gives a
     /// connection up for this. Default 3.
     pub confirm_timeouts_before_reconnect: u32,
@@ -226,7 +230,7 @@ impl Config {
         self
     }
 
-    /// Sets how many confirm timeouts in a row give the connection up (see
+    /// Sets how many publishes that time out give the connection up (see
     /// [`confirm_timeouts_before_reconnect`](Self::confirm_timeouts_before_reconnect); `0`: never).
     #[must_use]
     pub fn confirm_timeouts_before_reconnect(mut self, timeouts: u32) -> Self {

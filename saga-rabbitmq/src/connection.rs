@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, QueueType, redact};
 use crate::error::Error;
+use crate::stall::Stall;
 use crate::topology::{self, DeadLettering, QueueSpec, short};
 
 /// How often the supervisor checks the connection when nobody reports a problem.
@@ -64,19 +65,11 @@ pub(crate) struct Live {
     declared: Mutex<HashSet<QueueSpec>>,
     /// The broker ([`Config::brokers`]) it is connected to.
     broker: usize,
-    /// The publishes that timed out since the last confirm (or since the
-    /// connection opened, or since the broker last blocked publishers), and
-    /// when that was.
+    /// Whether its publishes stopped being confirmed.
     stalled: Mutex<Stall>,
     /// Given up after its publishes stopped being confirmed: no longer
     /// offered to publishers and consumers, while it closes.
     given_up: AtomicBool,
-}
-
-/// See [`Live::stalled`].
-struct Stall {
-    timeouts: u32,
-    since: Instant,
 }
 
 impl Live {
@@ -86,48 +79,39 @@ impl Live {
 
     /// A publish was confirmed (acked, nacked or returned): the broker works.
     fn confirmed(&self) {
-        let mut stall = lock(&self.stalled);
-        stall.timeouts = 0;
-        stall.since = Instant::now();
+        lock(&self.stalled).confirmed(Instant::now());
     }
 
     /// Counts a publish that was not confirmed within `timeout`; `true` when
-    /// the connection is given up now, by this call: `limit` publishes
-    /// (`0`: no limit) timed out with no confirm for `limit` timeouts' time,
-    /// so a burst of concurrent publishes that time out together in one
-    /// slow moment is not enough. While the broker blocks publishers on
-    /// purpose (a memory or disk alarm, which holds on every node of a
-    /// cluster) nothing counts, and the count starts again after it.
+    /// that makes the connection stalled ([`Stall::timed_out`], `limit`
+    /// publishes) and it is given up now, by this call.
     fn confirm_timed_out(self: &Arc<Self>, limit: u32, timeout: Duration) -> bool {
-        let mut stall = lock(&self.stalled);
-        if self.connection.status().blocked() {
-            stall.timeouts = 0;
-            stall.since = Instant::now();
+        let blocked = self.connection.status().blocked();
+        let stalled = lock(&self.stalled).timed_out(Instant::now(), blocked, limit, timeout);
+        if !stalled {
             return false;
         }
-        stall.timeouts = stall.timeouts.saturating_add(1);
-        let stalled_for = timeout.saturating_mul(limit);
-        if limit == 0 || stall.timeouts < limit || stall.since.elapsed() < stalled_for {
-            return false;
-        }
-        drop(stall);
         if self.given_up.swap(true, Ordering::Relaxed) {
             return false;
         }
-        // Publishes still awaiting a confirm on it fail once the broker
-        // answers the close, as on any lost connection; until then they
-        // time out. Its consumers end when it starts closing, and their
-        // unacknowledged deliveries go back to the queues when it is closed.
+        // Its consumers end as soon as it starts closing. Publishes still
+        // awaiting a confirm on it fail once the broker answers the close,
+        // as on any lost connection, and until then time out; the broker
+        // gives its consumers' unacknowledged deliveries to others once it
+        // lets the connection go (on the close, or when its heartbeats stop).
         let live = Arc::clone(self);
         tokio::spawn(async move {
             let closed = live
                 .connection
                 .close(200, "no publisher confirms in time; reconnecting".into());
             if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+                // lapin stops its heartbeats while closing, so a broker that
+                // never answers leaves the socket (and lapin's thread for it)
+                // open until the operating system gives the socket up.
                 tracing::warn!(
                     generation = live.generation,
-                    "the connection given up did not close within {CLOSE_WAIT:?}; the operating \
-                     system drops it when its socket gives up"
+                    "the connection given up did not close within {CLOSE_WAIT:?}; its socket \
+                     stays open until the broker or the operating system ends it"
                 );
             }
         });
@@ -456,6 +440,12 @@ impl Shared {
         out: &Outgoing<'_>,
         slot: Option<usize>,
     ) -> Result<(), (Error, Option<usize>)> {
+        // While the broker blocks publishers nothing written leaves lapin's
+        // buffer: a publish would only time out there, and its retries pile
+        // up behind it.
+        if live.connection.status().blocked() {
+            return Err((Error::Blocked, None));
+        }
         if let Some(spec) = out.ensure {
             live.ensure(self, spec)
                 .await
@@ -588,9 +578,13 @@ impl Shared {
         let connection = self.connect_any().await?;
         // A broker that accepts the connection and then stops answering
         // must not hold the reconnect.
-        let opened = tokio::time::timeout(self.config.connect_timeout, self.prepare(connection))
+        let bound = self.config.connect_timeout;
+        let opened = tokio::time::timeout(bound, self.prepare(connection))
             .await
-            .unwrap_or(Err(Error::NotConnected));
+            .unwrap_or(Err(Error::NoAnswer {
+                operation: "declaring the topology",
+                timeout: bound,
+            }));
         if opened.is_err() && self.config.brokers().len() > 1 {
             self.fail_over();
         }
@@ -609,10 +603,7 @@ impl Shared {
             next_publisher: AtomicUsize::new(0),
             declared: Mutex::new(HashSet::new()),
             broker: self.connected_to.load(Ordering::Relaxed),
-            stalled: Mutex::new(Stall {
-                timeouts: 0,
-                since: Instant::now(),
-            }),
+            stalled: Mutex::new(Stall::new(Instant::now())),
             given_up: AtomicBool::new(false),
         };
         let channel = live.channel().await?;

@@ -43,7 +43,10 @@ async fn open(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Er
     let bound = shared.config.connect_timeout;
     tokio::time::timeout(bound, open_unbounded(shared, live, spec))
         .await
-        .unwrap_or(Err(Error::NotConnected))
+        .unwrap_or(Err(Error::NoAnswer {
+            operation: "opening a consumer",
+            timeout: bound,
+        }))
 }
 
 async fn open_unbounded(shared: &Shared, live: &Live, spec: &QueueSpec) -> Result<Open, Error> {

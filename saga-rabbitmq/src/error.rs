@@ -63,6 +63,22 @@ pub enum Error {
         /// The routing key.
         routing_key: String,
     },
+    /// The broker blocks publishers (a memory or disk alarm, which holds on
+    /// every node of a cluster): nothing was sent. Retry later.
+    #[error(
+        "RabbitMQ blocks publishers (a memory or disk alarm); nothing was sent, try again later"
+    )]
+    Blocked,
+    /// The broker accepted the connection but did not answer `operation` in
+    /// time; the transport tries again (on the next broker first when the
+    /// connection is the one that stopped answering).
+    #[error("RabbitMQ did not answer {operation} within {timeout:?}")]
+    NoAnswer {
+        /// What was waiting for the broker (`declaring the topology`, ...).
+        operation: &'static str,
+        /// How long it waited.
+        timeout: Duration,
+    },
     /// The broker did not confirm a publish in time; it may or may not have it.
     #[error("no publisher confirm for message `{message_id}` within {timeout:?}")]
     ConfirmTimeout {
@@ -120,6 +136,8 @@ impl Error {
             | Self::Serialization(_) => ErrorKind::Invalid,
             Self::Connect { .. }
             | Self::NotConnected
+            | Self::Blocked
+            | Self::NoAnswer { .. }
             | Self::Closed
             | Self::Nacked { .. }
             | Self::Unroutable { .. }
@@ -183,6 +201,16 @@ mod tests {
     #[test]
     fn kinds_tell_what_to_do() {
         assert_eq!(Error::NotConnected.kind(), ErrorKind::Unavailable);
+        assert_eq!(Error::Blocked.kind(), ErrorKind::Unavailable);
+        let no_answer = Error::NoAnswer {
+            operation: "declaring the topology",
+            timeout: std::time::Duration::from_secs(10),
+        };
+        assert_eq!(no_answer.kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            no_answer.to_string(),
+            "RabbitMQ did not answer declaring the topology within 10s"
+        );
         assert_eq!(Error::NoReplyTo("r".into()).kind(), ErrorKind::Invalid);
         assert_eq!(
             Error::ConfirmTimeout {

@@ -100,18 +100,20 @@
 //!   A nacked publish is first tried once more on a fresh channel (the
 //!   channel it went out on is closed and replaced): after a quorum queue's
 //!   leader moved, a channel can keep refusing every publish to it.
-//!   [`Config::confirm_timeout`] bounds the whole publish once it has a
+//!   [`Config::confirm_timeout`] bounds each try of a publish once it has a
 //!   connection (declaring its queue, opening a channel, writing, the
-//!   confirm), so a broker that stops reading cannot hold a sender.
+//!   confirm), so a broker that stops reading cannot hold a sender; while
+//!   the broker blocks publishers (a memory or disk alarm, which holds on
+//!   every node) a send fails at once with [`Error::Blocked`].
 //!   A connection on which [`Config::confirm_timeouts_before_reconnect`]
-//!   publishes timed out, with no confirm for that many timeouts' time (3
-//!   and 30 s by default), is given up and a new one opened, on the next
-//!   broker of the list first: a node that keeps its connections alive but
-//!   confirms nothing is left then, not when its heartbeats stop. Its
-//!   consumers end with it and their unacknowledged deliveries are
-//!   redelivered; with one broker, the transport connects to it again.
-//!   Timeouts while the broker blocks publishers (a memory or disk alarm,
-//!   which holds on every node) do not count.
+//!   publishes timed out, with no confirm since the first of them started
+//!   that many timeouts ago (3 and 30 s by default), is given up and a new
+//!   one opened, on the next broker of the list first: a node that keeps
+//!   its connections alive but confirms nothing is left then, not when its
+//!   heartbeats stop. Its consumers end with it, and the broker redelivers
+//!   what they held once it lets the connection go; with one broker, the
+//!   transport connects to it again. Publishes tell: a process that only
+//!   consumes stays on such a node.
 //! - **At least once.** A delivery is acknowledged only when the handler calls
 //!   [`Delivery::ack`](saga_core::adapter::Delivery::ack) — `Participant`
 //!   does so after its work committed and its reply was confirmed, `Engine`
@@ -258,6 +260,7 @@ mod connection;
 mod consume;
 mod error;
 pub mod properties;
+mod stall;
 mod topology;
 mod transport;
 
