@@ -415,9 +415,8 @@ impl Shared {
                     tracing::warn!(
                         generation = live.generation,
                         broker = %self.broker_url(live.broker),
-                        "no publisher confirm from RabbitMQ for {limit} publishes in a row \
-                         ({:?}); giving the connection up and connecting anew (to the next \
-                         broker first)",
+                        "{limit} publishes timed out and RabbitMQ confirmed nothing for {:?}; \
+                         giving the connection up and connecting anew (to the next broker first)",
                         timeout.saturating_mul(limit)
                     );
                 }
