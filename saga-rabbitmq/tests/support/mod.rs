@@ -238,8 +238,9 @@ pub async fn drain(url: &str, queue: &str, max: usize) -> Vec<lapin::message::Ba
 /// A TCP proxy in front of the broker that can stall: from then on it holds
 /// whatever clients send, while the broker's side keeps flowing. A connection
 /// through it stays up (the broker's heartbeats still arrive) but nothing it
-/// publishes reaches the broker and no confirm comes back, as with a node cut
-/// off in a cluster's minority. Stops (closing its connections) on drop.
+/// publishes reaches the broker and no confirm comes back, as with a node
+/// whose disk is stuck or that lost its peers without pausing. Stops
+/// (closing its connections) on drop.
 pub struct StallingProxy {
     port: u16,
     stalled: tokio::sync::watch::Sender<bool>,
