@@ -925,7 +925,6 @@ async fn a_broker_list_skips_a_dead_broker_and_fails_over_when_a_connection_is_l
     config = config.fallback_urls([first.clone(), second.clone()]);
     assert_eq!(config.brokers().len(), 3);
     let transport = Arc::new(vhost.transport(config).await);
-    let redacted = |url: &str| url.replacen(":guest@", ":***@", 1);
     assert_eq!(
         transport.broker(),
         Some(redacted(&first)),
@@ -989,18 +988,13 @@ async fn send_bounded(
 }
 
 /// Sends commands to `endpoint`, numbered from `from`, until one is
-/// confirmed (or `WAIT` passes); the number it sent and the confirm
-/// timeouts on the way.
-async fn send_until_confirmed(
-    transport: &RabbitTransport,
-    endpoint: &str,
-    from: u64,
-) -> (u64, u32) {
+/// confirmed (or `WAIT` passes); the number of the one confirmed.
+async fn send_until_confirmed(transport: &RabbitTransport, endpoint: &str, from: u64) -> u64 {
     let deadline = std::time::Instant::now() + WAIT;
     let mut timeouts = 0;
     for n in from.. {
         match send_bounded(transport, endpoint, n).await {
-            Ok(()) => return (n, timeouts),
+            Ok(()) => return n,
             Err(e) if e.kind() == ErrorKind::Timeout => timeouts += 1,
             Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
         }
@@ -1050,7 +1044,7 @@ async fn a_broker_that_stops_confirming_is_left_for_the_next_one() {
     let proxy = support::StallingProxy::start(&vhost.amqp_url()).await;
     let (transport, _) = through_a_stalling_proxy(&vhost, &proxy, 3).await;
     let mut sub = transport.consume_commands("stall").await.expect("consume");
-    let (first, _) = send_until_confirmed(&transport, "stall", 1).await;
+    let first = send_until_confirmed(&transport, "stall", 1).await;
     // Kept unacknowledged: the consumer on the connection about to be given
     // up holds it (the broker lets go of that connection only when its
     // heartbeats stop), and with a prefetch of one, every later delivery
@@ -1076,7 +1070,7 @@ async fn a_broker_that_stops_confirming_is_left_for_the_next_one() {
         }
     }
     // The third timeout gave the connection up.
-    let (sent, _) = send_until_confirmed(&transport, "stall", first + 4).await;
+    let sent = send_until_confirmed(&transport, "stall", first + 4).await;
     assert_ne!(transport.connection_generation(), generation, "reconnected");
     assert_eq!(
         transport.broker(),
@@ -1105,7 +1099,7 @@ async fn with_the_give_up_off_a_broker_that_stops_confirming_keeps_failing_sends
     let vhost = TestVhost::new("stall-off").await;
     let proxy = support::StallingProxy::start(&vhost.amqp_url()).await;
     let (transport, through_proxy) = through_a_stalling_proxy(&vhost, &proxy, 0).await;
-    let (first, _) = send_until_confirmed(&transport, "stall-off", 1).await;
+    let first = send_until_confirmed(&transport, "stall-off", 1).await;
     let generation = transport.connection_generation();
     proxy.stall();
     for n in first + 1..=first + 4 {
