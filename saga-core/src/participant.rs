@@ -594,6 +594,13 @@ impl Participant {
         }
         let command_span = span.clone();
         async move {
+            // Checked before the handler runs: its effects would otherwise be
+            // applied for a command whose reply can go nowhere.
+            if delivery.message.reply_to.is_none() {
+                tracing::warn!("command without reply_to dead-lettered");
+                let _ = delivery.reject("command has no reply_to").await;
+                return;
+            }
             let mut reply = match self
                 .handle(&delivery.message, delivery.delivery_count)
                 .await
@@ -612,10 +619,6 @@ impl Participant {
             };
             if let Some(propagator) = &self.inner.propagator {
                 propagator.inject(&command_span, &mut reply.headers);
-            }
-            if reply.reply_to.is_none() {
-                let _ = delivery.reject("command has no reply_to").await;
-                return;
             }
             match send_reply(transport, &reply).await {
                 Ok(()) => {

@@ -88,18 +88,23 @@ impl RetryPolicy {
         self
     }
 
-    /// Growth factor between delays (clamped to at least 1.0).
+    /// Growth factor between delays (clamped to at least 1.0; NaN is 1.0).
     #[must_use]
     pub const fn multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier < 1.0 { 1.0 } else { multiplier };
+        self.multiplier = if multiplier >= 1.0 { multiplier } else { 1.0 };
         self
     }
 
     /// Fraction of each delay that is randomised, between 0.0 and 1.0: a delay
-    /// `d` becomes a value in `[d * (1 - jitter), d]`.
+    /// `d` becomes a value in `[d * (1 - jitter), d]` (clamped to that range;
+    /// NaN is 0.0).
     #[must_use]
     pub const fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
+        self.jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -129,7 +134,8 @@ impl RetryPolicy {
         let base = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
         let capped = base.min(self.max_delay.as_secs_f64());
         let factor = 1.0 - self.jitter * unit_interval(seed, attempt);
-        Duration::from_secs_f64((capped * factor).max(0.0))
+        // Near `Duration::MAX` the round trip through `f64` can overflow.
+        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(self.max_delay)
     }
 }
 
@@ -182,6 +188,22 @@ mod tests {
     fn delay_never_exceeds_the_cap() {
         let p = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(50));
         assert!(p.delay_after(u32::MAX, 7) <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn nan_settings_keep_the_delays_and_huge_caps_do_not_panic() {
+        let p = RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1))
+            .jitter(f64::NAN)
+            .multiplier(f64::NAN);
+        for attempt in 1..5 {
+            assert_eq!(
+                p.delay_after(attempt, 3),
+                Duration::from_millis(100),
+                "{p:?}"
+            );
+        }
+        let huge = RetryPolicy::exponential(Duration::MAX, Duration::MAX).jitter(0.0);
+        assert_eq!(huge.delay_after(3, 0), Duration::MAX);
     }
 
     #[test]

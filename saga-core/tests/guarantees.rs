@@ -510,12 +510,20 @@ mod operator_retry {
 // ---- 4. replies wait instead of reaching the dead-letter queue ------------------
 
 /// A store that can be switched off (every call fails as unavailable), or told
-/// to commit the next save and then report an error.
+/// to commit the next save or create and then report an error (as when the
+/// connection drops while committing), or to fail the next loads.
 #[derive(Clone)]
 struct FlakyStore {
     inner: InMemoryStore,
     down: Arc<AtomicBool>,
     lie_on_next_save: Arc<AtomicBool>,
+    /// Commit the next save, then report a conflict: what a store that tries
+    /// such a write again (a failed batch, row by row) finds.
+    conflict_after_next_save: Arc<AtomicBool>,
+    lie_on_next_create: Arc<AtomicBool>,
+    /// Loads that fail once the lie of `lie_on_next_save` is told.
+    loads_failing_after_the_lie: Arc<AtomicU32>,
+    failing_loads: Arc<AtomicU32>,
 }
 
 impl FlakyStore {
@@ -524,6 +532,10 @@ impl FlakyStore {
             inner,
             down: Arc::default(),
             lie_on_next_save: Arc::default(),
+            conflict_after_next_save: Arc::default(),
+            lie_on_next_create: Arc::default(),
+            loads_failing_after_the_lie: Arc::default(),
+            failing_loads: Arc::default(),
         }
     }
 
@@ -540,20 +552,38 @@ impl FlakyStore {
 impl SagaStore for FlakyStore {
     async fn create(&self, i: &SagaInstance, logs: &[LogEntry]) -> saga_core::Result<Created> {
         self.check()?;
-        self.inner.create(i, logs).await
+        let created = self.inner.create(i, logs).await?;
+        if self.lie_on_next_create.swap(false, Ordering::SeqCst) {
+            return Err(Error::backend(
+                ErrorKind::Unavailable,
+                "connection lost while committing",
+            ));
+        }
+        Ok(created)
     }
     async fn load(&self, id: SagaId) -> saga_core::Result<Option<SagaInstance>> {
         self.check()?;
+        if take_one(&self.failing_loads) {
+            return Err(Error::backend(ErrorKind::Unavailable, "database is down"));
+        }
         self.inner.load(id).await
     }
     async fn save(&self, i: &SagaInstance, v: u64, logs: &[LogEntry]) -> saga_core::Result<()> {
         self.check()?;
         self.inner.save(i, v, logs).await?;
         if self.lie_on_next_save.swap(false, Ordering::SeqCst) {
+            let failing = self.loads_failing_after_the_lie.swap(0, Ordering::SeqCst);
+            self.failing_loads.store(failing, Ordering::SeqCst);
             return Err(Error::backend(
                 ErrorKind::Unavailable,
                 "connection lost while committing",
             ));
+        }
+        if self.conflict_after_next_save.swap(false, Ordering::SeqCst) {
+            return Err(Error::Conflict {
+                id: i.id,
+                expected: v,
+            });
         }
         Ok(())
     }
@@ -872,6 +902,78 @@ mod lost_commands {
         assert_completed_in_one_attempt_each(&engine.logs(id).await.expect("logs"));
         stack.shutdown().await;
     }
+
+    /// Runs `one_attempt` on `store` after `arm` set up a lie; the saga must
+    /// end within a minute (its timeout is an hour), each step dispatched
+    /// once and booked once.
+    async fn completes_despite(store: FlakyStore, arm: impl FnOnce(&FlakyStore)) {
+        let saga = one_attempt();
+        let journal = Journal::default();
+        let transport = InMemoryTransport::new();
+        let engine = engine_on(&store, transport.clone(), &saga);
+        let mut stack = Stack::new(transport);
+        stack.run_engine(&engine);
+        stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
+        arm(&store);
+        let id = engine.start(&saga, Trip::default()).await.expect("start");
+        let done = engine
+            .wait(id, Duration::from_secs(60))
+            .await
+            .expect("ends");
+        assert_eq!(done.status, SagaStatus::Completed);
+        assert_completed_in_one_attempt_each(&engine.logs(id).await.expect("logs"));
+        assert_eq!(journal.of(id), vec!["book flight", "book hotel"]);
+        stack.shutdown().await;
+    }
+
+    /// The saves of a failed batch are tried again one by one; one whose
+    /// first try committed finds its row at the new version, a conflict.
+    #[tokio::test(start_paused = true)]
+    async fn a_save_reported_as_a_conflict_after_its_commit_still_sends() {
+        let store = FlakyStore::new(InMemoryStore::new());
+        completes_despite(store.clone(), |s| {
+            s.conflict_after_next_save.store(true, Ordering::SeqCst);
+        })
+        .await;
+        assert!(
+            !store.conflict_after_next_save.load(Ordering::SeqCst),
+            "the lie was told"
+        );
+    }
+
+    /// The read-back after the error fails too: the reply is applied again,
+    /// finds its own transition stored, and sends what it dispatched.
+    #[tokio::test(start_paused = true)]
+    async fn a_save_whose_read_back_fails_too_still_sends() {
+        let store = FlakyStore::new(InMemoryStore::new());
+        completes_despite(store.clone(), |s| {
+            s.loads_failing_after_the_lie.store(1, Ordering::SeqCst);
+            s.lie_on_next_save.store(true, Ordering::SeqCst);
+        })
+        .await;
+        assert!(
+            !store.lie_on_next_save.load(Ordering::SeqCst),
+            "the lie was told"
+        );
+        assert_eq!(
+            store.failing_loads.load(Ordering::SeqCst),
+            0,
+            "a load failed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_that_committed_but_reported_an_error_still_sends() {
+        let store = FlakyStore::new(InMemoryStore::new());
+        completes_despite(store.clone(), |s| {
+            s.lie_on_next_create.store(true, Ordering::SeqCst);
+        })
+        .await;
+        assert!(
+            !store.lie_on_next_create.load(Ordering::SeqCst),
+            "the lie was told"
+        );
+    }
 }
 
 // ---- 6. local steps ------------------------------------------------------------
@@ -1035,6 +1137,103 @@ mod smaller {
         assert_eq!(after.version, done.version, "no version bump");
         assert_eq!(engine.logs(id).await.expect("logs"), logs, "no log row");
         stack.shutdown().await;
+    }
+
+    /// A command without `reply_to` is dead-lettered before its handler
+    /// runs: its effects would be applied for a reply that can go nowhere.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_without_reply_to_is_refused_before_its_handler_runs() {
+        let journal = Journal::default();
+        let transport = InMemoryTransport::new();
+        let mut stack = Stack::new(transport.clone());
+        stack.serve(bookings::<HOTELS>(&journal, Duration::ZERO));
+        let saga = SagaId::new();
+        let mut orphan = command(saga, "hotel", Direction::Invoke, "hotel");
+        orphan.reply_to = None;
+        transport.send_command(&orphan).await.expect("send");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(journal.of(saga).is_empty(), "{:?}", journal.of(saga));
+        let dead = transport.dead_letters("hotels");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        stack.shutdown().await;
+    }
+
+    /// A zero poll interval and claim batch are taken as the smallest ones:
+    /// the poller used to die on the zero interval, silently, and with it
+    /// every timeout, retry and re-send.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_poll_interval_and_claim_batch_still_time_steps_out() {
+        let saga = Saga::<Trip>::builder("trip")
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+                    .timeout(Duration::from_secs(1))
+                    .retry(RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2))
+            })
+            .build()
+            .expect("valid");
+        let transport = InMemoryTransport::new();
+        let store = InMemoryStore::new();
+        let engine = Engine::builder(store, transport.clone())
+            .register(&saga)
+            .clock(Arc::new(TokioClock::new()))
+            .poll_interval(Duration::ZERO)
+            .claim_batch(0)
+            .build();
+        let mut stack = Stack::new(transport);
+        stack.run_engine(&engine);
+        // Nobody serves `travel`: only the poller can move the saga on.
+        let id = engine.start(&saga, Trip::default()).await.expect("start");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let logs = engine.logs(id).await.expect("logs");
+        assert!(
+            logs.iter()
+                .any(|l| l.event == LogEvent::StepDispatched && l.attempt == Some(2)),
+            "the timeout started a second attempt: {logs:#?}"
+        );
+        stack.shutdown().await;
+    }
+
+    /// A panic in the poller (here in a payload closure, building a retry's
+    /// command) stops the engine and comes out of `run`, instead of leaving
+    /// an engine that consumes replies but never times a step out again.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_in_the_poller_comes_out_of_run() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&calls);
+        let saga = Saga::<Trip>::builder("trip")
+            .step("flight", move |step| {
+                step.invoke(move |_: &Trip| {
+                    assert!(
+                        counted.fetch_add(1, Ordering::SeqCst) == 0,
+                        "a payload closure with a bug"
+                    );
+                    Book::<TRAVEL> {
+                        what: "flight".into(),
+                    }
+                })
+                .compensate(undo::<TRAVEL>("flight"))
+                .timeout(Duration::from_secs(1))
+                .retry(RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2))
+            })
+            .build()
+            .expect("valid");
+        let store = InMemoryStore::new();
+        let engine = engine_on(&store, InMemoryTransport::new(), &saga);
+        let running = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.run(std::future::pending()).await }
+        });
+        engine.start(&saga, Trip::default()).await.expect("start");
+        let ended = tokio::time::timeout(Duration::from_secs(60), running)
+            .await
+            .expect("the engine stopped");
+        assert!(ended.expect_err("a panic").is_panic());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the retry built its command"
+        );
     }
 
     #[test]

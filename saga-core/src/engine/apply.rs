@@ -71,32 +71,52 @@ impl Engine {
                 .instance
                 .is_terminal()
                 .then(|| self.inner.waiters.finishing(id));
-            match self.save(&instance, &t).instrument(span.clone()).await {
-                Ok(saved) => {
-                    crate::metrics::transition(
-                        &instance.saga_type,
-                        instance.updated_at,
-                        &t.logs,
-                        t.instance.updated_at,
-                    );
-                    let after = Arc::new(t.instance);
-                    self.remember(&after);
-                    let mut effects = t.effects;
-                    if saved == Saved::Probably {
-                        // Another engine may have committed this very
-                        // transition and be running its local step: sending
-                        // a command twice is harmless, running an attempt
-                        // twice is not. Its timeout starts the next attempt.
-                        effects.retain(|e| !matches!(e, Effect::RunLocal(_)));
-                    }
-                    self.perform(&def, &after, effects).instrument(span).await;
-                    return Ok((instance, after));
-                }
+            let saved = match self.save(&instance, &t).instrument(span.clone()).await {
+                Ok(saved) => saved,
                 Err(Error::Conflict { .. }) => {
-                    tracing::debug!(saga_id = %id, "version conflict; reloading");
+                    // A conflict can hide this very transition, committed: a
+                    // store that tries again a write whose commit lost its
+                    // answer (a failed batch saved row by row) finds the row
+                    // at the new version; an earlier try of this event whose
+                    // save failed after its commit, and whose read-back failed
+                    // too, left it stored. Its effects are then due, or the
+                    // next command would wait for the step's timeout (and
+                    // cost an attempt).
+                    let stored = self
+                        .inner
+                        .store
+                        .load(id)
+                        .await?
+                        .map(Arc::new)
+                        .ok_or(Error::NotFound(id))?;
+                    if !holds(&stored, &t.instance) {
+                        tracing::debug!(saga_id = %id, "version conflict; reloading");
+                        loaded = Some(stored);
+                        continue;
+                    }
+                    tracing::warn!(saga_id = %id, "the save reported a conflict but the transition is stored; going on");
+                    Saved::Probably
                 }
                 Err(e) => return Err(e),
+            };
+            crate::metrics::transition(
+                &instance.saga_type,
+                instance.updated_at,
+                &t.logs,
+                t.instance.updated_at,
+            );
+            let after = Arc::new(t.instance);
+            self.remember(&after);
+            let mut effects = t.effects;
+            if saved == Saved::Probably {
+                // Another engine may have committed this very transition and
+                // be running its local step: sending a command twice is
+                // harmless, running an attempt twice is not. Its timeout
+                // starts the next attempt.
+                effects.retain(|e| !matches!(e, Effect::RunLocal(_)));
             }
+            self.perform(&def, &after, effects).instrument(span).await;
+            return Ok((instance, after));
         }
         Err(Error::Conflict { id, expected: 0 })
     }
@@ -238,7 +258,7 @@ impl Engine {
 }
 
 /// Whether `stored` is the state `saved` tried to write.
-fn holds(stored: &SagaInstance, saved: &SagaInstance) -> bool {
+pub(super) fn holds(stored: &SagaInstance, saved: &SagaInstance) -> bool {
     stored.version == saved.version
         && stored.log_seq == saved.log_seq
         && stored.status == saved.status

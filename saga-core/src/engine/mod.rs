@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
 use crate::definition::{Saga, SagaData, SagaDefinition};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::SagaId;
 use crate::machine::{self, Event};
 use crate::message::ReplyMessage;
@@ -41,9 +41,10 @@ pub struct EngineConfig {
     /// The queue replies come back on, shared by all orchestrators of one app
     /// (default `saga_replies`).
     pub reply_queue: String,
-    /// How often the due-saga poller looks for timeouts and retries (default 100 ms).
+    /// How often the due-saga poller looks for timeouts and retries (default
+    /// 100 ms; at least 1 ms).
     pub poll_interval: Duration,
-    /// How many due sagas one poll claims at most (default 64).
+    /// How many due sagas one poll claims at most (default 64; at least 1).
     pub claim_batch: usize,
     /// How long a claimed saga is reserved for this engine (default 30 s).
     pub lease: Duration,
@@ -491,7 +492,7 @@ impl Engine {
         let span = tracing::info_span!("saga.start", saga_id = %id, saga_type = %def.name(), step = tracing::field::Empty);
         async {
             let t = machine::start(&def, id, data, options.idempotency_key, self.inner.clock.now());
-            match self.inner.store.create(&t.instance, &t.logs).await? {
+            match self.create_or_read_back(&t).await? {
                 Created::New => {
                     tracing::info!("saga started");
                     crate::metrics::transition(
@@ -513,6 +514,30 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+
+    /// Creates the saga of `t`. A store error that is not a refusal may have
+    /// hit after the commit (the connection dropped while committing), so the
+    /// saga is read back: if it holds `t`, it was created and its first
+    /// command must be sent, or the saga would wait for the step's timeout
+    /// (and a client retrying with the idempotency key would get a saga
+    /// whose command nobody sends).
+    async fn create_or_read_back(&self, t: &machine::Transition) -> Result<Created> {
+        let store = &self.inner.store;
+        let error = match store.create(&t.instance, &t.logs).await {
+            Ok(created) => return Ok(created),
+            Err(e) if matches!(e.kind(), ErrorKind::Duplicate | ErrorKind::Invalid) => {
+                return Err(e);
+            }
+            Err(e) => e,
+        };
+        match store.load(t.instance.id).await {
+            Ok(Some(stored)) if apply::holds(&stored, &t.instance) => {
+                tracing::warn!(error = %error, "the create reported an error but the saga is stored; going on");
+                Ok(Created::New)
+            }
+            _ => Err(error),
+        }
     }
 
     /// Applies a participant's reply.
@@ -573,7 +598,7 @@ impl Engine {
             .store
             .claim_due(
                 self.inner.clock.now(),
-                config.claim_batch,
+                config.claim_batch.max(1),
                 &config.instance_name,
                 config.lease,
                 &self.inner.known,

@@ -26,7 +26,11 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
         return Ok(());
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let poller = tokio::spawn(poll(engine.clone(), stop_rx.clone()));
+    // The poller ends only when told to, or by a panic (in a payload or
+    // retry closure, say): then the engine stops too, resuming the panic,
+    // rather than go on without timeouts, retries and re-sends.
+    let mut poller = tokio::spawn(poll(engine.clone(), stop_rx.clone()));
+    let mut poller_ended = None;
     let census = tokio::spawn(super::census::run(engine.clone(), stop_rx.clone()));
     let retention = config
         .retention
@@ -38,11 +42,19 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
         let permit = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            ended = &mut poller => {
+                poller_ended = Some(ended);
+                break;
+            }
             permit = Arc::clone(&permits).acquire_owned() => permit.map_err(|_| Error::Shutdown)?,
         };
         let delivery = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            ended = &mut poller => {
+                poller_ended = Some(ended);
+                break;
+            }
             delivery = replies.next() => match delivery {
                 Some(delivery) => delivery,
                 None => {
@@ -62,14 +74,23 @@ pub(super) async fn run(engine: &Engine, shutdown: impl Future<Output = ()> + Se
     drop(replies);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    let _ = poller.await;
+    let poller = match poller_ended {
+        Some(ended) => {
+            tracing::error!("the due-saga poller stopped on its own; stopping the engine");
+            ended
+        }
+        None => poller.await,
+    };
     let _ = census.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }
     engine.drain_local().await;
     tracing::info!(instance = %config.instance_name, "engine stopped");
-    Ok(())
+    match poller {
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves once the engine is told to stop.
@@ -166,8 +187,10 @@ async fn poll(engine: Engine, mut stop: watch::Receiver<bool>) {
     {
         tracing::warn!(error = %e, "could not send the in-flight commands again at start-up");
     }
-    let mut interval = tokio::time::interval(engine.config().poll_interval);
+    let config = engine.config();
+    let mut interval = tokio::time::interval(config.poll_interval.max(Duration::from_millis(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let full = config.claim_batch.max(1);
     loop {
         tokio::select! {
             biased;
@@ -177,7 +200,7 @@ async fn poll(engine: Engine, mut stop: watch::Receiver<bool>) {
         loop {
             match engine.tick().await {
                 // A full batch means more may be due: go again at once.
-                Ok(n) if n >= engine.config().claim_batch => continue,
+                Ok(n) if n >= full => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "due-saga poll failed");
