@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, QueueType, redact};
 use crate::error::Error;
+use crate::socket::{self, Socket};
 use crate::stall::Stall;
 use crate::topology::{self, DeadLettering, QueueSpec, short};
 
@@ -70,6 +71,8 @@ pub(crate) struct Live {
     /// Given up after its publishes stopped being confirmed: no longer
     /// offered to publishers and consumers, while it closes.
     given_up: AtomicBool,
+    /// Its TCP socket, ended when the connection is abandoned.
+    socket: Arc<Socket>,
 }
 
 impl Live {
@@ -106,13 +109,13 @@ impl Live {
                 .close(200, "no publisher confirms in time; reconnecting".into());
             if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
                 // lapin stops its heartbeats while closing, so a broker that
-                // never answers leaves the socket (and lapin's thread for it)
-                // open until the operating system gives the socket up.
+                // never answers would keep the socket (and lapin's thread for
+                // it) open.
                 tracing::warn!(
                     generation = live.generation,
-                    "the connection given up did not close within {CLOSE_WAIT:?}; its socket \
-                     stays open until the broker or the operating system ends it"
+                    "the connection given up did not close within {CLOSE_WAIT:?}; ending its socket"
                 );
+                live.socket.end();
             }
         });
         true
@@ -516,8 +519,8 @@ impl Shared {
     }
 
     /// Connects to the first broker that answers, from the one to try first
-    /// round the list.
-    async fn connect_any(&self) -> Result<Connection, Error> {
+    /// round the list; the connection and its socket.
+    async fn connect_any(&self) -> Result<(Connection, Arc<Socket>), Error> {
         let config = &self.config;
         let brokers = config.brokers();
         // One broker that hangs must leave time to try the others.
@@ -529,13 +532,13 @@ impl Shared {
             let index = (first + offset) % brokers.len();
             let properties = ConnectionProperties::default()
                 .with_connection_name(LongString::from(config.connection_name.as_str()));
-            match tokio::time::timeout(per_broker, Connection::connect(brokers[index], properties))
-                .await
-            {
+            let socket = Arc::new(Socket::default());
+            let attempt = socket::connect(brokers[index], properties, &socket);
+            match tokio::time::timeout(per_broker, attempt).await {
                 Ok(Ok(connection)) => {
                     self.next_broker.store(index, Ordering::Relaxed);
                     self.connected_to.store(index, Ordering::Relaxed);
-                    return Ok(connection);
+                    return Ok((connection, socket));
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(broker = %redact(brokers[index]), error = %e, "broker unreachable");
@@ -546,6 +549,7 @@ impl Shared {
                     last = Error::NotConnected;
                 }
             }
+            socket.end();
         }
         Err(last)
     }
@@ -574,24 +578,31 @@ impl Shared {
     /// A broker that accepts the connection but fails the declarations (a
     /// node cut off from its cluster) is left for the next one.
     async fn open(&self) -> Result<Arc<Live>, Error> {
-        let connection = self.connect_any().await?;
+        let (connection, socket) = self.connect_any().await?;
         // A broker that accepts the connection and then stops answering
         // must not hold the reconnect.
         let bound = self.config.connect_timeout;
-        let opened = tokio::time::timeout(bound, self.prepare(connection))
+        let opened = tokio::time::timeout(bound, self.prepare(connection, Arc::clone(&socket)))
             .await
             .unwrap_or(Err(Error::NoAnswer {
                 operation: "declaring the topology",
                 timeout: bound,
             }));
-        if opened.is_err() && self.config.brokers().len() > 1 {
-            self.fail_over();
+        if opened.is_err() {
+            socket.end();
+            if self.config.brokers().len() > 1 {
+                self.fail_over();
+            }
         }
         opened
     }
 
     /// Declares the topology and the publisher channels on `connection`.
-    async fn prepare(&self, connection: Connection) -> Result<Arc<Live>, Error> {
+    async fn prepare(
+        &self,
+        connection: Connection,
+        socket: Arc<Socket>,
+    ) -> Result<Arc<Live>, Error> {
         let config = &self.config;
         let live = Live {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
@@ -604,6 +615,7 @@ impl Shared {
             broker: self.connected_to.load(Ordering::Relaxed),
             stalled: Mutex::new(Stall::new(Instant::now())),
             given_up: AtomicBool::new(false),
+            socket,
         };
         let channel = live.channel().await?;
         topology::declare_exchanges(&channel, config).await?;
@@ -730,7 +742,11 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if shared.config.brokers().len() > 1 {
             shared.fail_over();
         }
-        drop(old);
+        // A connection given up ends its socket once it has tried to close;
+        // a lost one has nothing left to say.
+        if let Some(old) = old.filter(|l| !l.given_up.load(Ordering::Relaxed)) {
+            old.socket.end();
+        }
         let reconnect = (|| shared.open())
             .retry(shared.backoff())
             .sleep(tokio::time::sleep)
@@ -767,10 +783,11 @@ async fn close(shared: &Shared) {
             if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
                 tracing::warn!(
                     generation = live.generation,
-                    "RabbitMQ did not answer the close within {CLOSE_WAIT:?}; leaving it"
+                    "RabbitMQ did not answer the close within {CLOSE_WAIT:?}; ending the socket"
                 );
             }
         }
+        live.socket.end();
         tracing::debug!(generation = live.generation, "RabbitMQ connection closed");
     }
 }

@@ -113,7 +113,10 @@
 //!   heartbeats stop. Its consumers end with it, and the broker redelivers
 //!   what they held once it lets the connection go; with one broker, the
 //!   transport connects to it again. Publishes tell: a process that only
-//!   consumes stays on such a node.
+//!   consumes stays on such a node. A connection the transport abandons (a
+//!   connect or a reconnect's declarations that timed out, one given up, a
+//!   close not answered within 5 s) has its socket shut down, so neither the
+//!   socket nor lapin's thread for it outlives it, whatever the peer does.
 //! - **At least once.** A delivery is acknowledged only when the handler calls
 //!   [`Delivery::ack`](saga_core::adapter::Delivery::ack) — `Participant`
 //!   does so after its work committed and its reply was confirmed, `Engine`
@@ -260,6 +263,7 @@ mod connection;
 mod consume;
 mod error;
 pub mod properties;
+mod socket;
 mod stall;
 mod topology;
 mod transport;

@@ -1006,6 +1006,18 @@ async fn send_until_confirmed(transport: &RabbitTransport, endpoint: &str, from:
     unreachable!("u64 ran out")
 }
 
+/// Waits up to `WAIT` for `done`, failing the test with `what` otherwise.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn redacted(url: &str) -> String {
     url.replacen(":guest@", ":***@", 1)
 }
@@ -1084,6 +1096,12 @@ async fn a_broker_that_stops_confirming_is_left_for_the_next_one() {
     assert_ne!(n_of(&delivery), n_of(&held), "a new delivery");
     assert!(n_of(&delivery) <= sent);
     delivery.ack().await.expect("ack");
+    // The connection given up is ended once its close goes unanswered
+    // (5 s), not left open with lapin's thread for it.
+    eventually("the given-up connection ended", || {
+        proxy.clients_ended() == 1
+    })
+    .await;
     drop(held);
     drop(sub);
     drop(transport);
@@ -1114,7 +1132,35 @@ async fn with_the_give_up_off_a_broker_that_stops_confirming_keeps_failing_sends
         generation,
         "no reconnect"
     );
+    assert_eq!(proxy.clients_ended(), 0, "the connection is kept");
     drop(transport);
     drop(proxy);
+    vhost.delete().await;
+}
+
+/// A broker address that accepts the TCP connection and never speaks AMQP
+/// (a hung node, a load balancer with nothing behind it): the attempt times
+/// out and the transport moves on to the next broker, ending the connection
+/// it abandoned instead of leaving it (and lapin's thread for it) open for
+/// as long as the peer keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_attempt_abandoned_in_the_handshake_is_ended() {
+    let vhost = TestVhost::new("silent").await;
+    let silent = support::SilentPeer::start().await;
+    let direct = vhost.amqp_url();
+    // Two brokers in 2 s: one second for each.
+    let mut config = vhost.config().connect_timeout(Duration::from_secs(2));
+    config.url = silent.url(&direct);
+    config = config.fallback_urls([direct.clone()]);
+    let transport = vhost.transport(config).await;
+    assert_eq!(
+        transport.broker(),
+        Some(redacted(&direct)),
+        "the silent peer is skipped"
+    );
+    assert_eq!(silent.accepted(), 1, "one attempt on the silent peer");
+    eventually("the abandoned attempt ended", || silent.ended() == 1).await;
+    drop(transport);
+    drop(silent);
     vhost.delete().await;
 }

@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -236,14 +237,16 @@ pub async fn drain(url: &str, queue: &str, max: usize) -> Vec<lapin::message::Ba
 }
 
 /// A TCP proxy in front of the broker that can stall: from then on it holds
-/// whatever clients send, while the broker's side keeps flowing. A connection
-/// through it stays up (the broker's heartbeats still arrive) but nothing it
-/// publishes reaches the broker and no confirm comes back, as with a node
-/// whose disk is stuck or that lost its peers without pausing. Stops
-/// (closing its connections) on drop.
+/// whatever clients send (it reads it and never passes it on), while the
+/// broker's side keeps flowing. A connection through it stays up (the
+/// broker's heartbeats still arrive) but nothing it publishes reaches the
+/// broker and no confirm comes back, as with a node whose disk is stuck or
+/// that lost its peers without pausing. It counts the clients that ended
+/// their connection, stalled or not. Stops (closing its connections) on drop.
 pub struct StallingProxy {
     port: u16,
     stalled: tokio::sync::watch::Sender<bool>,
+    clients_ended: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -257,6 +260,8 @@ impl StallingProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let (stalled, _) = tokio::sync::watch::channel(false);
         let held = stalled.clone();
+        let clients_ended = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::clone(&clients_ended);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -265,18 +270,22 @@ impl StallingProxy {
                 };
                 let (mut from_client, mut to_client) = client.into_split();
                 let (mut from_broker, mut to_broker) = broker.into_split();
-                let mut stalled = held.subscribe();
+                let stalled = held.subscribe();
+                let ended = Arc::clone(&ended);
                 connections.spawn(async move {
                     let mut buffer = vec![0_u8; 16 * 1024];
                     loop {
                         let n = match tokio::io::AsyncReadExt::read(&mut from_client, &mut buffer)
                             .await
                         {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                ended.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
                             Ok(n) => n,
                         };
-                        if stalled.wait_for(|stalled| !*stalled).await.is_err() {
-                            return;
+                        if *stalled.borrow() {
+                            continue;
                         }
                         if tokio::io::AsyncWriteExt::write_all(&mut to_broker, &buffer[..n])
                             .await
@@ -294,8 +303,15 @@ impl StallingProxy {
         Self {
             port,
             stalled,
+            clients_ended,
             task,
         }
+    }
+
+    /// How many clients ended their connection through the proxy (closed it
+    /// or shut it down).
+    pub fn clients_ended(&self) -> usize {
+        self.clients_ended.load(Ordering::Relaxed)
     }
 
     /// `url` with its host and port replaced by the proxy's.
@@ -311,6 +327,72 @@ impl StallingProxy {
 }
 
 impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A peer that accepts TCP connections and never answers (a hung node, a
+/// load balancer with nothing behind it): it reads what clients send and
+/// counts the connections it accepted and those the client ended. Stops on
+/// drop.
+pub struct SilentPeer {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentPeer {
+    /// Listens on 127.0.0.1.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the silent peer");
+        let port = listener.local_addr().expect("silent peer address").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (counted, closed) = (Arc::clone(&accepted), Arc::clone(&ended));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let closed = Arc::clone(&closed);
+                connections.spawn(async move {
+                    let mut buffer = vec![0_u8; 4096];
+                    while let Ok(1..) =
+                        tokio::io::AsyncReadExt::read(&mut client, &mut buffer).await
+                    {
+                    }
+                    closed.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Self {
+            port,
+            accepted,
+            ended,
+            task,
+        }
+    }
+
+    /// `url` with its host and port replaced by the silent peer's.
+    pub fn url(&self, url: &str) -> String {
+        url.replacen(&host_port(url), &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections the client ended so far.
+    pub fn ended(&self) -> usize {
+        self.ended.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SilentPeer {
     fn drop(&mut self) {
         self.task.abort();
     }
