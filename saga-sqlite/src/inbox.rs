@@ -219,6 +219,12 @@ pub async fn prune_batch_in<C: ConnectionTrait>(
 /// handler runs and records the outcome when it commits; a duplicate waits
 /// for it and gets the recorded reply. If the process dies mid-handler the
 /// transaction rolls back and the command runs again when redelivered.
+///
+/// So a handler must not write to the inbox's file through another
+/// connection: it would wait for the lock its own claim holds, until the
+/// busy timeout, on every attempt. A handler that keeps its data in SQLite
+/// records the key in its own transaction instead, with [`check_key_in`]
+/// and [`record_in`], or keeps the inbox in a file of its own.
 #[derive(Clone, Debug)]
 pub struct SqliteInbox {
     db: DatabaseConnection,
