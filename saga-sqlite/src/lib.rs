@@ -110,8 +110,8 @@
 //! process, and outcome notifications
 //! ([`finished_events`](saga_core::SagaStore::finished_events)) reach only
 //! that process. A second process on the same file would work (SQLite locks
-//! the file, and each write waits up to [`SqliteConfig::busy_timeout`] for
-//! the other's), but it is not supported: its waiters learn of outcomes only
+//! the file, and each group of writes waits up to
+//! [`SqliteConfig::busy_timeout`] for the other's), but it is not supported: its waiters learn of outcomes only
 //! by polling, and the two contend for one write lock. To run several
 //! processes, use `saga-postgres`.
 //!

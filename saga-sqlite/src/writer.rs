@@ -9,13 +9,22 @@
 //! savepoint of one transaction, commits once, and only then answers: one
 //! flush for the whole group, and no answer before its data is on disk.
 //!
+//! The group's transaction takes the write lock when it begins (`BEGIN
+//! IMMEDIATE`), so a group waits at most once for another writer of the file
+//! (up to the busy timeout) and then fails as a whole, at once: begun
+//! deferred, it would take the lock at its first write and each operation
+//! that met the lock taken would wait the busy timeout again.
+//!
 //! Each operation keeps the guarantees it has alone: a failing operation
 //! rolls back to its savepoint, so it leaves nothing behind and fails
 //! nothing else; a version-checked save that finds another version writes
 //! nothing. If the commit itself fails, every operation of the group gets
 //! the error (none of them happened).
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -92,7 +101,12 @@ async fn write_group(
     db: &DatabaseConnection,
     group: &[Request],
 ) -> Result<Vec<Result<Answer, Error>>, Error> {
-    let txn = db.begin().await?;
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?;
     let mut answers = Vec::with_capacity(group.len());
     for request in group {
         answers.push(in_savepoint(&txn, &request.op).await?);

@@ -241,3 +241,50 @@ async fn a_wake_up_at_the_end_of_time_is_never_due_and_breaks_nothing() {
         .expect("claims work");
     assert!(again.is_empty(), "{again:?}");
 }
+
+/// Another connection holds the file's write lock: every write of a group
+/// fails after one busy timeout, not one timeout per write in turn (which
+/// made the last of 40 writes wait 40 timeouts, with the writer stuck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_meeting_a_held_lock_fail_after_one_busy_timeout() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let config = SqliteConfig::file(folder.path().join("sagas.db"))
+        .busy_timeout(std::time::Duration::from_millis(250));
+    let store = SqliteSagaStore::open(&config).await.expect("open");
+    // One connection, so that the ROLLBACK below ends the BEGIN's transaction.
+    let holder = config
+        .clone()
+        .max_connections(1)
+        .connect()
+        .await
+        .expect("a second connection");
+    holder
+        .execute_unprepared("BEGIN IMMEDIATE")
+        .await
+        .expect("take the write lock");
+    let started = std::time::Instant::now();
+    let writes = (0..40).map(|n| {
+        let store = store.clone();
+        async move {
+            let created = instance(n);
+            let logs = vec![log(&created, 0)];
+            store.create(&created, &logs).await
+        }
+    });
+    let results = futures_join_all(writes).await;
+    let waited = started.elapsed();
+    holder
+        .execute_unprepared("ROLLBACK")
+        .await
+        .expect("release");
+    for result in &results {
+        let e = result.as_ref().expect_err("the lock is held");
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    }
+    // One group waits 0.25 s, or two (the first write may go alone);
+    // a timeout per write would be 10 s.
+    assert!(
+        waited < std::time::Duration::from_secs(4),
+        "40 writes took {waited:?} to fail"
+    );
+}
