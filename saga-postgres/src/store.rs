@@ -357,10 +357,24 @@ impl SagaStore for PgSagaStore {
             .all(&self.inner.db)
             .await
             .map_err(Error::from)?;
-        let mut claimed = rows
+        // A row that cannot be read (edited by hand, or written by a newer
+        // version) is skipped, leased, instead of failing the claim: the
+        // others of its batch would otherwise wait for their leases to end.
+        let mut claimed: Vec<SagaInstance> = rows
             .into_iter()
-            .map(to_instance)
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|row| {
+                let id = row.id;
+                to_instance(row)
+                    .inspect_err(|e| {
+                        tracing::error!(
+                            saga_id = %id, error = %e,
+                            "a due saga cannot be read and is skipped; it stays leased to this \
+                             engine until its lease ends, then is claimed (and reported) again"
+                        );
+                    })
+                    .ok()
+            })
+            .collect();
         claimed.sort_by_key(|s| s.next_wake_at);
         Ok(claimed)
     }

@@ -195,6 +195,10 @@ async fn insert_logs(txn: &DatabaseTransaction, values: &[Value]) -> Result<(), 
     Ok(())
 }
 
+/// Logged for a due saga whose row cannot be read.
+const UNREADABLE: &str = "a due saga cannot be read and is skipped; it stays leased to this \
+    engine until its lease ends, then is claimed (and reported) again";
+
 async fn claim(
     txn: &DatabaseTransaction,
     now: DateTime<Utc>,
@@ -227,10 +231,17 @@ async fn claim(
     }
     values.push(limit.into());
     let rows = txn.query_all_raw(statement(&sql, values)).await?;
-    let mut claimed = rows
+    // A row that cannot be read (edited by hand, or written by a newer
+    // version) is skipped, not allowed to fail the claim: it would come
+    // first again on every poll and stop every other saga's timeouts.
+    let mut claimed: Vec<SagaInstance> = rows
         .iter()
-        .map(to_instance)
-        .collect::<Result<Vec<_>, _>>()?;
+        .filter_map(|row| {
+            to_instance(row)
+                .inspect_err(|e| tracing::error!(error = %e, "{UNREADABLE}"))
+                .ok()
+        })
+        .collect();
     claimed.sort_by_key(|s| s.next_wake_at);
     Ok(Answer::Claimed(claimed))
 }
