@@ -23,7 +23,8 @@ pub enum SagaStatus {
     Compensated,
     /// The saga cannot proceed without an operator: a compensation failed past its
     /// retry limit, or a step after the pivot failed for a business reason.
-    /// Terminal until an operator retries it.
+    /// Terminal until an operator retries it, or until a late success of the
+    /// attempt it stopped on arrives (the saga then goes on from there).
     Failed,
 }
 
