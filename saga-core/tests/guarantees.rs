@@ -517,9 +517,8 @@ struct FlakyStore {
     inner: InMemoryStore,
     down: Arc<AtomicBool>,
     lie_on_next_save: Arc<AtomicBool>,
-    /// Commit the next save, then report a conflict: what a store that tries
-    /// such a write again (a failed batch, row by row) finds.
-    conflict_after_next_save: Arc<AtomicBool>,
+    /// The next claim of due sagas panics (a store with a bug).
+    panic_on_next_claim: Arc<AtomicBool>,
     lie_on_next_create: Arc<AtomicBool>,
     /// Loads that fail once the lie of `lie_on_next_save` is told.
     loads_failing_after_the_lie: Arc<AtomicU32>,
@@ -532,7 +531,7 @@ impl FlakyStore {
             inner,
             down: Arc::default(),
             lie_on_next_save: Arc::default(),
-            conflict_after_next_save: Arc::default(),
+            panic_on_next_claim: Arc::default(),
             lie_on_next_create: Arc::default(),
             loads_failing_after_the_lie: Arc::default(),
             failing_loads: Arc::default(),
@@ -579,12 +578,6 @@ impl SagaStore for FlakyStore {
                 "connection lost while committing",
             ));
         }
-        if self.conflict_after_next_save.swap(false, Ordering::SeqCst) {
-            return Err(Error::Conflict {
-                id: i.id,
-                expected: v,
-            });
-        }
         Ok(())
     }
     async fn claim_due(
@@ -596,6 +589,10 @@ impl SagaStore for FlakyStore {
         definitions: &[DefinitionKey],
     ) -> saga_core::Result<Vec<SagaInstance>> {
         self.check()?;
+        assert!(
+            !self.panic_on_next_claim.swap(false, Ordering::SeqCst),
+            "a store with a bug"
+        );
         self.inner
             .claim_due(now, limit, owner, lease, definitions)
             .await
@@ -926,19 +923,41 @@ mod lost_commands {
         stack.shutdown().await;
     }
 
-    /// The saves of a failed batch are tried again one by one; one whose
-    /// first try committed finds its row at the new version, a conflict.
+    /// Two copies of one reply (a command sent twice, both answered) applied
+    /// by two engines from the same state: the second one's save conflicts
+    /// with the first one's identical transition. It is another writer's,
+    /// not a save of this engine's whose outcome was unknown: the loser
+    /// applies the reply again, ignores it, and sends nothing.
     #[tokio::test(start_paused = true)]
-    async fn a_save_reported_as_a_conflict_after_its_commit_still_sends() {
-        let store = FlakyStore::new(InMemoryStore::new());
-        completes_despite(store.clone(), |s| {
-            s.conflict_after_next_save.store(true, Ordering::SeqCst);
-        })
-        .await;
-        assert!(
-            !store.conflict_after_next_save.load(Ordering::SeqCst),
-            "the lie was told"
+    async fn the_loser_of_a_conflict_does_not_send_the_winner_s_command() {
+        let saga = one_attempt();
+        let transport = InMemoryTransport::new();
+        let store = InMemoryStore::new();
+        let first = engine_on(&store, transport.clone(), &saga);
+        let second = engine_on(&store, transport.clone(), &saga);
+        // `second` starts the saga, so it holds its first state.
+        let id = second.start(&saga, Trip::default()).await.expect("start");
+        let flight = ReplyMessage {
+            message_id: "flight-reply".into(),
+            saga_id: id,
+            step: 0,
+            step_name: "flight".into(),
+            direction: Direction::Invoke,
+            attempt: 1,
+            reply_to: Some("saga_replies".into()),
+            outcome: saga_core::adapter::ReplyOutcome::Success(serde_json::json!("flight-ref")),
+            headers: Default::default(),
+        };
+        first.handle_reply(flight.clone()).await.expect("applied");
+        second.handle_reply(flight).await.expect("ignored");
+        assert_eq!(
+            transport.ready_count(ENDPOINTS[TRAVEL]),
+            2,
+            "flight once, hotel once"
         );
+        let logs = first.logs(id).await.expect("logs");
+        assert!(events(&logs).contains(&LogEvent::ReplyIgnored), "{logs:#?}");
+        assert_no_duplicate_dispatch(&logs);
     }
 
     /// The read-back after the error fails too: the reply is applied again,
@@ -1194,23 +1213,25 @@ mod smaller {
         stack.shutdown().await;
     }
 
-    /// A panic in the poller (here in a payload closure, building a retry's
-    /// command) stops the engine and comes out of `run`, instead of leaving
-    /// an engine that consumes replies but never times a step out again.
+    /// A payload closure that panics for one saga's data (on its second
+    /// call: the start-up re-send or the retry) stays that saga's problem:
+    /// the engine goes on, and the other saga's timeout starts its retry.
     #[tokio::test(start_paused = true)]
-    async fn a_panic_in_the_poller_comes_out_of_run() {
-        let calls = Arc::new(AtomicU32::new(0));
+    async fn a_panic_waking_one_saga_leaves_the_others_and_the_engine_running() {
+        let calls = Arc::new(Mutex::new(std::collections::HashMap::<String, u32>::new()));
         let counted = Arc::clone(&calls);
         let saga = Saga::<Trip>::builder("trip")
             .step("flight", move |step| {
-                step.invoke(move |_: &Trip| {
-                    assert!(
-                        counted.fetch_add(1, Ordering::SeqCst) == 0,
-                        "a payload closure with a bug"
-                    );
-                    Book::<TRAVEL> {
-                        what: "flight".into(),
-                    }
+                step.invoke(move |trip: &Trip| {
+                    let what = trip.refs.first().cloned().unwrap_or_default();
+                    let n = {
+                        let mut calls = counted.lock().expect("calls");
+                        let n = calls.entry(what.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    assert!(what != "bug" || n == 1, "a payload closure with a bug");
+                    Book::<TRAVEL> { what }
                 })
                 .compensate(undo::<TRAVEL>("flight"))
                 .timeout(Duration::from_secs(1))
@@ -1220,20 +1241,51 @@ mod smaller {
             .expect("valid");
         let store = InMemoryStore::new();
         let engine = engine_on(&store, InMemoryTransport::new(), &saga);
+        let trip = |what: &str| Trip {
+            refs: vec![what.to_owned()],
+        };
+        let buggy = engine.start(&saga, trip("bug")).await.expect("start");
+        let fine = engine.start(&saga, trip("fine")).await.expect("start");
+        // Nobody serves `travel`: both time out and retry.
         let running = tokio::spawn({
             let engine = engine.clone();
             async move { engine.run(std::future::pending()).await }
         });
-        engine.start(&saga, Trip::default()).await.expect("start");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!running.is_finished(), "the engine still runs");
+        let second_attempt = |logs: &[LogEntry]| {
+            logs.iter()
+                .any(|l| l.event == LogEvent::StepDispatched && l.attempt == Some(2))
+        };
+        assert!(second_attempt(&engine.logs(fine).await.expect("logs")));
+        assert!(!second_attempt(&engine.logs(buggy).await.expect("logs")));
+        assert!(calls.lock().expect("calls")["bug"] >= 2, "the bug was hit");
+        running.abort();
+    }
+
+    /// A panic in the poller outside any saga's wake (here in the store)
+    /// stops the engine and comes out of `run`, instead of leaving an engine
+    /// that consumes replies but never times a step out again.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_in_the_poller_outside_a_wake_comes_out_of_run() {
+        let saga = Saga::<Trip>::builder("trip")
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+            })
+            .build()
+            .expect("valid");
+        let store = FlakyStore::new(InMemoryStore::new());
+        let engine = engine_on(&store, InMemoryTransport::new(), &saga);
+        store.panic_on_next_claim.store(true, Ordering::SeqCst);
+        let running = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.run(std::future::pending()).await }
+        });
         let ended = tokio::time::timeout(Duration::from_secs(60), running)
             .await
             .expect("the engine stopped");
         assert!(ended.expect_err("a panic").is_panic());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "the retry built its command"
-        );
     }
 
     #[test]

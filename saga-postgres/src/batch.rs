@@ -18,7 +18,11 @@
 //! saves of one saga, and no saga is in two running batches: a later save of
 //! a saga waits for the earlier one. If a batch fails as a whole (a database
 //! error), every save in it is tried again on its own, so one bad row cannot
-//! fail the others.
+//! fail the others. The batch may have committed before its answer was lost
+//! (the connection dropped while committing): a row its retry finds at
+//! another version is answered with an error of unknown outcome, not as a
+//! conflict, so that the engine reads the saga back and acts on its own
+//! transition if that is what is stored.
 //!
 //! [`StoreConfig::save_batch`]: crate::StoreConfig::save_batch
 //! [`StoreConfig::save_batches_in_flight`]: crate::StoreConfig::save_batches_in_flight
@@ -157,10 +161,10 @@ async fn execute(
         Err(e) if size > 1 => {
             tracing::debug!(size, error = %e, "save batch failed; saving its rows one by one");
             for request in batch {
-                let result = save_rows(&db, std::iter::once(request.row.as_str()))
-                    .await
-                    .map(|updated| updated.contains(&request.id));
-                let _ = request.reply.send(result);
+                let retried = save_rows(&db, std::iter::once(request.row.as_str())).await;
+                let _ = request
+                    .reply
+                    .send(after_failed_batch(request.id, retried, &e));
             }
         }
         Err(e) => {
@@ -175,6 +179,25 @@ async fn execute(
     }
     drop(busy);
     finished.notify_one();
+}
+
+/// The answer to a save of saga `id` tried again on its own after its batch
+/// failed with `batch_error`: updated, or an error. Not updated is not a
+/// conflict here: the batch may have committed this very row before its
+/// answer was lost, so the outcome is unknown (the engine reads it back).
+fn after_failed_batch(
+    id: Uuid,
+    retried: Result<HashSet<Uuid>, Error>,
+    batch_error: &Error,
+) -> Result<bool, Error> {
+    match retried {
+        Ok(updated) if updated.contains(&id) => Ok(true),
+        Ok(_) => Err(Error::Unavailable {
+            context: " (a batch of saves failed, and may have committed this one)".to_owned(),
+            source: sea_orm::DbErr::Custom(batch_error.to_string()),
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// The batcher's task is gone (the runtime is shutting down).
@@ -209,4 +232,32 @@ async fn save_rows<'a>(
         .iter()
         .map(|row| row.try_get::<Uuid>("", "id").map_err(Error::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_error() -> Error {
+        Error::Unavailable {
+            context: String::new(),
+            source: sea_orm::DbErr::Custom("connection reset while committing".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_row_not_updated_after_a_failed_batch_is_of_unknown_outcome_not_a_conflict() {
+        let id = Uuid::new_v4();
+        let answer = after_failed_batch(id, Ok(HashSet::new()), &batch_error());
+        let e = answer.expect_err("not Ok(false), which the store reports as a conflict");
+        assert_eq!(
+            saga_core::Error::from(e).kind(),
+            saga_core::ErrorKind::Unavailable
+        );
+        assert!(matches!(
+            after_failed_batch(id, Ok(HashSet::from([id])), &batch_error()),
+            Ok(true)
+        ));
+        assert!(after_failed_batch(id, Err(batch_error()), &batch_error()).is_err());
+    }
 }

@@ -18,14 +18,19 @@ use crate::state::SagaInstance;
 type Applied = (Arc<SagaInstance>, Arc<SagaInstance>);
 
 /// How sure a save is to have been this engine's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Saved {
     /// The store said so.
     Surely,
-    /// The store reported an error, but holds this very transition: ours,
-    /// or another engine's that applied the same event to the same state.
-    Probably,
+    /// The store reported an error (or, for a save whose outcome was
+    /// unknown, a conflict), but holds this very transition, as read back:
+    /// ours, or another engine's that applied the same event to the same
+    /// state.
+    Probably(Arc<SagaInstance>),
 }
+
+/// Most saves of unknown outcome remembered (a database down for long).
+const MOST_UNSURE: usize = 1024;
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Engine {
@@ -74,14 +79,6 @@ impl Engine {
             let saved = match self.save(&instance, &t).instrument(span.clone()).await {
                 Ok(saved) => saved,
                 Err(Error::Conflict { .. }) => {
-                    // A conflict can hide this very transition, committed: a
-                    // store that tries again a write whose commit lost its
-                    // answer (a failed batch saved row by row) finds the row
-                    // at the new version; an earlier try of this event whose
-                    // save failed after its commit, and whose read-back failed
-                    // too, left it stored. Its effects are then due, or the
-                    // next command would wait for the step's timeout (and
-                    // cost an attempt).
                     let stored = self
                         .inner
                         .store
@@ -89,13 +86,20 @@ impl Engine {
                         .await?
                         .map(Arc::new)
                         .ok_or(Error::NotFound(id))?;
-                    if !holds(&stored, &t.instance) {
+                    // An earlier try of this event whose save failed after
+                    // its commit, and whose read-back failed too, left this
+                    // very transition stored: its effects are due, or the
+                    // next command would wait for the step's timeout (and
+                    // cost an attempt). Any other conflict is another
+                    // writer's: reload and apply the event again.
+                    if self.was_unsure(id, stored.version) && holds(&stored, &t.instance) {
+                        tracing::warn!(saga_id = %id, "a save of unknown outcome is stored after all; going on");
+                        Saved::Probably(stored)
+                    } else {
                         tracing::debug!(saga_id = %id, "version conflict; reloading");
                         loaded = Some(stored);
                         continue;
                     }
-                    tracing::warn!(saga_id = %id, "the save reported a conflict but the transition is stored; going on");
-                    Saved::Probably
                 }
                 Err(e) => return Err(e),
             };
@@ -105,16 +109,19 @@ impl Engine {
                 &t.logs,
                 t.instance.updated_at,
             );
-            let after = Arc::new(t.instance);
-            self.remember(&after);
             let mut effects = t.effects;
-            if saved == Saved::Probably {
-                // Another engine may have committed this very transition and
-                // be running its local step: sending a command twice is
-                // harmless, running an attempt twice is not. Its timeout
-                // starts the next attempt.
-                effects.retain(|e| !matches!(e, Effect::RunLocal(_)));
-            }
+            let after = match saved {
+                Saved::Surely => Arc::new(t.instance),
+                Saved::Probably(stored) => {
+                    // Another engine may have committed this very transition
+                    // and be running its local step: sending a command twice
+                    // is harmless, running an attempt twice is not. Its
+                    // timeout starts the next attempt.
+                    effects.retain(|e| !matches!(e, Effect::RunLocal(_)));
+                    stored
+                }
+            };
+            self.remember(&after);
             self.perform(&def, &after, effects).instrument(span).await;
             return Ok((instance, after));
         }
@@ -146,10 +153,41 @@ impl Engine {
         match store.load(t.instance.id).await {
             Ok(Some(stored)) if holds(&stored, &t.instance) => {
                 tracing::warn!(saga_id = %t.instance.id, error = %error, "the save reported an error but the transition is stored; going on");
-                Ok(Saved::Probably)
+                Ok(Saved::Probably(Arc::new(stored)))
             }
-            _ => Err(error),
+            Ok(_) => Err(error),
+            Err(_) => {
+                // The event is applied again later (a reply stays in hand, a
+                // due saga stays due) and then meets this save, if it was
+                // committed, as a conflict.
+                self.unsure(t.instance.id, t.instance.version);
+                Err(error)
+            }
         }
+    }
+
+    /// Remembers that the save of `version` of saga `id` may have committed.
+    fn unsure(&self, id: SagaId, version: u64) {
+        let mut unsure = self
+            .inner
+            .unsure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unsure.len() >= MOST_UNSURE {
+            unsure.clear();
+        }
+        unsure.insert(id, version);
+    }
+
+    /// Whether a save of `version` of saga `id` had an unknown outcome
+    /// (forgotten once asked).
+    fn was_unsure(&self, id: SagaId, version: u64) -> bool {
+        self.inner
+            .unsure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id)
+            == Some(version)
     }
 
     pub(super) fn cached(&self, id: SagaId) -> Option<Arc<SagaInstance>> {
@@ -265,4 +303,5 @@ pub(super) fn holds(stored: &SagaInstance, saved: &SagaInstance) -> bool {
         && stored.cursor == saved.cursor
         && stored.steps == saved.steps
         && stored.data == saved.data
+        && stored.error == saved.error
 }

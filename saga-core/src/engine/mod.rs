@@ -346,6 +346,7 @@ impl EngineBuilder {
                 known,
                 waiters: Arc::default(),
                 cache: Mutex::default(),
+                unsure: Mutex::default(),
                 local: local::LocalRuns::default(),
                 traces: traces::Traces::new(self.propagator, self.config.cache_capacity),
                 config: self.config,
@@ -366,6 +367,9 @@ struct Inner {
     waiters: Arc<wait::Waiters>,
     /// Last saved state of unfinished sagas this engine worked on.
     cache: Mutex<HashMap<SagaId, Arc<SagaInstance>>>,
+    /// Saves whose outcome is unknown (the store reported an error and the
+    /// read-back failed too): the version each tried to write, by saga.
+    unsure: Mutex<HashMap<SagaId, u64>>,
     /// Local step attempts running in this process.
     local: local::LocalRuns,
     /// Trace propagation.
@@ -610,12 +614,31 @@ impl Engine {
             let span =
                 tracing::info_span!("saga.wake", saga_id = %id, saga_type = %instance.saga_type);
             self.inner.traces.resume(id, &span);
-            if let Err(e) = self
-                .apply_to(Some(Arc::new(instance)), id, &Event::WakeUp, |_, _| Ok(()))
-                .instrument(span)
-                .await
-            {
-                tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
+            // A task of its own, so that a panic (a payload or retry closure
+            // with a bug, for this saga's data) stays this saga's.
+            let engine = self.clone();
+            let woken = tokio::spawn(
+                async move {
+                    let event = Event::WakeUp;
+                    engine
+                        .apply_to(Some(Arc::new(instance)), id, &event, |_, _| Ok(()))
+                        .await
+                }
+                .instrument(span),
+            );
+            match woken.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
+                }
+                Err(e) if e.is_panic() => {
+                    tracing::error!(
+                        saga_id = %id, panic = panic_message(e.into_panic().as_ref()),
+                        "waking a due saga panicked (a payload or retry closure of its definition?); \
+                         it stays due, leased to this engine until its lease ends"
+                    );
+                }
+                Err(_) => {}
             }
         }
         Ok(count)
@@ -913,8 +936,21 @@ impl Engine {
                 else {
                     continue;
                 };
-                let Ok(Some(command)) = machine::command_for(def, &instance, cursor) else {
-                    continue;
+                // Payload closures run here: one that panics for this saga's
+                // data must not stop the others' re-sends.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    machine::command_for(def, &instance, cursor)
+                }));
+                let command = match built {
+                    Ok(Ok(Some(command))) => command,
+                    Ok(_) => continue,
+                    Err(panic) => {
+                        tracing::error!(
+                            saga_id = %instance.id, panic = panic_message(panic.as_ref()),
+                            "building an in-flight command to send again panicked; skipped"
+                        );
+                        continue;
+                    }
                 };
                 if self.send(&Arc::new(instance), command).await {
                     sent += 1;
@@ -936,4 +972,13 @@ impl Engine {
     pub fn abort(&self) {
         self.inner.local.abort();
     }
+}
+
+/// The message of a panic's payload, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
