@@ -547,9 +547,10 @@ impl Shared {
                 Err(_) => {
                     tracing::debug!(broker = %redact(brokers[index]), "broker did not answer in time");
                     last = Error::NotConnected;
+                    // Abandoned mid-way: lapin's thread would wait on it.
+                    socket.end();
                 }
             }
-            socket.end();
         }
         Err(last)
     }
@@ -588,8 +589,12 @@ impl Shared {
                 operation: "declaring the topology",
                 timeout: bound,
             }));
-        if opened.is_err() {
-            socket.end();
+        if let Err(e) = &opened {
+            // A broker that answered with an error is closed gracefully (the
+            // connection is dropped); one that stopped answering is cut off.
+            if matches!(e, Error::NoAnswer { .. }) {
+                socket.end();
+            }
             if self.config.brokers().len() > 1 {
                 self.fail_over();
             }
@@ -742,11 +747,10 @@ async fn supervise(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if shared.config.brokers().len() > 1 {
             shared.fail_over();
         }
-        // A connection given up ends its socket once it has tried to close;
-        // a lost one has nothing left to say.
-        if let Some(old) = old.filter(|l| !l.given_up.load(Ordering::Relaxed)) {
-            old.socket.end();
-        }
+        // A lost connection's socket goes with its `Live` (lapin's thread
+        // for it has ended); one given up ends its socket itself if the
+        // broker does not answer its close.
+        drop(old);
         let reconnect = (|| shared.open())
             .retry(shared.backoff())
             .sleep(tokio::time::sleep)
@@ -785,9 +789,9 @@ async fn close(shared: &Shared) {
                     generation = live.generation,
                     "RabbitMQ did not answer the close within {CLOSE_WAIT:?}; ending the socket"
                 );
+                live.socket.end();
             }
         }
-        live.socket.end();
         tracing::debug!(generation = live.generation, "RabbitMQ connection closed");
     }
 }

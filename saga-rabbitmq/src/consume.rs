@@ -210,6 +210,10 @@ where
 {
     // Subscribed once: this loop runs per delivery.
     let mut closed = shared.closed_signal();
+    let subscribed: Subscribed = {
+        let weak = tx.downgrade();
+        Arc::new(move || weak.upgrade().is_some_and(|tx| !tx.is_closed()))
+    };
     loop {
         let event = tokio::select! {
             biased;
@@ -233,7 +237,7 @@ where
                 return Pump::ConsumerEnded;
             }
         };
-        let Some(delivery) = prepare::<T>(shared, open, delivery).await else {
+        let Some(delivery) = prepare::<T>(shared, open, &subscribed, delivery).await else {
             continue;
         };
         // Waits while the subscriber is busy; the prefetch bounds what piles up.
@@ -272,6 +276,7 @@ fn delivery_count(queue_type: QueueType, properties: &BasicProperties, redeliver
 async fn prepare<T: DeserializeOwned>(
     shared: &Arc<Shared>,
     open: &Open,
+    subscribed: &Subscribed,
     delivery: lapin::message::Delivery,
 ) -> Option<Delivery<T>> {
     let config = &shared.config;
@@ -290,6 +295,7 @@ async fn prepare<T: DeserializeOwned>(
         properties: delivery.properties,
         queue: open.queue.clone(),
         delivery_count: count,
+        subscribed: Arc::clone(subscribed),
     };
     if config.queue_type == QueueType::Classic && count > config.max_deliveries {
         let reason = format!("delivery limit of {} reached", config.max_deliveries);
@@ -308,8 +314,14 @@ async fn prepare<T: DeserializeOwned>(
     }
 }
 
+/// Whether the subscription a consumer feeds still takes deliveries.
+type Subscribed = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Settles one delivery. Holding the channel keeps it open until every
-/// delivery taken from it is settled; dropping an unsettled one requeues it.
+/// delivery taken from it is settled. Dropping an unsettled one requeues it:
+/// as a failure (counted toward the delivery limit) while its subscription
+/// is open, since then its handler had it (and panicked, say); uncounted once
+/// the subscription is gone (a delivery it buffered and never handed out).
 struct RabbitAcker {
     shared: Arc<Shared>,
     channel: Channel,
@@ -320,6 +332,7 @@ struct RabbitAcker {
     properties: BasicProperties,
     queue: String,
     delivery_count: u32,
+    subscribed: Subscribed,
 }
 
 fn settled(operation: &str, result: lapin::Result<bool>) -> Result<(), Error> {
@@ -345,15 +358,17 @@ impl RabbitAcker {
         settled("basic.ack", acker.ack(BasicAckOptions::default()).await)
     }
 
-    async fn requeue(&mut self) -> Result<(), Error> {
+    /// Returns the delivery to its queue as a failed one: `basic.reject`,
+    /// which the broker counts toward a quorum queue's delivery limit
+    /// (`basic.nack` is not counted from RabbitMQ 4.3 on).
+    async fn requeue_failed(&mut self) -> Result<(), Error> {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        let options = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        settled("basic.nack", acker.nack(options).await)
+        settled(
+            "basic.reject",
+            acker.reject(BasicRejectOptions { requeue: true }).await,
+        )
     }
 
     /// Publishes a copy with `headers` to `exchange`/`routing_key`, then acks the original.
@@ -424,7 +439,7 @@ impl Acker for RabbitAcker {
         let config = &self.shared.config;
         if config.queue_type == QueueType::Quorum {
             // The broker counts and dead-letters past `x-delivery-limit`.
-            return Ok(self.requeue().await?);
+            return Ok(self.requeue_failed().await?);
         }
         if self.delivery_count >= config.max_deliveries {
             let reason = format!("delivery limit of {} reached", config.max_deliveries);
@@ -440,7 +455,7 @@ impl Acker for RabbitAcker {
             Ok(()) => Ok(()),
             Err(e) if self.acker.is_some() => {
                 tracing::warn!(error = %e, "requeue copy failed; requeueing the original");
-                Ok(self.requeue().await?)
+                Ok(self.requeue_failed().await?)
             }
             Err(e) => Err(e.into()),
         }
@@ -456,20 +471,44 @@ impl Drop for RabbitAcker {
         let Some(acker) = self.acker.take() else {
             return;
         };
-        let channel = self.channel.clone();
-        let unsettled = Arc::clone(&self.unsettled);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let options = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                let _ = acker.nack(options).await;
-                drop((channel, unsettled));
-            });
-        }
         // Without a runtime the channel closes with the last clone, which
         // requeues the message as well.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if (self.subscribed)() {
+            // Handed out and dropped unsettled: its handler failed (a panic
+            // unwinds through it). Counted like a nack, or a message that
+            // always panics its handler would come back for ever.
+            let failed = Self {
+                shared: Arc::clone(&self.shared),
+                channel: self.channel.clone(),
+                unsettled: Arc::clone(&self.unsettled),
+                acker: Some(acker),
+                body: std::mem::take(&mut self.body),
+                properties: std::mem::take(&mut self.properties),
+                queue: std::mem::take(&mut self.queue),
+                delivery_count: self.delivery_count,
+                subscribed: Arc::clone(&self.subscribed),
+            };
+            runtime.spawn(async move {
+                if let Err(e) = Acker::nack(Box::new(failed)).await {
+                    tracing::warn!(error = %e, "an unsettled delivery could not be returned; the broker returns it when its channel closes");
+                }
+            });
+            return;
+        }
+        // Never handed out: back to the queue, uncounted.
+        let channel = self.channel.clone();
+        let unsettled = Arc::clone(&self.unsettled);
+        runtime.spawn(async move {
+            let options = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = acker.nack(options).await;
+            drop((channel, unsettled));
+        });
     }
 }
 

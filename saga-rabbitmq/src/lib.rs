@@ -128,10 +128,15 @@
 //!   messages per consumer.
 //! - **Poison messages never block a queue.** A message is dead-lettered to
 //!   `Q.dlq` after [`Config::max_deliveries`] deliveries (quorum queues:
-//!   `x-delivery-limit`, counted by the broker even when the consumer crashes;
-//!   classic queues: a `nack` republishes the message with an
-//!   `x-saga-delivery-count` header, and a crash shows as the `redelivered`
-//!   flag). [`Delivery::reject`](saga_core::adapter::Delivery::reject) and
+//!   `x-delivery-limit`, counted by the broker, which counts a failed
+//!   delivery returned with `basic.reject` and, from RabbitMQ 4.3 on, not one
+//!   returned with `basic.nack`, so a failure is returned with a reject;
+//!   classic queues: a failure republishes the message with an
+//!   `x-saga-delivery-count` header, and a crash of the process shows as the
+//!   `redelivered` flag). A delivery dropped unsettled while its subscription
+//!   is open (its handler panicked) counts as a failure; one the
+//!   subscription buffered and never handed out goes back uncounted.
+//!   [`Delivery::reject`](saga_core::adapter::Delivery::reject) and
 //!   undecodable messages go straight to the dead-letter queue.
 //! - **Dead letters say why.** A rejected or undecodable message is
 //!   *republished* (confirmed) to the dead-letter exchange with an

@@ -7,7 +7,9 @@
 //! would otherwise keep that thread and its socket for as long as the peer
 //! keeps the TCP connection open: for good, with a peer that accepts
 //! connections and never speaks AMQP. [`Socket::end`] shuts the socket down
-//! under lapin, which then sees its stream end and stops.
+//! under lapin, which then sees its stream end and stops (it logs that at
+//! ERROR level; it does not reconnect, since the transport leaves lapin's
+//! own reconnection off and reconnects itself).
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -17,46 +19,92 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::connection::lock;
 
-/// A handle on the TCP socket of one connection (a duplicate of its file
-/// descriptor), from the moment the connection attempt reaches the broker.
+/// A duplicate of a socket's file descriptor (nothing on other systems).
+#[cfg(unix)]
+type Handle = std::os::fd::OwnedFd;
+#[cfg(not(unix))]
+type Handle = ();
+
+/// Where a connection's socket stands.
+#[derive(Debug, Default)]
+enum State {
+    /// No TCP connection yet.
+    #[default]
+    Pending,
+    /// Connected: a handle on the socket.
+    Kept(Handle),
+    /// Abandoned: a socket that comes now is shut down at once.
+    Ended,
+}
+
+/// A handle on the TCP socket of one connection, from the moment the
+/// connection attempt reaches the broker.
 #[derive(Debug, Default)]
 pub(crate) struct Socket {
-    #[cfg(unix)]
-    fd: Mutex<Option<std::os::fd::OwnedFd>>,
-    #[cfg(not(unix))]
-    fd: Mutex<Option<()>>,
+    state: Mutex<State>,
 }
 
 impl Socket {
-    /// Shuts the socket down both ways and lets go of the handle: lapin's
-    /// thread for the connection sees its stream end and stops. Does
-    /// nothing when there is no socket (yet) or it was ended before.
+    /// Abandons the connection: shuts its socket down both ways (lapin's
+    /// thread for it sees its stream end and stops), now or, when the TCP
+    /// connection is still being made, as soon as it is.
     pub(crate) fn end(&self) {
-        let fd = lock(&self.fd).take();
-        #[cfg(unix)]
-        if let Some(fd) = fd {
-            let stream = std::net::TcpStream::from(fd);
-            if let Err(e) = stream.shutdown(std::net::Shutdown::Both) {
-                tracing::debug!(error = %e, "shutting down an abandoned RabbitMQ socket");
-            }
+        if let State::Kept(handle) = std::mem::replace(&mut *lock(&self.state), State::Ended) {
+            shut_down(handle);
         }
-        #[cfg(not(unix))]
-        drop(fd);
     }
 
-    /// Keeps a duplicate of the socket of `stream`'s descriptor.
-    #[cfg(unix)]
-    fn keep<S: std::os::fd::AsFd>(&self, stream: &S) {
-        match stream.as_fd().try_clone_to_owned() {
-            Ok(fd) => *lock(&self.fd) = Some(fd),
-            Err(e) => tracing::debug!(error = %e, "no handle on a RabbitMQ socket"),
+    /// Keeps `handle` on the new connection's socket (if there is one);
+    /// `false` when the connection was abandoned meanwhile.
+    fn keep(&self, handle: Option<Handle>) -> bool {
+        let mut state = lock(&self.state);
+        if matches!(*state, State::Ended) {
+            return false;
         }
+        if let Some(handle) = handle {
+            *state = State::Kept(handle);
+        }
+        true
     }
 }
 
+/// What a stream's socket can be held by.
+trait AsSocket {
+    fn handle(&self) -> Option<Handle>;
+}
+
+#[cfg(unix)]
+impl<T: std::os::fd::AsFd> AsSocket for T {
+    fn handle(&self) -> Option<Handle> {
+        self.as_fd()
+            .try_clone_to_owned()
+            .inspect_err(|e| tracing::debug!(error = %e, "no handle on a RabbitMQ socket"))
+            .ok()
+    }
+}
+
+#[cfg(not(unix))]
+impl<T> AsSocket for T {
+    fn handle(&self) -> Option<Handle> {
+        None
+    }
+}
+
+#[cfg(unix)]
+fn shut_down(handle: Handle) {
+    let stream = std::net::TcpStream::from(handle);
+    if let Err(e) = stream.shutdown(std::net::Shutdown::Both) {
+        tracing::debug!(error = %e, "shutting down an abandoned RabbitMQ socket");
+    }
+}
+
+#[cfg(not(unix))]
+fn shut_down(_handle: Handle) {}
+
 /// Connects to `url` like [`Connection::connect`], keeping a handle on the
 /// socket in `socket` as soon as the TCP connection is made (so that an
-/// attempt abandoned in the AMQP handshake can be ended too).
+/// attempt abandoned in the AMQP handshake can be ended too). An attempt
+/// abandoned before its TCP connection was made fails as soon as it is.
 pub(crate) async fn connect(
     url: &str,
     properties: ConnectionProperties,
@@ -76,11 +124,18 @@ pub(crate) async fn connect(
             let stream = uri
                 .connect_with_config_async(TLSConfig::default(), &runtime)
                 .await?;
-            #[cfg(unix)]
-            if let (Some(socket), AsyncTcpStream::Plain(plain)) = (kept.upgrade(), &stream) {
-                socket.keep(plain.get_ref());
+            let handle = match &stream {
+                AsyncTcpStream::Plain(plain) => plain.get_ref().handle(),
+                // A TLS stream (not built: no TLS feature is enabled).
+                _ => None,
+            };
+            let kept = kept.upgrade().is_some_and(|socket| socket.keep(handle));
+            if kept {
+                Ok(stream)
+            } else {
+                // Dropping the stream closes the socket.
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted).into())
             }
-            Ok(stream)
         },
         properties,
     )

@@ -300,7 +300,16 @@ async fn a_rejected_message_lands_in_the_dlq_with_the_handlers_reason() {
     vhost.delete().await;
 }
 
-async fn delivery_limit_dead_letters(queue_type: QueueType, label: &str) {
+/// How a test's handler fails a delivery.
+#[derive(Clone, Copy, Debug)]
+enum Fail {
+    /// It says so.
+    Nack,
+    /// It drops the delivery unsettled, as a handler that panics does.
+    Drop,
+}
+
+async fn delivery_limit_dead_letters(queue_type: QueueType, fail: Fail, label: &str) {
     let vhost = TestVhost::new(label).await;
     let config = vhost.config().queue_type(queue_type).max_deliveries(3);
     let transport = vhost.transport(config).await;
@@ -314,9 +323,12 @@ async fn delivery_limit_dead_letters(queue_type: QueueType, label: &str) {
         assert_eq!(n_of(&d), 1);
         assert_eq!(
             d.delivery_count, expected,
-            "deliveries are counted ({queue_type:?})"
+            "deliveries are counted ({queue_type:?}, {fail:?})"
         );
-        d.nack().await.expect("nack");
+        match fail {
+            Fail::Nack => d.nack().await.expect("nack"),
+            Fail::Drop => drop(d),
+        }
     }
     transport
         .send_command(&command("flaky", 2))
@@ -337,12 +349,24 @@ async fn delivery_limit_dead_letters(queue_type: QueueType, label: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_dead_letter_after_the_delivery_limit() {
-    delivery_limit_dead_letters(QueueType::Quorum, "limit-quorum").await;
+    delivery_limit_dead_letters(QueueType::Quorum, Fail::Nack, "limit-quorum").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_queues_dead_letter_after_the_delivery_limit() {
-    delivery_limit_dead_letters(QueueType::Classic, "limit-classic").await;
+    delivery_limit_dead_letters(QueueType::Classic, Fail::Nack, "limit-classic").await;
+}
+
+/// A handler that panics drops its delivery unsettled: that counts too, or
+/// a message that always panics its handler would come back for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_dead_letter_a_message_whose_handler_keeps_dropping_it() {
+    delivery_limit_dead_letters(QueueType::Quorum, Fail::Drop, "drop-quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_dead_letter_a_message_whose_handler_keeps_dropping_it() {
+    delivery_limit_dead_letters(QueueType::Classic, Fail::Drop, "drop-classic").await;
 }
 
 /// The policy docs/lib.rs tell operators to apply to queues declared before
@@ -1148,8 +1172,8 @@ async fn a_connect_attempt_abandoned_in_the_handshake_is_ended() {
     let vhost = TestVhost::new("silent").await;
     let silent = support::SilentPeer::start().await;
     let direct = vhost.amqp_url();
-    // Two brokers in 2 s: one second for each.
-    let mut config = vhost.config().connect_timeout(Duration::from_secs(2));
+    // Two brokers in 6 s: three seconds for each.
+    let mut config = vhost.config().connect_timeout(Duration::from_secs(6));
     config.url = silent.url(&direct);
     config = config.fallback_urls([direct.clone()]);
     let transport = vhost.transport(config).await;
