@@ -6,6 +6,7 @@ use std::time::Duration;
 use sea_orm::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
+use sea_orm::sqlx::{ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, SqlxSqliteConnector};
 
 use crate::error::Error;
@@ -147,6 +148,23 @@ impl SqliteConfig {
             Location::Memory => (SqliteConnectOptions::new().in_memory(true), 1),
         };
         let options = options.foreign_keys(true).busy_timeout(self.busy_timeout);
+        let unavailable = |e: sea_orm::sqlx::Error| Error::Unavailable {
+            context: format!(" at {}", self.describe()),
+            source: sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())),
+        };
+        if matches!(self.location, Location::File(_)) {
+            // The switch to WAL (kept by the file) takes an exclusive lock:
+            // the pool's connections opening together on a new file would
+            // race for it, and the losers fail at once ("database is
+            // locked"). One connection makes the switch first.
+            options
+                .connect()
+                .await
+                .map_err(unavailable)?
+                .close()
+                .await
+                .map_err(unavailable)?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
             .min_connections(1)
@@ -156,10 +174,7 @@ impl SqliteConfig {
             .acquire_timeout(self.acquire_timeout)
             .connect_with(options)
             .await
-            .map_err(|e| Error::Unavailable {
-                context: format!(" at {}", self.describe()),
-                source: sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())),
-            })?;
+            .map_err(unavailable)?;
         Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
     }
 
