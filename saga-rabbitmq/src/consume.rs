@@ -190,6 +190,7 @@ async fn reopen<T>(
                 tracing::warn!(error = %e, ?delay, last_generation, "re-opening consumer failed; retrying");
                 tokio::select! {
                     () = tx.closed() => return None,
+                    () = shared.closing() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

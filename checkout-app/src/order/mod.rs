@@ -149,6 +149,10 @@ fn check_money(what: &str, amount: Decimal) -> Result<(), StepError> {
 
 /// Checks a `create_order` command; a bad one is a business refusal.
 fn validate(cmd: &CreateOrder) -> Result<(), StepError> {
+    // An order without a buyer would read as a tombstone and be pruned.
+    if cmd.user_id.is_empty() {
+        return Err(StepError::business("an order needs a user id"));
+    }
     if cmd.items.is_empty() {
         return Err(StepError::business("an order needs at least one item"));
     }

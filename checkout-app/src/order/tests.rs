@@ -90,7 +90,9 @@ async fn a_bad_create_is_a_business_refusal_and_writes_nothing() {
     no_items.items.clear();
     let mut zero_quantity = create(id);
     zero_quantity.items[0].quantity = 0;
-    for bad in [wrong_total, no_items, zero_quantity] {
+    let mut no_buyer = create(id);
+    no_buyer.user_id.clear();
+    for bad in [wrong_total, no_items, zero_quantity, no_buyer] {
         let err = send(&p, &bad).await.unwrap_err();
         assert_eq!(err.kind, StepErrorKind::Business, "{err}");
     }

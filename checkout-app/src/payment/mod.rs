@@ -163,6 +163,11 @@ async fn process_payment(
     ctx: &CommandContext,
 ) -> Result<PaymentProcessed, StepError> {
     check_amount(cmd.amount)?;
+    // A payment without a buyer would read as a tombstone and be pruned,
+    // and a later copy of the command would charge again.
+    if cmd.user_id.is_empty() {
+        return Err(StepError::business("a payment needs a user id"));
+    }
     for _ in 0..RACE_ATTEMPTS {
         match try_process_payment(db, config, cmd).await {
             Ok(Some(outcome)) => return outcome,

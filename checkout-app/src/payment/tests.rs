@@ -157,6 +157,16 @@ async fn an_invalid_amount_is_refused_without_a_record() {
         );
         assert!(load(&db, id).await.is_none());
     }
+    let id = Uuid::new_v4();
+    let no_buyer = ProcessPayment {
+        user_id: String::new(),
+        ..pay(id)
+    };
+    assert_eq!(
+        send(&p, &no_buyer).await.unwrap_err().kind,
+        StepErrorKind::Business
+    );
+    assert!(load(&db, id).await.is_none());
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, serde_json::Value) {

@@ -899,6 +899,12 @@ impl Engine {
     ///
     /// # Errors
     /// When the reply queue cannot be consumed for a reason that is not transient.
+    ///
+    /// # Panics
+    /// Resumes a panic of the due-saga poller outside any one saga's wake (in
+    /// the store, say), after stopping like a shutdown: an engine without its
+    /// poller would never time a step out again. A panic while waking one
+    /// saga is logged with its id and leaves the engine running.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         run::run(self, shutdown).await
     }
