@@ -517,12 +517,16 @@ struct FlakyStore {
     inner: InMemoryStore,
     down: Arc<AtomicBool>,
     lie_on_next_save: Arc<AtomicBool>,
+    /// Arms `lie_on_next_save` after this many more saves (0: off).
+    saves_before_the_lie: Arc<AtomicU32>,
     /// The next claim of due sagas panics (a store with a bug).
     panic_on_next_claim: Arc<AtomicBool>,
     lie_on_next_create: Arc<AtomicBool>,
-    /// Loads that fail once the lie of `lie_on_next_save` is told.
-    loads_failing_after_the_lie: Arc<AtomicU32>,
-    failing_loads: Arc<AtomicU32>,
+    /// How long loads fail once the lie of `lie_on_next_save` is told.
+    load_outage_after_the_lie: Arc<Mutex<Duration>>,
+    /// Loads fail until then, and count as they do.
+    loads_down_until: Arc<Mutex<Option<tokio::time::Instant>>>,
+    failed_loads: Arc<AtomicU32>,
 }
 
 impl FlakyStore {
@@ -531,10 +535,12 @@ impl FlakyStore {
             inner,
             down: Arc::default(),
             lie_on_next_save: Arc::default(),
+            saves_before_the_lie: Arc::default(),
             panic_on_next_claim: Arc::default(),
             lie_on_next_create: Arc::default(),
-            loads_failing_after_the_lie: Arc::default(),
-            failing_loads: Arc::default(),
+            load_outage_after_the_lie: Arc::default(),
+            loads_down_until: Arc::default(),
+            failed_loads: Arc::default(),
         }
     }
 
@@ -562,7 +568,9 @@ impl SagaStore for FlakyStore {
     }
     async fn load(&self, id: SagaId) -> saga_core::Result<Option<SagaInstance>> {
         self.check()?;
-        if take_one(&self.failing_loads) {
+        let down_until = *self.loads_down_until.lock().expect("outage");
+        if down_until.is_some_and(|until| tokio::time::Instant::now() < until) {
+            self.failed_loads.fetch_add(1, Ordering::SeqCst);
             return Err(Error::backend(ErrorKind::Unavailable, "database is down"));
         }
         self.inner.load(id).await
@@ -570,9 +578,15 @@ impl SagaStore for FlakyStore {
     async fn save(&self, i: &SagaInstance, v: u64, logs: &[LogEntry]) -> saga_core::Result<()> {
         self.check()?;
         self.inner.save(i, v, logs).await?;
+        if take_one(&self.saves_before_the_lie)
+            && self.saves_before_the_lie.load(Ordering::SeqCst) == 0
+        {
+            self.lie_on_next_save.store(true, Ordering::SeqCst);
+        }
         if self.lie_on_next_save.swap(false, Ordering::SeqCst) {
-            let failing = self.loads_failing_after_the_lie.swap(0, Ordering::SeqCst);
-            self.failing_loads.store(failing, Ordering::SeqCst);
+            let outage = *self.load_outage_after_the_lie.lock().expect("outage");
+            *self.loads_down_until.lock().expect("outage") =
+                Some(tokio::time::Instant::now() + outage);
             return Err(Error::backend(
                 ErrorKind::Unavailable,
                 "connection lost while committing",
@@ -913,10 +927,19 @@ mod lost_commands {
         stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         arm(&store);
         let id = engine.start(&saga, Trip::default()).await.expect("start");
-        let done = engine
-            .wait(id, Duration::from_secs(60))
-            .await
-            .expect("ends");
+        // The waiter reads the store too: it fails while the store is down.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let done = loop {
+            match engine
+                .wait(id, deadline - tokio::time::Instant::now())
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                waited => break waited.expect("ends"),
+            }
+        };
         assert_eq!(done.status, SagaStatus::Completed);
         assert_completed_in_one_attempt_each(&engine.logs(id).await.expect("logs"));
         assert_eq!(journal.of(id), vec!["book flight", "book hotel"]);
@@ -960,13 +983,11 @@ mod lost_commands {
         assert_no_duplicate_dispatch(&logs);
     }
 
-    /// The read-back after the error fails too: the reply is applied again,
-    /// finds its own transition stored, and sends what it dispatched.
-    #[tokio::test(start_paused = true)]
-    async fn a_save_whose_read_back_fails_too_still_sends() {
+    /// The read-back after the error fails too, for `outage`.
+    async fn completes_despite_a_read_back_outage(outage: Duration) {
         let store = FlakyStore::new(InMemoryStore::new());
         completes_despite(store.clone(), |s| {
-            s.loads_failing_after_the_lie.store(1, Ordering::SeqCst);
+            *s.load_outage_after_the_lie.lock().expect("outage") = outage;
             s.lie_on_next_save.store(true, Ordering::SeqCst);
         })
         .await;
@@ -974,11 +995,87 @@ mod lost_commands {
             !store.lie_on_next_save.load(Ordering::SeqCst),
             "the lie was told"
         );
-        assert_eq!(
-            store.failing_loads.load(Ordering::SeqCst),
-            0,
+        assert!(
+            store.failed_loads.load(Ordering::SeqCst) > 0,
             "a load failed"
         );
+    }
+
+    /// The read-back is tried again while the store does not answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_save_whose_read_back_fails_for_a_moment_still_sends() {
+        completes_despite_a_read_back_outage(Duration::from_secs(2)).await;
+    }
+
+    /// The save that dispatches a retry (a wake of the poller) commits and
+    /// reports an error, and the store does not answer for a moment: read
+    /// back once, the outcome stayed unknown and the saga, no longer due,
+    /// waited for its hour-long timeout before anything was sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_whose_save_and_read_back_fail_for_a_moment_still_sends() {
+        let saga = Saga::<Trip>::builder("trip")
+            .default_timeout(Duration::from_secs(3_600))
+            .step("flight", |step| {
+                step.invoke(book::<TRAVEL>("flight"))
+                    .compensate(undo::<TRAVEL>("flight"))
+                    .retry(RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2))
+            })
+            .build()
+            .expect("valid");
+        let transport = InMemoryTransport::new();
+        let store = FlakyStore::new(InMemoryStore::new());
+        let engine = engine_on(&store, transport.clone(), &saga);
+        let mut stack = Stack::new(transport);
+        stack.run_engine(&engine);
+        // Busy at the first attempt: the second is the poller's.
+        stack.serve(
+            Participant::builder()
+                .inbox(InMemoryInbox::new())
+                .on(|cmd: Book<TRAVEL>, ctx| async move {
+                    if ctx.attempt == 1 {
+                        Err(StepError::retryable("busy"))
+                    } else {
+                        Ok(format!("{}-ref", cmd.what))
+                    }
+                })
+                .on(|_: Undo<TRAVEL>, _| async { Ok(()) })
+                .build()
+                .expect("valid participant"),
+        );
+        // Save 1 schedules the retry; save 2, the wake's, dispatches it.
+        *store.load_outage_after_the_lie.lock().expect("outage") = Duration::from_secs(2);
+        store.saves_before_the_lie.store(2, Ordering::SeqCst);
+        let id = engine.start(&saga, Trip::default()).await.expect("start");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let done = loop {
+            match engine
+                .wait(id, deadline - tokio::time::Instant::now())
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                waited => break waited.expect("ends"),
+            }
+        };
+        assert_eq!(done.status, SagaStatus::Completed);
+        assert!(
+            store.failed_loads.load(Ordering::SeqCst) > 0,
+            "a load failed"
+        );
+        let logs = engine.logs(id).await.expect("logs");
+        assert!(
+            !events(&logs).contains(&LogEvent::StepTimedOut),
+            "{logs:#?}"
+        );
+        stack.shutdown().await;
+    }
+
+    /// Longer than the read-back's patience: the reply is applied again
+    /// later, meets its own transition stored, and sends what it dispatched.
+    #[tokio::test(start_paused = true)]
+    async fn a_save_whose_read_back_fails_for_long_still_sends() {
+        completes_despite_a_read_back_outage(Duration::from_secs(20)).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,6 +31,10 @@ enum Saved {
 
 /// Most saves of unknown outcome remembered (a database down for long).
 const MOST_UNSURE: usize = 1024;
+
+/// How long a save that reported an error reads the saga back, while the
+/// store does not answer, before its outcome is left unknown.
+const READ_BACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Engine {
@@ -92,7 +96,7 @@ impl Engine {
                     // next command would wait for the step's timeout (and
                     // cost an attempt). Any other conflict is another
                     // writer's: reload and apply the event again.
-                    if self.was_unsure(id, stored.version) && holds(&stored, &t.instance) {
+                    if holds(&stored, &t.instance) && self.was_unsure(id, stored.version) {
                         tracing::warn!(saga_id = %id, "a save of unknown outcome is stored after all; going on");
                         Saved::Probably(stored)
                     } else {
@@ -140,29 +144,65 @@ impl Engine {
 
     /// Saves a transition. A store error that is not a conflict may have hit
     /// after the commit (the connection dropped while committing), so the saga
-    /// is read back: if it holds this transition, the save (ours, or another
+    /// is read back, for up to [`READ_BACK_PATIENCE`] while the store does not
+    /// answer: if it holds this transition, the save (ours, or another
     /// engine's identical one) succeeded and its effects must be performed, or
     /// a dispatched command would be lost.
     async fn save(&self, before: &SagaInstance, t: &Transition) -> Result<Saved> {
+        let id = t.instance.id;
         let store = &self.inner.store;
         let error = match store.save(&t.instance, before.version, &t.logs).await {
-            Ok(()) => return Ok(Saved::Surely),
+            Ok(()) => {
+                self.sure(id);
+                return Ok(Saved::Surely);
+            }
             Err(e @ (Error::Conflict { .. } | Error::NotFound(_))) => return Err(e),
             Err(e) => e,
         };
-        match store.load(t.instance.id).await {
-            Ok(Some(stored)) if holds(&stored, &t.instance) => {
-                tracing::warn!(saga_id = %t.instance.id, error = %error, "the save reported an error but the transition is stored; going on");
-                Ok(Saved::Probably(Arc::new(stored)))
+        let started = tokio::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            match store.load(id).await {
+                Ok(Some(stored)) if holds(&stored, &t.instance) => {
+                    tracing::warn!(saga_id = %id, error = %error, "the save reported an error but the transition is stored; going on");
+                    self.sure(id);
+                    return Ok(Saved::Probably(Arc::new(stored)));
+                }
+                // Another writer's version: reload at once.
+                Ok(Some(stored)) if stored.version >= t.instance.version => {
+                    return Err(Error::Conflict {
+                        id,
+                        expected: before.version,
+                    });
+                }
+                // Not written: the event is applied again.
+                Ok(_) => return Err(error),
+                Err(e) if started.elapsed() + delay > READ_BACK_PATIENCE => {
+                    // Still unknown. The event is applied again later (a
+                    // reply stays in hand) and may meet this save as a
+                    // conflict; or the step's timeout sends again.
+                    tracing::warn!(saga_id = %id, error = %e, "the save reported an error and the saga cannot be read back; its outcome is unknown");
+                    self.unsure(id, t.instance.version);
+                    return Err(error);
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                }
             }
-            Ok(_) => Err(error),
-            Err(_) => {
-                // The event is applied again later (a reply stays in hand, a
-                // due saga stays due) and then meets this save, if it was
-                // committed, as a conflict.
-                self.unsure(t.instance.id, t.instance.version);
-                Err(error)
-            }
+        }
+    }
+
+    /// A save of saga `id` is known to be stored: no earlier one of unknown
+    /// outcome is to be settled any more.
+    fn sure(&self, id: SagaId) {
+        let mut unsure = self
+            .inner
+            .unsure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !unsure.is_empty() {
+            unsure.remove(&id);
         }
     }
 
@@ -180,14 +220,18 @@ impl Engine {
     }
 
     /// Whether a save of `version` of saga `id` had an unknown outcome
-    /// (forgotten once asked).
+    /// (forgotten once it matched).
     fn was_unsure(&self, id: SagaId, version: u64) -> bool {
-        self.inner
+        let mut unsure = self
+            .inner
             .unsure
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id)
-            == Some(version)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let matched = unsure.get(&id) == Some(&version);
+        if matched {
+            unsure.remove(&id);
+        }
+        matched
     }
 
     pub(super) fn cached(&self, id: SagaId) -> Option<Arc<SagaInstance>> {
