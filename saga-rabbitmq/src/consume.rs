@@ -321,7 +321,7 @@ type Subscribed = Arc<dyn Fn() -> bool + Send + Sync>;
 /// Settles one delivery. Holding the channel keeps it open until every
 /// delivery taken from it is settled. Dropping an unsettled one requeues it:
 /// as a failure (counted toward the delivery limit) while its subscription
-/// is open, since then its handler had it (and panicked, say); uncounted once
+/// is open, since then its handler had it (and panicked, say); with a nack once
 /// the subscription is gone (a delivery it buffered and never handed out).
 struct RabbitAcker {
     shared: Arc<Shared>,
@@ -477,6 +477,10 @@ impl Drop for RabbitAcker {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if !acker.usable() {
+            // Its channel is gone: the broker has returned it already.
+            return;
+        }
         if (self.subscribed)() {
             // Handed out and dropped unsettled: its handler failed (a panic
             // unwinds through it). Counted like a nack, or a message that
@@ -490,7 +494,9 @@ impl Drop for RabbitAcker {
                 properties: std::mem::take(&mut self.properties),
                 queue: std::mem::take(&mut self.queue),
                 delivery_count: self.delivery_count,
-                subscribed: Arc::clone(&self.subscribed),
+                // Dropped itself unsettled (its task cancelled as the runtime
+                // shuts down), it goes back the plain way: no second round.
+                subscribed: Arc::new(|| false),
             };
             runtime.spawn(async move {
                 if let Err(e) = Acker::nack(Box::new(failed)).await {
@@ -499,7 +505,7 @@ impl Drop for RabbitAcker {
             });
             return;
         }
-        // Never handed out: back to the queue, uncounted.
+        // Never handed out: back to the queue with a nack (not a failure).
         let channel = self.channel.clone();
         let unsettled = Arc::clone(&self.unsettled);
         runtime.spawn(async move {

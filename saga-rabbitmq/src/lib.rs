@@ -135,7 +135,8 @@
 //!   `x-saga-delivery-count` header, and a crash of the process shows as the
 //!   `redelivered` flag). A delivery dropped unsettled while its subscription
 //!   is open (its handler panicked) counts as a failure; one the
-//!   subscription buffered and never handed out goes back uncounted.
+//!   subscription buffered and never handed out goes back with a nack
+//!   (counted by quorum queues before RabbitMQ 4.3, not from 4.3 on).
 //!   [`Delivery::reject`](saga_core::adapter::Delivery::reject) and
 //!   undecodable messages go straight to the dead-letter queue.
 //! - **Dead letters say why.** A rejected or undecodable message is
