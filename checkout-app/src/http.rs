@@ -28,7 +28,8 @@ pub struct ErrorBody {
     /// `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
     /// `payload_too_large`, `unsupported_media_type`, `unprocessable`,
     /// `internal`, `unavailable`, `overloaded` (a 503: the service is at its
-    /// bound of requests in flight) or `rate_limited` (a 429).
+    /// bound of requests in flight), `rate_limited` (a 429) or
+    /// `idempotency_key_reused` (a 422: the key is another cart's checkout).
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,

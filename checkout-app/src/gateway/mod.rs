@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -237,7 +237,11 @@ pub struct ProductList {
 /// Validates the request, then runs the checkout saga (create order, reserve
 /// inventory, process payment, confirm order) and answers with its outcome.
 /// Prices come from the catalogue: a `price` that differs is refused, never
-/// charged.
+/// charged. Every answer to a valid request carries the `Idempotency-Key`
+/// in force in a response header (the client's, or one the gateway made for
+/// a request without one): retrying with it, after a 503 or no answer, gets
+/// this checkout instead of placing a second order. Reusing a key for a
+/// different cart is refused (`422`, `idempotency_key_reused`).
 #[utoipa::path(
     post,
     path = "/api/checkout",
@@ -251,7 +255,7 @@ pub struct ProductList {
         (status = 400, description = "The body is not valid JSON or not a valid request, or the Idempotency-Key header is invalid; nothing is created", body = ErrorBody),
         (status = 413, description = "The body is too large (64 KiB by default)", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Refused before the saga (an unknown product, a price that differs from the catalogue: `ErrorBody`), or the saga compensated (insufficient stock, a declined payment: `CheckoutOutcome` with `success: false`, the order cancelled)", body = CheckoutRefused),
+        (status = 422, description = "Refused before the saga (an unknown product, a price that differs from the catalogue, an Idempotency-Key already used for a different cart (`idempotency_key_reused`): `ErrorBody`), or the saga compensated (insufficient stock, a declined payment: `CheckoutOutcome` with `success: false`, the order cancelled)", body = CheckoutRefused),
         (status = 500, description = "The saga could neither complete nor compensate and needs an operator (`CheckoutOutcome`), or an internal error (`ErrorBody`)", body = CheckoutRefused),
         (status = 429, description = "Over the rate limit, per client or overall (`rate_limited`); try again after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "A service or the store or the broker is unavailable, every orchestrator's circuit breaker is open (with `Retry-After`), or the orchestrators are at their bound of checkouts in flight (`overloaded`, with `Retry-After`); try again (with the same Idempotency-Key)", body = ErrorBody)
@@ -274,8 +278,21 @@ async fn checkout(
         body: &body,
         key: &key,
     };
-    gateway.orchestrators.call(&call, &trace_headers()).await
+    let mut response = match gateway.orchestrators.call(&call, &trace_headers()).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    // The key in force, also one the gateway made up: a client that retries
+    // an unanswered or failed checkout with it gets that checkout, not a
+    // second order (a 503 after the saga was started, say).
+    if let Ok(value) = HeaderValue::from_str(&key) {
+        response.headers_mut().insert(IDEMPOTENCY_KEY, value);
+    }
+    Ok(response)
 }
+
+/// The header a checkout's key comes in, and goes back in.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The current span's trace context as HTTP headers.
 fn trace_headers() -> HeaderMap {

@@ -166,7 +166,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         (status = 400, description = "The body or the Idempotency-Key header is invalid", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Refused (unknown product, wrong price) or compensated (the order is cancelled)", body = CheckoutRefused),
+        (status = 422, description = "Refused (unknown product, wrong price; `idempotency_key_reused` when the Idempotency-Key is another cart's checkout) or compensated (the order is cancelled)", body = CheckoutRefused),
         (status = 500, description = "The saga failed and needs an operator, or an internal error", body = CheckoutRefused),
         (status = 503, description = "The store, the broker or the inventory service is unavailable (`unavailable`; with `Retry-After` while the inventory's circuit breaker is open), or `MAX_IN_FLIGHT` checkouts are in flight (`overloaded`, with `Retry-After`): nothing was started, try again", body = ErrorBody)
     )
@@ -178,6 +178,7 @@ async fn checkout(
 ) -> Result<Response, ApiError> {
     let request = request::parse(&body, &state.config.limits).map_err(ApiError::bad_request)?;
     let key = idempotency_key(&headers)?.map(|key| scoped_key(&request.user_id, &key));
+    let cart = Cart::of(&request);
     // A retry waits for the earlier request with its key to answer (at most
     // `KEY_TURN_TIMEOUT`), so that it finds that request's saga instead of
     // pricing beside it (see `key_locks`); a client that hangs up leaves the
@@ -196,7 +197,7 @@ async fn checkout(
         Err(refusal) => match started(&state, key.as_deref()).await? {
             Some(id) => {
                 let waited = state.engine.wait(id, state.config.wait).await;
-                return Ok(outcome_response(&settled(&state, waited).await?));
+                return answer(&settled(&state, waited).await?, &cart);
             }
             None => return Err(refusal),
         },
@@ -209,7 +210,51 @@ async fn checkout(
         .engine
         .start_and_wait(&state.saga, data, options, state.config.wait)
         .await;
-    Ok(outcome_response(&settled(&state, waited).await?))
+    answer(&settled(&state, waited).await?, &cart)
+}
+
+/// What a checkout asks for, as the Idempotency-Key check compares it: the
+/// products and quantities, in order (prices are the catalogue's, and may
+/// change between two tries of one checkout).
+#[derive(Debug, PartialEq, Eq)]
+struct Cart(Vec<(Uuid, u32)>);
+
+impl Cart {
+    fn of(request: &CheckoutRequest) -> Self {
+        Self(
+            request
+                .items
+                .iter()
+                .map(|i| (i.product_id, i.quantity))
+                .collect(),
+        )
+    }
+
+    /// The cart of a checkout saga, if its data reads as one.
+    fn of_saga(instance: &SagaInstance) -> Option<Self> {
+        let data: CheckoutData = serde_json::from_value(instance.data.clone()).ok()?;
+        Some(Self(
+            data.items
+                .iter()
+                .map(|i| (i.product_id, i.quantity))
+                .collect(),
+        ))
+    }
+}
+
+/// The saga's outcome for a request asking for `cart`; `422` when the saga
+/// is another checkout's (its Idempotency-Key was used for a different
+/// cart: answering with that order's outcome would tell this client
+/// something false about its own).
+fn answer(instance: &SagaInstance, cart: &Cart) -> Result<Response, ApiError> {
+    if Cart::of_saga(instance).is_some_and(|started| &started != cart) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a checkout of a different cart; use a new key for a new checkout",
+        ));
+    }
+    Ok(outcome_response(instance))
 }
 
 /// The saga's idempotency key for a client's `key`: scoped to the user, so
@@ -305,12 +350,17 @@ async fn price(state: &Orchestrator, request: CheckoutRequest) -> Result<Checkou
     Ok(CheckoutData::new(Uuid::now_v7(), request.user_id, items))
 }
 
-/// The reason a compensated saga gives the client, without the step prefix.
-fn client_reason(instance: &SagaInstance) -> String {
-    let error = instance.error.clone().unwrap_or_default();
-    match error.split_once(" failed: ") {
-        Some((_, reason)) => reason.to_owned(),
-        None => error,
+/// The reason a compensated saga gives the client: a participant's refusal
+/// (`step ... failed: <reason>`) as it was given; for a step that kept
+/// failing (`step ... failed after N attempt(s): <cause>`) only that much,
+/// since the cause is internal (a database error, say) and is logged.
+fn client_reason(error: &str) -> String {
+    if let Some((_, reason)) = error.split_once(" failed: ") {
+        return reason.to_owned();
+    }
+    match error.split_once(" attempt(s): ") {
+        Some((gave_up, _)) => format!("{gave_up} attempt(s)"),
+        None => error.to_owned(),
     }
 }
 
@@ -324,7 +374,10 @@ fn outcome_response(instance: &SagaInstance) -> Response {
         SagaStatus::Compensated => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Some(false),
-            format!("Order cancelled: {}", client_reason(instance)),
+            format!(
+                "Order cancelled: {}",
+                client_reason(instance.error.as_deref().unwrap_or_default())
+            ),
         ),
         SagaStatus::Failed => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -716,6 +769,23 @@ async fn operate(
 mod tests {
     use super::scoped_key;
 
+    #[test]
+    fn a_refusal_is_told_as_given_and_an_internal_cause_is_not() {
+        assert_eq!(
+            super::client_reason("step `reserve_inventory` failed: insufficient stock for X"),
+            "insufficient stock for X"
+        );
+        assert_eq!(
+            super::client_reason(
+                "step `reserve_inventory` failed after 5 attempt(s): inventory database error: connection refused"
+            ),
+            "step `reserve_inventory` failed after 5 attempt(s)"
+        );
+        assert_eq!(
+            super::client_reason("the saga's deadline passed"),
+            "the saga's deadline passed"
+        );
+    }
     #[test]
     fn a_scoped_key_tells_the_user_apart_from_the_key() {
         assert_eq!(scoped_key("user-123", "retry-7"), "user-123:retry-7");

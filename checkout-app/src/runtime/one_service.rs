@@ -120,14 +120,7 @@ pub async fn run_service(
                 config.rabbitmq_tuning,
             )
             .await?;
-            let database = db_url
-                .rsplit('/')
-                .next()
-                .unwrap_or("orchestrator")
-                .split('?')
-                .next()
-                .unwrap_or("orchestrator")
-                .to_owned();
+            let database = database_of(&db_url)?;
             let store = saga_store_with_pool(
                 &Storage::Postgres(db_url.clone()),
                 &database,
@@ -213,5 +206,48 @@ pub fn service_name(service: Service) -> &'static str {
         Service::Order => "order-service",
         Service::Inventory => "inventory-service",
         Service::Payment => "payment-service",
+    }
+}
+
+/// The database a `postgres://user:password@host:port/database?options`
+/// URL names.
+///
+/// # Errors
+/// [`Error::Config`] when it names none (the URL, password hidden, says which).
+fn database_of(url: &str) -> Result<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let database = rest
+        .split_once('/')
+        .map(|(_, path)| path.split('?').next().unwrap_or_default())
+        .unwrap_or_default();
+    if database.is_empty() {
+        return Err(Error::Config(format!(
+            "DB_URL {} names no database: end it with the orchestrator's, e.g. /orchestrator",
+            db::redact(url)
+        )));
+    }
+    Ok(database.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_is_the_url_s_path_and_a_url_without_one_is_refused_without_its_password() {
+        assert_eq!(
+            database_of("postgres://postgres:s3cret@db:5432/orchestrator?sslmode=disable")
+                .expect("named"),
+            "orchestrator"
+        );
+        for url in [
+            "postgres://postgres:s3cret@db:5432",
+            "postgres://postgres:s3cret@db:5432/",
+            "postgres://postgres:s3cret@db:5432/?sslmode=disable",
+        ] {
+            let e = database_of(url).expect_err("no database").to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(e.contains("names no database"), "{e}");
+        }
     }
 }

@@ -235,6 +235,49 @@ async fn a_checkout_an_orchestrator_drops_unanswered_is_answered_by_the_other_wi
     }
 }
 
+fn key_in(headers: &HeaderMap) -> String {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .expect("an Idempotency-Key response header")
+        .to_owned()
+}
+
+/// Every answer to a valid checkout carries the key in force, also one the
+/// gateway made up: a client that got a 503 (after its saga may have been
+/// started) or nothing retries with it instead of placing a second order.
+#[tokio::test]
+async fn every_checkout_answer_carries_the_idempotency_key_in_force() {
+    let healthy = FakeOrchestrator::default();
+    let healthy_addr = healthy.start().await;
+    let answering = gateway(format!("http://{healthy_addr}"), |_| {}).await;
+    let http = reqwest::Client::new();
+    let (status, headers, body) = post_checkout(&http, &answering, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let made_up = key_in(&headers);
+    assert!(made_up.starts_with("gw-"), "{made_up}");
+    assert_eq!(
+        healthy.keys(),
+        vec![made_up],
+        "the key the orchestrator got"
+    );
+    let (_, headers, _) = post_checkout(&http, &answering, Some("client-9")).await;
+    assert_eq!(key_in(&headers), "client-9");
+
+    let (dropper, dropped) = dropping_orchestrator().await;
+    let dropping = gateway(format!("http://{dropper}"), |c| {
+        c.breaker.failures = 0;
+    })
+    .await;
+    let (status, headers, body) = post_checkout(&http, &dropping, None).await;
+    assert!(status.is_server_error(), "{status}: {body}");
+    let made_up = key_in(&headers);
+    assert!(
+        dropped.lock().expect("lock").contains(&made_up),
+        "the key of the unanswered try: {made_up}"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_the_next_orchestrator_and_then_skipped() {
     let healthy = FakeOrchestrator::default();
@@ -600,6 +643,32 @@ async fn a_retry_with_its_key_gets_its_saga_when_pricing_again_would_fail() {
     let status = another_user.status();
     let body: Value = another_user.json().await.expect("JSON body");
     assert_eq!(status.as_u16(), 503, "another user's key: {body}");
+    assert!(body.get("sagaId").is_none(), "{body}");
+}
+
+/// A key used again for a different cart is refused: answering with the
+/// first checkout's outcome would tell this client its cart was ordered.
+/// The same cart with the same key is still that checkout.
+#[tokio::test]
+async fn a_key_used_again_for_a_different_cart_is_refused() {
+    let (_inventory, orchestrator) = answering_after_100ms().await;
+    let http = reqwest::Client::new();
+    let (status, _, first) = start_keyed_checkout(&http, &orchestrator, Some("cart-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, _, again) = start_keyed_checkout(&http, &orchestrator, Some("cart-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["sagaId"], first["sagaId"]);
+    let other_cart = http
+        .post(format!("{orchestrator}/checkouts"))
+        .header("idempotency-key", "cart-1")
+        .json(&order(PRODUCT, 2, "29.99"))
+        .send()
+        .await
+        .expect("the orchestrator answers");
+    let status = other_cart.status();
+    let body: Value = other_cart.json().await.expect("JSON body");
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert_eq!(body["error"], "idempotency_key_reused", "{body}");
     assert!(body.get("sagaId").is_none(), "{body}");
 }
 
