@@ -914,6 +914,23 @@ mod lost_commands {
         stack.shutdown().await;
     }
 
+    /// The saga's end within a minute. The waiter reads the store too, and
+    /// fails while the store is down: it waits again.
+    async fn wait_through_outages(engine: &Engine, id: SagaId) -> SagaInstance {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match engine
+                .wait(id, deadline - tokio::time::Instant::now())
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                waited => return waited.expect("ends"),
+            }
+        }
+    }
+
     /// Runs `one_attempt` on `store` after `arm` set up a lie; the saga must
     /// end within a minute (its timeout is an hour), each step dispatched
     /// once and booked once.
@@ -927,19 +944,7 @@ mod lost_commands {
         stack.serve(bookings::<TRAVEL>(&journal, Duration::ZERO));
         arm(&store);
         let id = engine.start(&saga, Trip::default()).await.expect("start");
-        // The waiter reads the store too: it fails while the store is down.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let done = loop {
-            match engine
-                .wait(id, deadline - tokio::time::Instant::now())
-                .await
-            {
-                Err(e) if e.kind() == ErrorKind::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                waited => break waited.expect("ends"),
-            }
-        };
+        let done = wait_through_outages(&engine, id).await;
         assert_eq!(done.status, SagaStatus::Completed);
         assert_completed_in_one_attempt_each(&engine.logs(id).await.expect("logs"));
         assert_eq!(journal.of(id), vec!["book flight", "book hotel"]);
@@ -1046,18 +1051,7 @@ mod lost_commands {
         *store.load_outage_after_the_lie.lock().expect("outage") = Duration::from_secs(2);
         store.saves_before_the_lie.store(2, Ordering::SeqCst);
         let id = engine.start(&saga, Trip::default()).await.expect("start");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let done = loop {
-            match engine
-                .wait(id, deadline - tokio::time::Instant::now())
-                .await
-            {
-                Err(e) if e.kind() == ErrorKind::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                waited => break waited.expect("ends"),
-            }
-        };
+        let done = wait_through_outages(&engine, id).await;
         assert_eq!(done.status, SagaStatus::Completed);
         assert!(
             store.failed_loads.load(Ordering::SeqCst) > 0,

@@ -177,7 +177,10 @@ impl Engine {
                 }
                 // Not written: the event is applied again.
                 Ok(_) => return Err(error),
-                Err(e) if started.elapsed() + delay > READ_BACK_PATIENCE => {
+                Err(e)
+                    if e.kind() != crate::error::ErrorKind::Unavailable
+                        || started.elapsed() + delay > READ_BACK_PATIENCE =>
+                {
                     // Still unknown. The event is applied again later (a
                     // reply stays in hand) and may meet this save as a
                     // conflict; or the step's timeout sends again.

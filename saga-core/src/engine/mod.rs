@@ -628,6 +628,13 @@ impl Engine {
             );
             match woken.await {
                 Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == ErrorKind::Unavailable => {
+                    // The store is down: the rest of the batch would fail
+                    // the same way, each after its own timeouts. Their
+                    // leases run out and the next poll claims them again.
+                    tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due, and this poll stops");
+                    break;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
                 }
