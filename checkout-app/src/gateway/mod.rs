@@ -239,8 +239,9 @@ pub struct ProductList {
 /// Prices come from the catalogue: a `price` that differs is refused, never
 /// charged. Every answer to a valid request carries the `Idempotency-Key`
 /// in force in a response header (the client's, or one the gateway made for
-/// a request without one): retrying with it, after a 503 or no answer, gets
-/// this checkout instead of placing a second order. Reusing a key for a
+/// a request without one): retrying with it after a 503 gets this checkout
+/// instead of placing a second order (a client that may get no answer at
+/// all sends its own key). Reusing a key for a
 /// different cart is refused (`422`, `idempotency_key_reused`).
 #[utoipa::path(
     post,

@@ -214,31 +214,29 @@ async fn checkout(
 }
 
 /// What a checkout asks for, as the Idempotency-Key check compares it: the
-/// products and quantities, in order (prices are the catalogue's, and may
-/// change between two tries of one checkout).
+/// products and their quantities, in any order (a product appears once in
+/// a request; prices are the catalogue's, and may change between two tries
+/// of one checkout).
 #[derive(Debug, PartialEq, Eq)]
 struct Cart(Vec<(Uuid, u32)>);
 
 impl Cart {
     fn of(request: &CheckoutRequest) -> Self {
-        Self(
-            request
-                .items
-                .iter()
-                .map(|i| (i.product_id, i.quantity))
-                .collect(),
-        )
+        Self::sorted(request.items.iter().map(|i| (i.product_id, i.quantity)))
     }
 
     /// The cart of a checkout saga, if its data reads as one.
     fn of_saga(instance: &SagaInstance) -> Option<Self> {
         let data: CheckoutData = serde_json::from_value(instance.data.clone()).ok()?;
-        Some(Self(
-            data.items
-                .iter()
-                .map(|i| (i.product_id, i.quantity))
-                .collect(),
+        Some(Self::sorted(
+            data.items.iter().map(|i| (i.product_id, i.quantity)),
         ))
+    }
+
+    fn sorted(lines: impl Iterator<Item = (Uuid, u32)>) -> Self {
+        let mut lines: Vec<_> = lines.collect();
+        lines.sort_unstable();
+        Self(lines)
     }
 }
 
@@ -355,12 +353,20 @@ async fn price(state: &Orchestrator, request: CheckoutRequest) -> Result<Checkou
 /// failing (`step ... failed after N attempt(s): <cause>`) only that much,
 /// since the cause is internal (a database error, say) and is logged.
 fn client_reason(error: &str) -> String {
-    if let Some((_, reason)) = error.split_once(" failed: ") {
+    let Some(rest) = error.strip_prefix("step `") else {
+        return error.to_owned();
+    };
+    let Some((_step, outcome)) = rest.split_once('`') else {
+        return error.to_owned();
+    };
+    if let Some(reason) = outcome.strip_prefix(" failed: ") {
         return reason.to_owned();
     }
     match error.split_once(" attempt(s): ") {
-        Some((gave_up, _)) => format!("{gave_up} attempt(s)"),
-        None => error.to_owned(),
+        Some((gave_up, _)) if outcome.starts_with(" failed after ") => {
+            format!("{gave_up} attempt(s)")
+        }
+        _ => error.to_owned(),
     }
 }
 
@@ -767,7 +773,21 @@ async fn operate(
 
 #[cfg(test)]
 mod tests {
-    use super::scoped_key;
+    use super::{Cart, scoped_key};
+    use uuid::Uuid;
+
+    #[test]
+    fn a_cart_is_the_same_in_any_order() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            Cart::sorted([(a, 1), (b, 2)].into_iter()),
+            Cart::sorted([(b, 2), (a, 1)].into_iter())
+        );
+        assert_ne!(
+            Cart::sorted([(a, 1), (b, 2)].into_iter()),
+            Cart::sorted([(a, 2), (b, 1)].into_iter())
+        );
+    }
 
     #[test]
     fn a_refusal_is_told_as_given_and_an_internal_cause_is_not() {
@@ -780,6 +800,13 @@ mod tests {
                 "step `reserve_inventory` failed after 5 attempt(s): inventory database error: connection refused"
             ),
             "step `reserve_inventory` failed after 5 attempt(s)"
+        );
+        assert_eq!(
+            super::client_reason(
+                "step `pay` failed after 3 attempt(s): card processor request failed: 10.0.0.7 refused"
+            ),
+            "step `pay` failed after 3 attempt(s)",
+            "a cause that says `failed: ` itself"
         );
         assert_eq!(
             super::client_reason("the saga's deadline passed"),

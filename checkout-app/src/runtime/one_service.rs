@@ -215,11 +215,11 @@ pub fn service_name(service: Service) -> &'static str {
 /// # Errors
 /// [`Error::Config`] when it names none (the URL, password hidden, says which).
 fn database_of(url: &str) -> Result<String> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let database = rest
-        .split_once('/')
-        .map(|(_, path)| path.split('?').next().unwrap_or_default())
-        .unwrap_or_default();
+    let without_options = url.split('?').next().unwrap_or_default();
+    let rest = without_options
+        .split_once("://")
+        .map_or(without_options, |(_, rest)| rest);
+    let database = rest.split_once('/').map_or("", |(_, path)| path);
     if database.is_empty() {
         return Err(Error::Config(format!(
             "DB_URL {} names no database: end it with the orchestrator's, e.g. /orchestrator",
@@ -244,6 +244,7 @@ mod tests {
             "postgres://postgres:s3cret@db:5432",
             "postgres://postgres:s3cret@db:5432/",
             "postgres://postgres:s3cret@db:5432/?sslmode=disable",
+            "postgres://postgres:s3cret@db:5432?sslrootcert=/etc/ca.pem",
         ] {
             let e = database_of(url).expect_err("no database").to_string();
             assert!(!e.contains("s3cret"), "{e}");
