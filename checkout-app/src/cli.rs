@@ -197,6 +197,15 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
+/// A limit of at least 1: 0 would refuse every checkout.
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would refuse every checkout)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// [`parse_duration`] for an argument kept as text (sent on as given).
 fn parse_duration_arg(text: &str) -> std::result::Result<String, String> {
     parse_duration(text).map(|_| text.trim().to_owned())
@@ -306,14 +315,14 @@ pub struct Shared {
     /// Token required by operator actions; unset disables them.
     #[arg(long, env = "OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
-    /// Largest accepted request body in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    /// Largest accepted request body in bytes (at least 1).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = at_least_one)]
     pub max_body_bytes: usize,
-    /// Most line items per order.
-    #[arg(long, env = "MAX_ITEMS", default_value_t = 100)]
+    /// Most line items per order (at least 1).
+    #[arg(long, env = "MAX_ITEMS", default_value_t = 100, value_parser = at_least_one)]
     pub max_items: usize,
-    /// Most units of one product per order.
-    #[arg(long, env = "MAX_QUANTITY", default_value_t = 1_000)]
+    /// Most units of one product per order (at least 1).
+    #[arg(long, env = "MAX_QUANTITY", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_quantity: u32,
     /// How long the orchestrator keeps sagas that ended completed or
     /// compensated, with their logs, before deleting them (e.g. 90m, 7d; `off`
@@ -785,6 +794,18 @@ mod tests {
         assert_eq!(set.orchestrator().max_in_flight, 64);
         assert_eq!(set.orchestrator().breaker.failures, 0);
         assert_eq!(set.gateway_retry().attempts, 1);
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused() {
+        for flag in ["--max-items", "--max-quantity", "--max-body-bytes"] {
+            assert!(
+                Cli::try_parse_from(["checkout-app", "all", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
+        let set = shared(&["--max-items", "3", "--max-quantity", "2"]);
+        assert_eq!((set.max_items, set.max_quantity), (3, 2));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! (comma-separated). Requests are spread over them in turn; each has its own
 //! circuit breaker, and one whose breaker is open is skipped. A request that
 //! fails on one (connection refused or reset, the orchestrator died before
-//! answering, or a `502`/`503`/`504`) is sent again, the same body with the
-//! same `Idempotency-Key`, to the next, within [`RetryPolicy`]'s budget.
+//! answering, a `502` or `504`, or a `503 overloaded`) is sent again, the
+//! same body with the same `Idempotency-Key`, to the next, within
+//! [`RetryPolicy`]'s budget. Another `503` is the orchestrator's own answer
+//! (its store, broker or inventory service is down) and is relayed.
 //!
 //! Only safe requests come here: `GET`s, and checkouts that always carry an
 //! `Idempotency-Key` (the gateway makes one when the client sent none), which
