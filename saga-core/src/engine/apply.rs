@@ -177,10 +177,7 @@ impl Engine {
                 }
                 // Not written: the event is applied again.
                 Ok(_) => return Err(error),
-                Err(e)
-                    if e.kind() != crate::error::ErrorKind::Unavailable
-                        || started.elapsed() + delay > READ_BACK_PATIENCE =>
-                {
+                Err(e) if !e.is_transient() || started.elapsed() + delay > READ_BACK_PATIENCE => {
                     // Still unknown. The event is applied again later (a
                     // reply stays in hand) and may meet this save as a
                     // conflict; or the step's timeout sends again.
@@ -220,6 +217,16 @@ impl Engine {
             unsure.clear();
         }
         unsure.insert(id, version);
+    }
+
+    /// Whether the last save of saga `id` was left of unknown outcome: the
+    /// store did not answer the read-back for [`READ_BACK_PATIENCE`].
+    pub(super) fn is_unsure(&self, id: SagaId) -> bool {
+        self.inner
+            .unsure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&id)
     }
 
     /// Whether a save of `version` of saga `id` had an unknown outcome

@@ -594,7 +594,9 @@ impl Engine {
     /// Returns how many were claimed. [`run`](Self::run) calls this on every poll.
     ///
     /// # Errors
-    /// When the store cannot be queried.
+    /// When the store cannot be queried, or stops answering while a woken
+    /// saga's save is read back (the batch's other sagas then wait for
+    /// their leases to end).
     pub async fn tick(&self) -> Result<usize> {
         let config = &self.inner.config;
         let due = self
@@ -628,12 +630,12 @@ impl Engine {
             );
             match woken.await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.kind() == ErrorKind::Unavailable => {
-                    // The store is down: the rest of the batch would fail
-                    // the same way, each after its own timeouts. Their
-                    // leases run out and the next poll claims them again.
-                    tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due, and this poll stops");
-                    break;
+                Ok(Err(e)) if self.is_unsure(id) => {
+                    // The store did not answer for the whole read-back: the
+                    // rest of the batch would wait as long, one after the
+                    // other. This poll fails; their leases run out and a
+                    // later poll claims them again.
+                    return Err(e);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(saga_id = %id, error = %e, "waking a due saga failed; it stays due");
