@@ -353,11 +353,20 @@ async fn price(state: &Orchestrator, request: CheckoutRequest) -> Result<Checkou
 /// failing (`step ... failed after N attempt(s): <cause>`) only that much,
 /// since the cause is internal (a database error, say) and is logged.
 fn client_reason(error: &str) -> String {
-    let Some(rest) = error.strip_prefix("step `") else {
+    const ROLLED_BACK: &str = "the checkout was rolled back";
+    if error == "the saga's deadline passed" {
         return error.to_owned();
-    };
-    let Some((_step, outcome)) = rest.split_once('`') else {
-        return error.to_owned();
+    }
+    if error.starts_with("cancelled: ") {
+        return "cancelled by an operator".to_owned();
+    }
+    let Some((_step, outcome)) = error
+        .strip_prefix("step `")
+        .and_then(|rest| rest.split_once('`'))
+    else {
+        // Anything else (a compensation's failure an operator retried,
+        // say) may carry an internal cause.
+        return ROLLED_BACK.to_owned();
     };
     if let Some(reason) = outcome.strip_prefix(" failed: ") {
         return reason.to_owned();
@@ -366,7 +375,7 @@ fn client_reason(error: &str) -> String {
         Some((gave_up, _)) if outcome.starts_with(" failed after ") => {
             format!("{gave_up} attempt(s)")
         }
-        _ => error.to_owned(),
+        _ => ROLLED_BACK.to_owned(),
     }
 }
 
@@ -779,6 +788,18 @@ mod tests {
     #[test]
     fn a_cart_is_the_same_in_any_order() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let request = |items: serde_json::Value| {
+            let body = serde_json::json!({ "userId": "u", "items": items });
+            crate::request::parse(&body, &crate::request::Limits::default()).expect("valid")
+        };
+        assert_eq!(
+            Cart::of(&request(serde_json::json!([
+                { "productId": a, "quantity": 1 }, { "productId": b, "quantity": 2 }
+            ]))),
+            Cart::of(&request(serde_json::json!([
+                { "productId": b, "quantity": 2 }, { "productId": a, "quantity": 1 }
+            ])))
+        );
         assert_eq!(
             Cart::sorted([(a, 1), (b, 2)].into_iter()),
             Cart::sorted([(b, 2), (a, 1)].into_iter())
@@ -811,6 +832,17 @@ mod tests {
         assert_eq!(
             super::client_reason("the saga's deadline passed"),
             "the saga's deadline passed"
+        );
+        assert_eq!(
+            super::client_reason("cancelled: fraud check, ticket 4711"),
+            "cancelled by an operator"
+        );
+        assert_eq!(
+            super::client_reason(
+                "compensation of step `release_inventory` failed after 5 attempt(s): inventory database error: timeout"
+            ),
+            "the checkout was rolled back",
+            "an operator retried a failed compensation"
         );
     }
     #[test]
