@@ -52,6 +52,9 @@ pub struct Catalogue {
     base: String,
     ttl: Duration,
     cache: Arc<Mutex<Cached>>,
+    /// Held while the catalogue is fetched for the cache: requests that miss
+    /// it together wait for one fetch instead of each making their own.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
     breaker: Breaker,
 }
 
@@ -71,6 +74,7 @@ impl Catalogue {
             base: base.into().trim_end_matches('/').to_owned(),
             ttl: Duration::from_secs(2),
             cache: Arc::default(),
+            refreshing: Arc::default(),
             breaker: Breaker::new("inventory", BreakerConfig::default()),
         })
     }
@@ -100,6 +104,17 @@ impl Catalogue {
         if let Some(found) = self.cached(ids) {
             return Ok(found);
         }
+        // One fetch at a time for the cache; whoever waited for it looks
+        // again first. (Without a cache every request asks on its own.)
+        let _refreshing = if self.ttl.is_zero() {
+            None
+        } else {
+            let turn = self.refreshing.lock().await;
+            if let Some(found) = self.cached(ids) {
+                return Ok(found);
+            }
+            Some(turn)
+        };
         let ticket = self
             .breaker
             .admit()

@@ -430,6 +430,38 @@ impl FakeInventory {
     }
 }
 
+/// Checkouts that miss the catalogue's cache together (it expired, or was
+/// never filled) wait for one fetch of it instead of each making their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_that_miss_the_catalogue_cache_together_fetch_it_once() {
+    let inventory = FakeInventory::default();
+    let addr = inventory.start().await;
+    let catalogue = Catalogue::new(format!("http://{addr}"))
+        .expect("catalogue")
+        .with_ttl(Duration::from_secs(60));
+    let product: uuid::Uuid = PRODUCT.parse().expect("uuid");
+    inventory.hold_next.store(true, Ordering::SeqCst);
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let catalogue = catalogue.clone();
+            tokio::spawn(async move { catalogue.products(&[product]).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inventory.calls() == 0 {
+        assert!(Instant::now() < deadline, "nobody fetched the catalogue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every lookup has had time to miss the cache and ask.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    inventory.release.notify_one();
+    for lookup in lookups {
+        let found = lookup.await.expect("task").expect("products");
+        assert!(found.contains_key(&product));
+    }
+    assert_eq!(inventory.calls(), 1, "one fetch for all of them");
+}
+
 /// The real orchestrator router on an in-memory engine with no participant
 /// (every saga waits at its first step: each checkout is answered 202 after
 /// `config.wait`), pricing from `inventory`.
