@@ -438,6 +438,8 @@ pub struct LoadReport {
     pub accepted: usize,
     /// Any other answer.
     pub other: usize,
+    /// The first of the other answers, status and body, to tell what they were.
+    pub first_other: Option<String>,
     /// Answered 500: the saga ended Failed (an operator's case).
     pub failed: usize,
     /// 502-504 answers, each retried with the same key.
@@ -548,9 +550,9 @@ pub fn load(
                             .json(&body)
                             .send()
                             .await;
-                        let status = match answer {
-                            Ok(r) => r.status().as_u16(),
-                            Err(_) => 0,
+                        let (status, response) = match answer {
+                            Ok(r) => (r.status().as_u16(), Some(r)),
+                            Err(_) => (0, None),
                         };
                         match status {
                             200 => report.ok += 1,
@@ -569,7 +571,16 @@ pub fn load(
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                                 continue;
                             }
-                            _ => report.other += 1,
+                            _ => {
+                                report.other += 1;
+                                if report.first_other.is_none() {
+                                    let body = match response {
+                                        Some(r) => r.text().await.unwrap_or_default(),
+                                        None => String::new(),
+                                    };
+                                    report.first_other = Some(format!("{status} {body}"));
+                                }
+                            }
                         }
                         break;
                     }
@@ -589,6 +600,9 @@ pub fn load(
             total_report.refused += r.refused;
             total_report.accepted += r.accepted;
             total_report.other += r.other;
+            if total_report.first_other.is_none() {
+                total_report.first_other = r.first_other;
+            }
             total_report.errors += r.errors;
             total_report.unavailable += r.unavailable;
             total_report.failed += r.failed;

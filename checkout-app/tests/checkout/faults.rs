@@ -39,6 +39,9 @@ pub(crate) async fn verify(
     let settle = cluster.await_terminal(SETTLE).await;
     let figures = cluster.figures(dead).await;
     println!("{}", figures.table(scenario, report, settle));
+    if report.other != 0 {
+        cluster.dump_logs();
+    }
     assert_eq!(
         report.other, 0,
         "unexpected answers to the load: {report:?}"
