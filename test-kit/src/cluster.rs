@@ -312,7 +312,20 @@ impl Cluster {
 
     /// The port of `node` (chosen on first use, kept across restarts).
     pub fn port(&mut self, node: Node) -> u16 {
-        *self.ports.entry(node).or_insert_with(free_port)
+        if let Some(port) = self.ports.get(&node) {
+            return *port;
+        }
+        // A port `free_port` found is released at once, and the OS may hand
+        // it out again: two nodes on one port would leave one of them
+        // unbound, and its callers talking to the other.
+        let port = loop {
+            let port = free_port();
+            if !self.ports.values().any(|&taken| taken == port) {
+                break port;
+            }
+        };
+        self.ports.insert(node, port);
+        port
     }
 
     /// The base URL of `node`.
