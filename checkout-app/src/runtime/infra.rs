@@ -104,22 +104,47 @@ impl Databases {
     }
 }
 
-/// `url` with its database replaced by `database`.
-#[must_use]
-pub fn with_database(url: &str, database: &str) -> String {
+/// A database URL's parts: what comes before its path (scheme, user,
+/// password, host), its database (empty when it names none) and its options.
+fn url_parts(url: &str) -> (&str, &str, Option<&str>) {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
     };
     let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map(|i| i + authority_start);
-    let host = path_start.map_or(base, |i| &base[..i]);
+    match base[authority_start..].find('/') {
+        Some(i) => {
+            let path_start = authority_start + i;
+            (&base[..path_start], &base[path_start + 1..], query)
+        }
+        None => (base, "", query),
+    }
+}
+
+/// `url` with its database replaced by `database`.
+#[must_use]
+pub fn with_database(url: &str, database: &str) -> String {
+    let (host, _, query) = url_parts(url);
     match query {
         Some(query) => format!("{host}/{database}?{query}"),
         None => format!("{host}/{database}"),
     }
+}
+
+/// The database a `postgres://user:password@host:port/database?options`
+/// URL names.
+///
+/// # Errors
+/// [`Error::Config`] when it names none (the URL, password hidden, says which).
+pub(crate) fn database_of(url: &str) -> Result<String> {
+    let (_, database, _) = url_parts(url);
+    if database.is_empty() {
+        return Err(Error::Config(format!(
+            "DB_URL {} names no database: end it with the orchestrator's, e.g. /orchestrator",
+            db::redact(url)
+        )));
+    }
+    Ok(database.to_owned())
 }
 
 /// Creates `database` on the server of `url` if it does not exist.
@@ -274,7 +299,26 @@ pub async fn saga_store_with_pool(
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{database_of, with_database};
+
+    #[test]
+    fn the_database_is_the_url_s_path_and_a_url_without_one_is_refused_without_its_password() {
+        assert_eq!(
+            database_of("postgres://postgres:s3cret@db:5432/orchestrator?sslmode=disable")
+                .expect("named"),
+            "orchestrator"
+        );
+        for url in [
+            "postgres://postgres:s3cret@db:5432",
+            "postgres://postgres:s3cret@db:5432/",
+            "postgres://postgres:s3cret@db:5432/?sslmode=disable",
+            "postgres://postgres:s3cret@db:5432?sslrootcert=/etc/ca.pem",
+        ] {
+            let e = database_of(url).expect_err("no database").to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(e.contains("names no database"), "{e}");
+        }
+    }
 
     #[test]
     fn the_database_part_of_a_url_is_replaced() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::Shutdown;
-use super::infra::{RabbitTuning, Storage, saga_store_with_pool, transport};
+use super::infra::{RabbitTuning, Storage, database_of, saga_store_with_pool, transport};
 use super::tasks::{bind, orchestrator_engine, participate, run_engine, serve};
 use crate::error::{Error, Result};
 use crate::gateway::{GatewayConfig, RateLimitConfig, RetryPolicy};
@@ -206,49 +206,5 @@ pub fn service_name(service: Service) -> &'static str {
         Service::Order => "order-service",
         Service::Inventory => "inventory-service",
         Service::Payment => "payment-service",
-    }
-}
-
-/// The database a `postgres://user:password@host:port/database?options`
-/// URL names.
-///
-/// # Errors
-/// [`Error::Config`] when it names none (the URL, password hidden, says which).
-fn database_of(url: &str) -> Result<String> {
-    let without_options = url.split('?').next().unwrap_or_default();
-    let rest = without_options
-        .split_once("://")
-        .map_or(without_options, |(_, rest)| rest);
-    let database = rest.split_once('/').map_or("", |(_, path)| path);
-    if database.is_empty() {
-        return Err(Error::Config(format!(
-            "DB_URL {} names no database: end it with the orchestrator's, e.g. /orchestrator",
-            db::redact(url)
-        )));
-    }
-    Ok(database.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_is_the_url_s_path_and_a_url_without_one_is_refused_without_its_password() {
-        assert_eq!(
-            database_of("postgres://postgres:s3cret@db:5432/orchestrator?sslmode=disable")
-                .expect("named"),
-            "orchestrator"
-        );
-        for url in [
-            "postgres://postgres:s3cret@db:5432",
-            "postgres://postgres:s3cret@db:5432/",
-            "postgres://postgres:s3cret@db:5432/?sslmode=disable",
-            "postgres://postgres:s3cret@db:5432?sslrootcert=/etc/ca.pem",
-        ] {
-            let e = database_of(url).expect_err("no database").to_string();
-            assert!(!e.contains("s3cret"), "{e}");
-            assert!(e.contains("names no database"), "{e}");
-        }
     }
 }
